@@ -1,0 +1,433 @@
+"""Task data I/O: load, write, split, tokenize and batch text-classification samples.
+
+Every malformed input raises `DataError` naming the file and the 1-based line, so a user can fix
+the data without reading a traceback.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from purify.errors import DataError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".tsv")
+
+_TRUE_STRINGS = {"true", "1", "yes", "y", "t"}
+_FALSE_STRINGS = {"false", "0", "no", "n", "f"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled text; `poisoned` is ground truth for evaluation only, `index` its position in the source file."""
+
+    text: str
+    label: int
+    poisoned: bool | None = None
+    index: int = 0
+
+
+@dataclass
+class TaskData:
+    """Samples plus the label vocabulary, so ids can be shown as names and files can be traced."""
+
+    samples: list[Sample]
+    label_names: list[str]
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject labels outside `label_names` early, before they reach a model head."""
+        self.samples = list(self.samples)
+        self.label_names = list(self.label_names)
+        n = len(self.label_names)
+        for pos, s in enumerate(self.samples):
+            if not 0 <= s.label < n:
+                raise DataError(
+                    f"{self.source or 'task data'}: sample {pos} has label {s.label}, "
+                    f"outside 0..{n - 1} for label names {self.label_names}"
+                )
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.samples)
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts in sample order, ready for `encode_texts`."""
+        return [s.text for s in self.samples]
+
+    @property
+    def labels(self) -> list[int]:
+        """The label ids in sample order, ready for metrics."""
+        return [s.label for s in self.samples]
+
+    def subset(self, indices: Iterable[int]) -> TaskData:
+        """A TaskData holding the samples at these list positions (not `Sample.index`), same labels and source."""
+        picked: list[Sample] = []
+        n = len(self.samples)
+        for i in indices:
+            i = int(i)
+            if not 0 <= i < n:
+                raise DataError(f"{self.source or 'task data'}: subset position {i} outside 0..{n - 1}")
+            picked.append(self.samples[i])
+        return TaskData(picked, self.label_names, self.source)
+
+    def without_poisoned(self) -> TaskData:
+        """Drop samples flagged poisoned by ground truth; only for upper-bound benchmarks, never for real purification."""
+        return TaskData([s for s in self.samples if s.poisoned is not True], self.label_names, self.source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_text(path: Path, name: str) -> str:
+    """Read the file as UTF-8 (BOM tolerated), reporting a decode error by line."""
+    if not path.exists():
+        raise DataError(f"{name}: no such file")
+    if not path.is_file():
+        raise DataError(f"{name}: not a regular file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{name} line {line}: not valid UTF-8 ({exc.reason})") from None
+
+
+def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank JSONL line."""
+    # split on "\n" only: str.splitlines would also break on U+2028, which JSON strings may hold.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{name} line {lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{name} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def _delimited_rows(text: str, name: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, row dict) for each non-blank CSV/TSV row after the header."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    header: list[str] | None = None
+    prev_end = 0
+    try:
+        for row in reader:
+            start, prev_end = prev_end + 1, reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+                if len(set(header)) != len(header):
+                    raise DataError(f"{name} line {start}: header has duplicate field names: {header}")
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{name} line {start}: {len(row)} values but the header has {len(header)} fields ({', '.join(header)})"
+                )
+            yield start, dict(zip(header, row))
+    except csv.Error as exc:
+        raise DataError(f"{name} line {reader.line_num}: malformed {delimiter!r}-separated row: {exc}") from None
+
+
+def _parse_poisoned(value: Any, name: str, lineno: int) -> bool | None:
+    """Turn a `poisoned` cell (bool, null, or a true/false string) into bool | None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "":
+            return None
+        if v in _TRUE_STRINGS:
+            return True
+        if v in _FALSE_STRINGS:
+            return False
+    raise DataError(f"{name} line {lineno}: field 'poisoned' must be true, false or empty, got {value!r}")
+
+
+def _label_as_int(value: Any) -> int | None:
+    """The integer a label denotes (int, integral float, or numeric string), else None when it is a name."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        v = value.strip()
+        if v.lstrip("+-").isdigit() and v.isascii():
+            return int(v)
+    return None
+
+
+def _resolve_labels(
+    raw: list[tuple[int, Any]], label_names: list[str] | None, name: str
+) -> tuple[list[int], list[str]]:
+    """Map raw label values to ids and decide the label vocabulary."""
+    for lineno, value in raw:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise DataError(f"{name} line {lineno}: label must be an integer or a name, got {value!r}")
+        if isinstance(value, float) and not value.is_integer():
+            raise DataError(f"{name} line {lineno}: label must be an integer or a name, got {value!r}")
+    if label_names is not None:
+        lookup = {n: i for i, n in enumerate(label_names)}
+        ids: list[int] = []
+        for lineno, value in raw:
+            key = value.strip() if isinstance(value, str) else None
+            if key is not None and key in lookup:
+                ids.append(lookup[key])
+                continue
+            as_int = _label_as_int(value)
+            if as_int is None:
+                raise DataError(f"{name} line {lineno}: unknown label name {value!r} (known: {', '.join(label_names)})")
+            if not 0 <= as_int < len(label_names):
+                raise DataError(
+                    f"{name} line {lineno}: label {as_int} out of range 0..{len(label_names) - 1} "
+                    f"for label names {label_names}"
+                )
+            ids.append(as_int)
+        return ids, list(label_names)
+
+    as_ints = [_label_as_int(v) for _, v in raw]
+    if all(i is not None for i in as_ints):
+        ints = [int(i) for i in as_ints]  # type: ignore[arg-type]
+        for (lineno, _), i in zip(raw, ints):
+            if i < 0:
+                raise DataError(f"{name} line {lineno}: label {i} out of range (label ids start at 0)")
+        n = max(max(ints) + 1, 2)
+        return ints, [str(i) for i in range(n)]
+    if all(i is None for i in as_ints):
+        names = sorted({v.strip() for _, v in raw})
+        lookup = {n: i for i, n in enumerate(names)}
+        return [lookup[v.strip()] for _, v in raw], names
+    first_is_int = as_ints[0] is not None
+    for (lineno, value), i in zip(raw, as_ints):
+        if (i is not None) != first_is_int:
+            raise DataError(
+                f"{name} line {lineno}: label {value!r} mixes names and integer ids in one file; "
+                "pass label_names to say how names map to ids"
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _validate_label_names(label_names: Sequence[str], name: str) -> list[str]:
+    """Check a user-given label vocabulary: non-empty, unique, strings."""
+    names = list(label_names)
+    if not names:
+        raise DataError(f"{name}: label_names is empty")
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(f"{name}: label_names must be non-empty strings, got {names!r}")
+    names = [n.strip() for n in names]
+    if len(set(names)) != len(names):
+        raise DataError(f"{name}: label_names has duplicates: {names!r}")
+    return names
+
+
+def load_task_data(
+    path: str | os.PathLike[str],
+    *,
+    text_field: str = "text",
+    label_field: str = "label",
+    label_names: Sequence[str] | None = None,
+) -> TaskData:
+    """Load a .jsonl/.csv/.tsv classification file into TaskData, rejecting malformed lines with file and line."""
+    p = Path(path)
+    name = str(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{name}: unsupported file type {p.suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    names = _validate_label_names(label_names, name) if label_names is not None else None
+    content = _read_text(p, name)
+    if suffix == ".jsonl":
+        rows: Iterable[tuple[int, dict[str, Any]]] = _jsonl_rows(content, name)
+    else:
+        rows = _delimited_rows(content, name, "," if suffix == ".csv" else "\t")
+
+    texts: list[str] = []
+    raw_labels: list[tuple[int, Any]] = []
+    flags: list[bool | None] = []
+    for lineno, row in rows:
+        for f in (text_field, label_field):
+            if f not in row:
+                present = ", ".join(map(str, row)) or "none"
+                raise DataError(f"{name} line {lineno}: missing field {f!r} (fields present: {present})")
+            if row[f] is None:
+                raise DataError(f"{name} line {lineno}: field {f!r} is null")
+        text = row[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{name} line {lineno}: field {text_field!r} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise DataError(f"{name} line {lineno}: field {text_field!r} is empty")
+        label = row[label_field]
+        if isinstance(label, str) and not label.strip():
+            raise DataError(f"{name} line {lineno}: field {label_field!r} is empty")
+        texts.append(text)
+        raw_labels.append((lineno, label))
+        flags.append(_parse_poisoned(row.get("poisoned"), name, lineno))
+
+    if not texts:
+        raise DataError(f"{name}: no samples (the file holds no data lines)")
+    ids, vocab = _resolve_labels(raw_labels, names, name)
+    samples = [Sample(t, i, f, pos) for pos, (t, i, f) in enumerate(zip(texts, ids, flags))]
+    return TaskData(samples, vocab, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _sample_record(sample: Sample, include_poisoned: bool) -> dict[str, Any]:
+    """The JSON object one sample is written as."""
+    rec: dict[str, Any] = {"text": sample.text, "label": sample.label}
+    if include_poisoned and sample.poisoned is not None:
+        rec["poisoned"] = sample.poisoned
+    rec["index"] = sample.index
+    return rec
+
+
+def write_jsonl(path: str | os.PathLike[str], samples: Iterable[Sample], *, include_poisoned: bool = True) -> None:
+    """Write samples as JSONL atomically (temp file in the same folder, then os.replace) so readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide permissions, like a plain open() would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            for pos, sample in enumerate(samples):
+                try:
+                    line = json.dumps(_sample_record(sample, include_poisoned), ensure_ascii=False)
+                except (TypeError, ValueError, AttributeError) as exc:
+                    raise DataError(f"{target}: cannot write sample {pos}: {exc}") from exc
+                fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting, tokenizing, batching
+
+
+def _as_sample_list(samples_or_data: TaskData | Iterable[Sample]) -> list[Sample]:
+    """Accept either TaskData or any iterable of Sample."""
+    if isinstance(samples_or_data, TaskData):
+        return list(samples_or_data.samples)
+    return list(samples_or_data)
+
+
+def _validate_fractions(fractions: Sequence[float]) -> list[float]:
+    """Fractions must be finite, non-negative and sum to 1."""
+    fr = [float(f) for f in fractions]
+    if not fr:
+        raise DataError("split fractions are empty")
+    if any(not math.isfinite(f) or f < 0 for f in fr):
+        raise DataError(f"split fractions must be finite and non-negative, got {list(fractions)}")
+    if abs(sum(fr) - 1.0) > 1e-6:
+        raise DataError(f"split fractions must sum to 1, got {list(fractions)} (sum {sum(fr):g})")
+    return fr
+
+
+def _largest_remainder(n: int, fractions: list[float]) -> list[int]:
+    """Integer part sizes summing to n, as close to n*fraction as possible."""
+    exact = [n * f for f in fractions]
+    counts = [math.floor(x) for x in exact]
+    order = sorted(range(len(fractions)), key=lambda p: (-(exact[p] - counts[p]), p))
+    for p in order[: n - sum(counts)]:
+        counts[p] += 1
+    return counts
+
+
+def split_samples(
+    samples: TaskData | Sequence[Sample], fractions: Sequence[float], seed: int, stratify: bool = True
+) -> list[list[Sample]]:
+    """Split samples into disjoint parts of the given fractions, seeded and label-stratified, so splits are reproducible."""
+    fr = _validate_fractions(fractions)
+    items = _as_sample_list(samples)
+    rng = random.Random(seed)
+    targets = _largest_remainder(len(items), fr)
+
+    groups: dict[int, list[int]] = {}
+    for pos, s in enumerate(items):
+        groups.setdefault(s.label if stratify else 0, []).append(pos)
+    keys = sorted(groups)
+    for k in keys:
+        rng.shuffle(groups[k])
+
+    # Controlled rounding: each label gets floor(n_g * f) per part, then the leftovers go where the
+    # fractional parts are largest while keeping the overall part sizes at their targets.
+    alloc = {k: [math.floor(len(groups[k]) * f) for f in fr] for k in keys}
+    left = {k: len(groups[k]) - sum(alloc[k]) for k in keys}
+    deficit = [targets[p] - sum(alloc[k][p] for k in keys) for p in range(len(fr))]
+    cells = [
+        (-(len(groups[k]) * fr[p] - alloc[k][p]), rng.random(), k, p) for k in keys for p in range(len(fr)) if fr[p] > 0
+    ]
+    cells.sort()
+    for _, _, k, p in cells:
+        if left[k] > 0 and deficit[p] > 0:
+            alloc[k][p] += 1
+            left[k] -= 1
+            deficit[p] -= 1
+    for k in keys:  # whatever the greedy pass could not place (rare), in part order
+        for p in range(len(fr)):
+            while left[k] > 0 and deficit[p] > 0:
+                alloc[k][p] += 1
+                left[k] -= 1
+                deficit[p] -= 1
+
+    part_of = [0] * len(items)
+    for k in keys:
+        start = 0
+        for p, count in enumerate(alloc[k]):
+            for pos in groups[k][start : start + count]:
+                part_of[pos] = p
+            start += count
+    parts: list[list[Sample]] = [[] for _ in fr]
+    for pos, s in enumerate(items):  # keep source order inside each part
+        parts[part_of[pos]].append(s)
+    return parts
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int = 128) -> Any:
+    """Tokenize a batch the one way purify always does, so training and evaluation see identical inputs."""
+    if isinstance(texts, str):
+        raise DataError("encode_texts expects a sequence of texts, got a single string")
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def iter_batches(
+    samples_or_data: TaskData | Iterable[Sample], batch_size: int, *, shuffle: bool = False, seed: int = 0
+) -> Iterator[list[Sample]]:
+    """Yield lists of at most batch_size samples, in order or in a seeded shuffle, the last one possibly short."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    items = _as_sample_list(samples_or_data)
+    if shuffle:
+        random.Random(seed).shuffle(items)
+
+    def _gen() -> Iterator[list[Sample]]:
+        for start in range(0, len(items), batch_size):
+            yield items[start : start + batch_size]
+
+    return _gen()

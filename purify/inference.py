@@ -1,0 +1,60 @@
+"""Batched prediction with the one tokenization purify uses everywhere (training, evaluation, filtering)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .device import model_device
+
+MAX_LENGTH = 128
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
+    """Tokenize a batch of raw texts: padded, truncated to `max_length`, as PyTorch tensors."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return dict(enc)
+
+
+def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep the keys the model's forward accepts and move them to its device."""
+    device = model_device(model)
+    keep = ("input_ids", "attention_mask", "labels")
+    if getattr(model.config, "type_vocab_size", 0) and "token_type_ids" in batch:
+        keep = keep + ("token_type_ids",)
+    return {k: v.to(device) for k, v in batch.items() if k in keep}
+
+
+def labelled_batch(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int] | None = None,
+                   max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
+    """Tokenized texts (and labels, when given) ready for the model's forward."""
+    batch = encode(tokenizer, texts, max_length)
+    if labels is not None:
+        batch["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
+    return model_inputs(model, batch)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
+                   max_length: int = MAX_LENGTH, progress: str | None = None) -> np.ndarray:
+    """Classifier logits for `texts`, shape (n, num_labels), computed in eval mode and batches."""
+    from .progress import track
+
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, len(texts), batch_size)
+    for start in track(starts, description=progress, total=len(starts)) if progress else starts:
+        batch = labelled_batch(model, tokenizer, texts[start:start + batch_size], max_length=max_length)
+        out.append(model(**batch).logits.float().cpu())
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, getattr(model.config, "num_labels", 2)), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def predict(model: nn.Module, tokenizer, texts: Sequence[str], **kwargs) -> np.ndarray:
+    """Predicted label ids for `texts`."""
+    return predict_logits(model, tokenizer, texts, **kwargs).argmax(-1)

@@ -1,0 +1,38 @@
+"""What produced a result: package versions and the git hash of the purify checkout, for reports."""
+from __future__ import annotations
+
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+_PACKAGES = ("purify-backdoor", "torch", "transformers", "peft", "safetensors", "numpy")
+
+
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions of the packages that decide purify's numbers ('missing' when not installed)."""
+    versions = {}
+    for name in _PACKAGES + tuple(extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def git_hash() -> str | None:
+    """The commit of the purify source tree (with '-dirty' when it has local changes), or None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict:
+    """Versions plus git hash, as recorded in every report and exported config."""
+    return {"versions": package_versions(), "git_hash": git_hash()}

@@ -1,0 +1,1 @@
+"""Test helpers shipped with purify: tiny models and the strategy conformance kit."""
