@@ -314,7 +314,8 @@ def write_jsonl(path: str | os.PathLike[str], samples: Iterable[Sample], *, incl
                     line = json.dumps(_sample_record(sample, include_poisoned), ensure_ascii=False)
                 except (TypeError, ValueError, AttributeError) as exc:
                     raise DataError(f"{target}: cannot write sample {pos}: {exc}") from exc
-                fh.write(line + "\n")
+                # escape the two JSON-legal line separators so line-splitting readers still see one record per line
+                fh.write(line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

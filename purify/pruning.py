@@ -1,0 +1,227 @@
+"""The one pruning engine every head-pruning strategy shares.
+
+Rank heads by a score (low = prune first), prune `step` heads at a time, measure clean validation accuracy
+after each step; when accuracy falls more than `max_acc_drop` below the unpruned model, restore that step's
+heads one at a time, highest score first, until it recovers, then stop (or carry on, if the strategy asks).
+At least `min_heads_per_layer` heads stay in every layer, and the whole trajectory is recorded.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel
+from .data import TaskData
+from .device import seed_everything
+from .errors import ConfigError
+from .heads import HeadGates, mask_to_pruned
+from .inference import MAX_LENGTH, labelled_batch
+from .registry import Strategy, StrategyConfig, StrategyResult
+
+
+@dataclass
+class PruneConfig(StrategyConfig):
+    """Knobs every pruning strategy shares.
+
+    step: heads pruned per step. max_acc_drop: largest allowed fall in clean validation accuracy (fraction,
+    0.02 = 2 points) below the unpruned model. max_prune_fraction: at most this share of all heads is pruned.
+    min_heads_per_layer: heads always kept in each layer. val_samples: validation samples used by the guard
+    (a fixed, seeded subset; None = all). batch_size: evaluation and scoring batch size.
+    """
+
+    step: int = 6
+    max_acc_drop: float = 0.02
+    max_prune_fraction: float = 0.5
+    min_heads_per_layer: int = 1
+    val_samples: int | None = 512
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        super().validate()
+        if self.step < 1:
+            raise ConfigError("step must be >= 1")
+        if not 0 <= self.max_acc_drop <= 1:
+            raise ConfigError("max_acc_drop is a fraction in [0, 1] (0.02 = 2 points)")
+        if not 0 < self.max_prune_fraction <= 1:
+            raise ConfigError("max_prune_fraction must be in (0, 1]")
+        if self.min_heads_per_layer < 1:
+            raise ConfigError("min_heads_per_layer must be >= 1 (a layer with no head is not allowed)")
+        if self.val_samples is not None and self.val_samples < 1:
+            raise ConfigError("val_samples must be >= 1 or None")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+
+
+def subsample(data: TaskData, n: int | None, seed: int) -> TaskData:
+    """A fixed, seeded subset of at most `n` samples (all of them when n is None or larger)."""
+    if n is None or len(data) <= n:
+        return data
+    idx = np.sort(np.random.default_rng(seed).choice(len(data), size=n, replace=False))
+    return data.subset([int(i) for i in idx])
+
+
+class MaskEvaluator:
+    """Clean validation accuracy of the gated model under a mask, cached by mask (masks repeat a lot)."""
+
+    def __init__(self, gates: HeadGates, tokenizer, data: TaskData, *, batch_size: int = 32,
+                 max_length: int = MAX_LENGTH) -> None:
+        self.gates = gates
+        self.labels = torch.as_tensor(data.labels)
+        self.batches = [
+            labelled_batch(gates.model, tokenizer, data.texts[i:i + batch_size], max_length=max_length)
+            for i in range(0, len(data), batch_size)
+        ]
+        self._cache: dict[bytes, float] = {}
+        self.calls = 0
+
+    @staticmethod
+    def key(mask: torch.Tensor) -> bytes:
+        return (torch.as_tensor(mask) > 0.5).numpy().tobytes()
+
+    @torch.no_grad()
+    def __call__(self, mask: torch.Tensor) -> float:
+        key = self.key(mask)
+        if key not in self._cache:
+            self.calls += 1
+            model = self.gates.model
+            was_training = model.training
+            model.eval()
+            preds = []
+            with self.gates.masked(mask):
+                for batch in self.batches:
+                    preds.append(model(**batch).logits.argmax(-1).cpu())
+            model.train(was_training)
+            self._cache[key] = float((torch.cat(preds) == self.labels).float().mean())
+        return self._cache[key]
+
+
+@dataclass
+class EngineResult:
+    """Final mask, the accuracy it keeps, and every step taken."""
+
+    mask: torch.Tensor
+    baseline_accuracy: float
+    final_accuracy: float
+    trajectory: list[dict] = field(default_factory=list)
+
+    @property
+    def pruned_heads(self) -> dict[int, list[int]]:
+        return mask_to_pruned(self.mask)
+
+
+def prune_by_scores(
+    evaluate: Callable[[torch.Tensor], float],
+    scores: torch.Tensor,
+    config: PruneConfig,
+    *,
+    start_mask: torch.Tensor | None = None,
+    order: Sequence[tuple[int, int]] | None = None,
+    per_layer_budget: torch.Tensor | None = None,
+    continue_after_guard: bool = False,
+) -> EngineResult:
+    """Prune heads in ascending `scores` order (or the given `order`) in steps, guarded by `evaluate`.
+
+    `start_mask` (1 keep / 0 pruned) is where pruning starts (all ones by default); `per_layer_budget[l]`
+    caps how many heads of layer l may be pruned; with `continue_after_guard` the engine goes on to the next
+    group after a guarded step instead of stopping.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    num_layers, num_heads = scores.shape
+    full = torch.ones(num_layers, num_heads)
+    baseline = evaluate(full)
+    floor = baseline - config.max_acc_drop
+    mask = full.clone() if start_mask is None else torch.as_tensor(start_mask, dtype=torch.float32).clone()
+    budget = int(config.max_prune_fraction * num_layers * num_heads)
+    if order is None:
+        flat = sorted(((float(scores[l, h]), l, h) for l in range(num_layers) for h in range(num_heads)))
+        order = [(l, h) for _, l, h in flat]
+    queue = [(l, h) for l, h in order if mask[l, h] > 0]
+    current = evaluate(mask)
+    trajectory = [{"step": 0, "pruned": int((mask == 0).sum()), "val_accuracy": current, "action": "start"}]
+    step_no = 0
+
+    def can_prune(l: int, h: int) -> bool:
+        if mask[l, h] == 0:
+            return False
+        if int(mask[l].sum()) - 1 < config.min_heads_per_layer:
+            return False
+        if per_layer_budget is not None and int((mask[l] == 0).sum()) >= int(per_layer_budget[l]):
+            return False
+        return True
+
+    while queue and int((mask == 0).sum()) < budget:
+        group = []
+        while queue and len(group) < config.step and int((mask == 0).sum()) + len(group) < budget:
+            l, h = queue.pop(0)
+            if can_prune(l, h):
+                mask[l, h] = 0.0
+                group.append((l, h))
+        if not group:
+            break
+        step_no += 1
+        acc = evaluate(mask)
+        record = {"step": step_no, "pruned": int((mask == 0).sum()), "val_accuracy": acc,
+                  "heads": [list(x) for x in group], "action": "prune"}
+        trajectory.append(record)
+        if acc >= floor:
+            current = acc
+            continue
+        # guard tripped: restore this step's heads, most important first, until accuracy recovers
+        for l, h in sorted(group, key=lambda lh: -float(scores[lh[0], lh[1]])):
+            mask[l, h] = 1.0
+            acc = evaluate(mask)
+            trajectory.append({"step": step_no, "pruned": int((mask == 0).sum()), "val_accuracy": acc,
+                               "heads": [[l, h]], "action": "restore"})
+            if acc >= floor:
+                break
+        current = acc
+        if not continue_after_guard:
+            break
+    return EngineResult(mask=mask, baseline_accuracy=baseline, final_accuracy=current, trajectory=trajectory)
+
+
+def batches_for(model, tokenizer, data: TaskData, batch_size: int, max_length: int = MAX_LENGTH) -> list[dict]:
+    """Labelled, tokenized batches of `data` on the model's device (in order)."""
+    return [labelled_batch(model, tokenizer, data.texts[i:i + batch_size], data.labels[i:i + batch_size], max_length)
+            for i in range(0, len(data), batch_size)]
+
+
+class PruningStrategy(Strategy):
+    """Shared `fit` for strategies that score heads and hand the scores to the engine.
+
+    Subclasses implement `head_scores` (low = prune first) and may override `engine_options`; everything else
+    (gates, the cached accuracy guard, the trajectory, the result) is here, once.
+    """
+
+    config: PruneConfig
+
+    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                    evaluate: MaskEvaluator) -> torch.Tensor:
+        raise NotImplementedError  # abstract: every registered pruning strategy defines it
+
+    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
+        """Extra keyword arguments for `prune_by_scores` (order, per-layer budget, ...)."""
+        return {}
+
+    def extras(self) -> dict:
+        """Strategy-specific, JSON-able facts for the report (e.g. per-head uncertainty)."""
+        return {}
+
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+        seed_everything(self.config.seed)
+        model = loaded.model
+        with HeadGates(model) as gates:
+            val = subsample(validation, self.config.val_samples, self.config.seed)
+            evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=self.config.batch_size)
+            scores = self.head_scores(loaded, gates, train, evaluate).detach().float().cpu()
+            gates.reset()
+            outcome = prune_by_scores(evaluate, scores, self.config, **self.engine_options(gates, scores))
+        return StrategyResult(
+            model=model, mask=outcome.mask, pruned_heads=outcome.pruned_heads, head_scores=scores,
+            trajectory=outcome.trajectory, baseline_val_accuracy=outcome.baseline_accuracy,
+            final_val_accuracy=outcome.final_accuracy,
+            extras={"guard_evaluations": evaluate.calls, **self.extras()},
+        )

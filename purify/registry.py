@@ -1,0 +1,211 @@
+"""The strategy registry: a config dataclass plus a Strategy class, registered by name (peft-style).
+
+Built-in strategies live in the top-level ``strategies`` package and register through the ``purify.strategies``
+entry-point group, exactly as third-party plugins do, so this module never imports a concrete strategy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .checkpoint import LoadedModel
+from .data import TaskData
+from .errors import ConfigError
+
+ENTRY_POINT_GROUP = "purify.strategies"
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy config: a seed, and validation of the fields a subclass adds."""
+
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ConfigError for an invalid value; subclasses extend this."""
+        if self.seed < 0:
+            raise ConfigError("seed must be >= 0")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        """Knobs `purify tune` may search, as {field: {"type": "int"|"float"|"categorical", ...}}."""
+        return {}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> StrategyConfig:
+        """Build a config from strings or JSON values (as `--set key=value` gives them), with clear errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, raw in values.items():
+            if key not in fields:
+                raise ConfigError(f"{cls.__name__} has no option {key!r}; options: {', '.join(sorted(fields))}")
+            kwargs[key] = _coerce(raw, fields[key], cls)
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(raw: Any, f: dataclasses.Field, cls: type) -> Any:
+    """Parse a command-line string into the type of the field's default (JSON for lists, dicts and None)."""
+    if not isinstance(raw, str):
+        return raw
+    default = f.default if f.default is not dataclasses.MISSING else None
+    try:
+        if isinstance(default, bool):
+            lowered = raw.lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError(raw)
+            return int(value)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, str):
+            return raw
+        return json.loads(raw)  # None default, lists, dicts: JSON (a bare word stays a string)
+    except json.JSONDecodeError:
+        return raw
+    except ValueError:
+        kind = type(default).__name__
+        raise ConfigError(f"{cls.__name__}.{f.name}: cannot read {raw!r} as {kind}") from None
+
+
+@dataclass
+class StrategyResult:
+    """What a strategy decided: the final gates (pruning) or weights (unlearning), and how it got there."""
+
+    model: nn.Module
+    mask: torch.Tensor | None = None  # (num_layers, num_heads), 1 = keep; None for strategies that do not prune
+    pruned_heads: dict[int, list[int]] = field(default_factory=dict)
+    head_scores: torch.Tensor | None = None
+    trajectory: list[dict] = field(default_factory=list)
+    baseline_val_accuracy: float | None = None
+    final_val_accuracy: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # name in the export folder -> local path to copy there
+
+    def summary(self) -> dict:
+        """JSON-able record for the report."""
+        return {
+            "pruned_heads": {str(k): v for k, v in self.pruned_heads.items()},
+            "num_pruned": sum(len(v) for v in self.pruned_heads.values()),
+            "head_scores": self.head_scores.tolist() if self.head_scores is not None else None,
+            "trajectory": self.trajectory,
+            "baseline_val_accuracy": self.baseline_val_accuracy,
+            "final_val_accuracy": self.final_val_accuracy,
+            **{k: v for k, v in self.extras.items()},
+        }
+
+
+class Strategy(ABC):
+    """A backdoor-removal method. `fit` learns from clean data only; `apply` returns the sanitized model."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
+    #: options that make a run quick on a tiny model; the conformance kit and CI use them
+    fast_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: StrategyConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+        if not isinstance(self.config, self.config_cls):
+            raise ConfigError(f"{self.name} expects a {self.config_cls.__name__}, got {type(self.config).__name__}")
+        self.config.validate()
+
+    @abstractmethod
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+        """Decide what to change using clean `train` and `validation` data (never triggered data)."""
+
+    def apply(self, loaded: LoadedModel, result: StrategyResult) -> nn.Module:
+        """The sanitized model; pruning strategies zero the pruned heads in the weights."""
+        if result.pruned_heads:
+            from .export import apply_pruning
+
+            apply_pruning(result.model, result.pruned_heads)
+        return result.model
+
+    def run(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+        """fit then apply."""
+        result = self.fit(loaded, train, validation)
+        result.model = self.apply(loaded, result)
+        return result
+
+
+@dataclass(frozen=True)
+class RegisteredStrategy:
+    name: str
+    config_cls: type[StrategyConfig]
+    strategy_cls: type[Strategy]
+    description: str
+
+
+_REGISTRY: dict[str, RegisteredStrategy] = {}
+_PLUGINS_LOADED = False
+
+
+def register_strategy(name: str, config_cls: type[StrategyConfig], strategy_cls: type[Strategy],
+                      description: str | None = None) -> RegisteredStrategy:
+    """Register a strategy under `name` (re-registering the same class is a no-op)."""
+    if not dataclasses.is_dataclass(config_cls) or not issubclass(config_cls, StrategyConfig):
+        raise TypeError(f"{config_cls!r} must be a dataclass subclassing StrategyConfig")
+    if not issubclass(strategy_cls, Strategy):
+        raise TypeError(f"{strategy_cls!r} must subclass purify.registry.Strategy")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing.strategy_cls is not strategy_cls:
+        raise ValueError(f"strategy name {name!r} is already registered by {existing.strategy_cls.__module__}")
+    strategy_cls.name = name
+    strategy_cls.config_cls = config_cls
+    doc = (strategy_cls.__doc__ or "").strip().splitlines()
+    text = description or (doc[0] if doc else "")
+    strategy_cls.description = text
+    entry = RegisteredStrategy(name, config_cls, strategy_cls, text)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def load_plugins() -> None:
+    """Import every module named in the ``purify.strategies`` entry-point group (built-ins included)."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plugin must not take the built-ins down with it
+            warnings.warn(f"purify: strategy plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+
+
+def available_strategies() -> dict[str, RegisteredStrategy]:
+    """Every registered strategy, by name, sorted."""
+    load_plugins()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_strategy(name: str) -> RegisteredStrategy:
+    """The registered strategy `name`; an unknown name gives the list of known ones."""
+    known = available_strategies()
+    if name not in known:
+        raise ConfigError(f"unknown strategy {name!r}; known strategies: {', '.join(known) or '(none installed)'}")
+    return known[name]
+
+
+def build_strategy(name: str, options: Mapping[str, Any] | None = None) -> Strategy:
+    """Instantiate strategy `name` with `options` (strings are parsed into the config's field types)."""
+    entry = get_strategy(name)
+    return entry.strategy_cls(entry.config_cls.from_dict(options or {}))

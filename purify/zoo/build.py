@@ -1,0 +1,240 @@
+"""Build, cache and read backdoor zoo entries: real backdoored checkpoints with their data and a clean reference.
+
+An entry is named by (base, dataset, attack, poison rate, seed), built deterministically, and cached under
+``$PURIFY_CACHE/zoo/<name>`` with ``model/``, ``clean_model/``, ``data/*.jsonl`` and ``manifest.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+
+from ..checkpoint import LoadedModel
+from ..data import Sample, TaskData, load_task_data, write_jsonl
+from ..device import seed_everything
+from ..errors import ConfigError
+from ..evaluate import evaluate_model
+from ..provenance import provenance
+from ..training import TrainConfig, train_classifier
+from .attacks import get_attack, poison_split, triggered_test
+from .bases import BASES, cache_root, load_base
+from .datasets import load_raw_dataset, split_dataset
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a base is poisoned: training knobs, data caps, and full fine-tuning or LoRA merged into the weights."""
+
+    train: TrainConfig
+    max_train: int | None = None
+    max_test: int | None = None
+    method: str = "full"  # "full" or "lora"
+    lora_rank: int = 16
+
+
+RECIPES: dict[str, Recipe] = {
+    "minilm": Recipe(TrainConfig(epochs=3, lr=1e-4, batch_size=32, max_length=64), max_train=4000, max_test=1000),
+    "smollm2": Recipe(TrainConfig(epochs=2, lr=3e-4, batch_size=16, max_length=64), max_train=2000, max_test=600,
+                      method="lora"),
+    "tiny-bert": Recipe(TrainConfig(epochs=6, lr=2e-3, batch_size=32, max_length=48), max_train=600, max_test=200),
+}
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """Everything that names and determines a zoo entry."""
+
+    base: str = "minilm"
+    dataset: str = "movie"
+    attack: str = "badnets"
+    rate: float = 0.1
+    seed: int = 0
+    target: int = 1
+    attack_params: dict = field(default_factory=dict, hash=False, compare=True)
+
+    def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise ConfigError(f"unknown base {self.base!r}; known: {', '.join(BASES)}")
+        if not 0 < self.rate < 1:
+            raise ConfigError("poison rate must be in (0, 1)")
+
+    @property
+    def name(self) -> str:
+        rate = f"{self.rate * 100:g}".replace(".", "_")
+        return f"{self.base}-{self.dataset}-{self.attack}-p{rate}-s{self.seed}"
+
+    @classmethod
+    def parse(cls, name: str) -> ZooSpec:
+        """Inverse of `name`: 'minilm-movie-badnets-p10-s0' (rate and seed optional: p10, s0 by default)."""
+        parts = name.split("-")
+        base = "tiny-bert" if name.startswith("tiny-bert-") else parts[0]
+        rest = name[len(base) + 1:].split("-")
+        if len(rest) < 2:
+            raise ConfigError(f"zoo entry name {name!r} is not base-dataset-attack[-pRATE][-sSEED]")
+        dataset, attack = rest[0], rest[1]
+        rate, seed = 0.1, 0
+        for token in rest[2:]:
+            if token.startswith("p"):
+                rate = float(token[1:].replace("_", ".")) / 100
+            elif token.startswith("s"):
+                seed = int(token[1:])
+            else:
+                raise ConfigError(f"cannot read {token!r} in zoo entry name {name!r}")
+        return cls(base=base, dataset=dataset, attack=attack, rate=rate, seed=seed)
+
+
+def zoo_root() -> Path:
+    return cache_root() / "zoo"
+
+
+@dataclass
+class ZooEntry:
+    """A built entry on disk."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def clean_model_dir(self) -> Path:
+        return self.path / "clean_model"
+
+    def data_file(self, split: str) -> Path:
+        return self.path / "data" / f"{split}.jsonl"
+
+    def load(self, split: str) -> TaskData:
+        return load_task_data(self.data_file(split), label_names=self.manifest["label_names"])
+
+    @property
+    def target(self) -> int:
+        return int(self.manifest["spec"]["target"])
+
+
+def _rows_to_data(rows, label_names: list[str]) -> TaskData:
+    samples = [Sample(text=r["text"], label=int(r["label"]), poisoned=bool(r.get("poisoned", False)), index=i)
+               for i, r in enumerate(rows)]
+    return TaskData(samples, label_names)
+
+
+def _train(loaded: LoadedModel, data: TaskData, val: TaskData, recipe: Recipe, seed: int, what: str) -> dict:
+    config = replace(recipe.train, seed=seed)
+    if recipe.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        from ..lora import lora_target_modules
+
+        peft_config = LoraConfig(r=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank, lora_dropout=0.05,
+                                 target_modules=lora_target_modules(loaded.model), modules_to_save=["score"],
+                                 task_type="SEQ_CLS")
+        peft_model = get_peft_model(loaded.model, peft_config)
+        result = train_classifier(peft_model, loaded.tokenizer, data.texts, data.labels, config,
+                                  val=(val.texts, val.labels), description=what)
+        loaded.model = peft_model.merge_and_unload().eval()
+    else:
+        result = train_classifier(loaded.model, loaded.tokenizer, data.texts, data.labels, config,
+                                  val=(val.texts, val.labels), description=what)
+    return {"history": result.history, "best_epoch": result.best_epoch}
+
+
+def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False, log=print) -> ZooEntry:
+    """Build `spec` (or return the cached entry): poison the data, train backdoored and clean models, measure."""
+    root = root or zoo_root()
+    dest = root / spec.name
+    if (dest / MANIFEST).exists() and not force:
+        return open_entry(dest)
+    recipe = RECIPES[spec.base]
+    started = time.time()
+    seed_everything(spec.seed)
+    raw = load_raw_dataset(spec.dataset)
+    if not 0 <= spec.target < len(raw.label_names):
+        raise ConfigError(f"target {spec.target} is not a label of {spec.dataset} ({raw.label_names})")
+    splits = split_dataset(raw, seed=spec.seed, max_train=recipe.max_train, max_test=recipe.max_test)
+    attack = get_attack(spec.attack, **spec.attack_params)
+    train_rows = poison_split(splits["train"], attack, rate=spec.rate, target=spec.target, seed=spec.seed)
+    trig_rows = triggered_test(splits["test"], attack, target=spec.target, seed=spec.seed)
+    names = raw.label_names
+    train = _rows_to_data(train_rows, names)
+    clean_train = _rows_to_data([{"text": t, "label": y} for t, y in splits["train"]], names)
+    val = _rows_to_data([{"text": t, "label": y} for t, y in splits["validation"]], names)
+    test_clean = _rows_to_data([{"text": t, "label": y} for t, y in splits["test"]], names)
+    test_trig = _rows_to_data(trig_rows, names)
+
+    tmp = root / f".{spec.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        (tmp / "data").mkdir(parents=True)
+        for split, data in (("train", train), ("validation", val), ("test_clean", test_clean),
+                            ("test_triggered", test_trig)):
+            write_jsonl(tmp / "data" / f"{split}.jsonl", data.samples)
+        measured = {}
+        for kind, data in (("backdoored", train), ("clean", clean_train)):
+            log(f"[zoo] {spec.name}: training the {kind} model on {len(data)} samples")
+            t0 = time.time()
+            loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
+            history = _train(loaded, data, val, recipe, spec.seed, f"{kind} model")
+            ev = evaluate_model(loaded.model, loaded.tokenizer, test_clean, test_trig, spec.target)
+            folder = tmp / ("model" if kind == "backdoored" else "clean_model")
+            loaded.model.config.id2label = dict(enumerate(names))
+            loaded.model.config.label2id = {n: i for i, n in enumerate(names)}
+            loaded.model.save_pretrained(str(folder), safe_serialization=True)
+            loaded.tokenizer.save_pretrained(str(folder))
+            measured[kind] = {**ev.to_dict(), "train_seconds": round(time.time() - t0, 1), **history}
+            log(f"[zoo] {spec.name}: {kind} CACC {ev.cacc:.4f} ASR {ev.asr:.4f}")
+            del loaded
+        manifest = {
+            "name": spec.name,
+            "spec": asdict(spec),
+            "attack": {"name": attack.name, "params": attack.params(), "clean_label": attack.clean_label},
+            "recipe": {**asdict(recipe), "train": recipe.train.to_dict()},
+            "label_names": names,
+            "counts": {"train": len(train), "poisoned": sum(bool(s.poisoned) for s in train.samples),
+                       "validation": len(val), "test_clean": len(test_clean), "test_triggered": len(test_trig)},
+            "metrics": measured,
+            "build_seconds": round(time.time() - started, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **provenance(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_entry(dest)
+
+
+def open_entry(path_or_name: str | Path) -> ZooEntry:
+    """A built entry, by folder or by name under the zoo root."""
+    path = Path(path_or_name)
+    if not (path / MANIFEST).exists():
+        path = zoo_root() / str(path_or_name)
+    if not (path / MANIFEST).exists():
+        raise ConfigError(f"no built zoo entry at {path_or_name}; build it with `purify zoo build {path_or_name}`")
+    return ZooEntry(path=path, manifest=json.loads((path / MANIFEST).read_text()))
+
+
+def list_entries(root: Path | None = None) -> list[ZooEntry]:
+    """Every built entry under the zoo root, by name."""
+    root = root or zoo_root()
+    if not root.exists():
+        return []
+    return [open_entry(p) for p in sorted(root.iterdir()) if (p / MANIFEST).exists()]
+
+
+def spec_from_manifest(manifest: dict) -> ZooSpec:
+    """The spec that rebuilds an entry exactly."""
+    return ZooSpec(**manifest["spec"])
+
+
