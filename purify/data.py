@@ -61,7 +61,7 @@ class TaskData:
 
     @property
     def texts(self) -> list[str]:
-        """The texts in sample order, ready for `encode_texts`."""
+        """The texts in sample order, ready for `purify.inference.encode`."""
         return [s.text for s in self.samples]
 
     @property
@@ -408,13 +408,6 @@ def split_samples(
     for pos, s in enumerate(items):  # keep source order inside each part
         parts[part_of[pos]].append(s)
     return parts
-
-
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int = 128) -> Any:
-    """Tokenize a batch the one way purify always does, so training and evaluation see identical inputs."""
-    if isinstance(texts, str):
-        raise DataError("encode_texts expects a sequence of texts, got a single string")
-    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
 def iter_batches(

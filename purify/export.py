@@ -21,7 +21,7 @@ from torch import nn
 
 from .checkpoint import task_from_architectures
 from .errors import CheckpointError, ExportError
-from .heads import AttentionBlock, find_attention_blocks
+from .heads import AttentionBlock, HeadGates, find_attention_blocks, pruned_to_mask
 from .inference import encode, model_inputs
 from .provenance import provenance
 
@@ -44,17 +44,25 @@ def _head_slices(block: AttentionBlock, heads: Sequence[int]) -> list[slice]:
     return [slice(h * d, (h + 1) * d) for h in heads]
 
 
-def sanitized_state_dict(model: nn.Module, pruned_heads: Mapping) -> dict[str, torch.Tensor]:
-    """The model's state dict with every pruned head zeroed (tensors that change are copies; the model is untouched)."""
-    pruned = _normalise(pruned_heads)
-    state = dict(model.state_dict())
+def check_pruned(model: nn.Module, pruned: Mapping[int, list[int]]) -> dict[int, AttentionBlock]:
+    """The model's attention blocks by layer, after checking every pruned (layer, head) exists."""
     blocks = {b.layer: b for b in find_attention_blocks(model)}
     for layer, heads in pruned.items():
         if layer not in blocks:
             raise ExportError(f"pruned layer {layer} does not exist (model has {len(blocks)} attention layers)")
+        if any(h < 0 or h >= blocks[layer].num_heads for h in heads):
+            raise ExportError(f"pruned head out of range in layer {layer}: {heads} "
+                              f"(model has {blocks[layer].num_heads})")
+    return blocks
+
+
+def sanitized_state_dict(model: nn.Module, pruned_heads: Mapping) -> dict[str, torch.Tensor]:
+    """The model's state dict with every pruned head zeroed (tensors that change are copies; the model is untouched)."""
+    pruned = _normalise(pruned_heads)
+    state = dict(model.state_dict())
+    blocks = check_pruned(model, pruned)
+    for layer, heads in pruned.items():
         block = blocks[layer]
-        if any(h < 0 or h >= block.num_heads for h in heads):
-            raise ExportError(f"pruned head out of range in layer {layer}: {heads} (model has {block.num_heads})")
 
         def zero(name: str, dim: int, slices: list[slice]) -> None:
             key = f"{name}.weight"
@@ -183,6 +191,18 @@ def _model_card(meta: Mapping, report: Mapping | None) -> str:
     return "\n".join(lines)
 
 
+def _reference_logits(model: nn.Module, batch: Mapping[str, torch.Tensor], pruned: Mapping) -> torch.Tensor:
+    """Logits of the sanitized function: the model with every pruned head gated to 0 (on top of any gates)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), HeadGates(model) as gates:
+            gates.set(pruned_to_mask(pruned, gates.shape))
+            return model(**batch).logits.float().cpu()
+    finally:
+        model.train(was_training)
+
+
 def export_checkpoint(
     model: nn.Module,
     tokenizer,
@@ -198,22 +218,19 @@ def export_checkpoint(
 ) -> VerifyResult:
     """Write `model` (with `pruned_heads` zeroed) as a sanitized folder, verify it, then move it into place.
 
-    `model` is the in-memory model whose function the export must reproduce (gates applied, if any); its
-    probe logits are the reference. `metadata` becomes the ``purify`` block of config.json.
+    The reference is the in-memory model with the pruned heads gated to 0 (the function the sanitized weights
+    must reproduce); `metadata` becomes the ``purify`` block of config.json.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
     pruned = _normalise(pruned_heads or {})
+    check_pruned(model, pruned)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         batch = model_inputs(model, encode(tokenizer, list(probe_texts)))
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            reference = model(**batch).logits.float().cpu()
-        model.train(was_training)
+        reference = _reference_logits(model, batch, pruned)
         state = sanitized_state_dict(model, pruned)
         model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))

@@ -203,8 +203,8 @@ class HeadGates:
     ) -> torch.Tensor:
         """Accumulated |dL/d gate| over `batches` (Michel et al. 2019), shape (num_layers, num_heads), on the CPU.
 
-        Gradients are taken with respect to the gates only (model parameters get no .grad). The current gate
-        values are the point at which the gradient is taken, so pruned heads score 0.
+        Gradients are taken with respect to the gates only (model parameters get no .grad), at the current
+        gate values (so with some heads pruned it measures the others' importance in the pruned model).
         """
         loss_fn = loss_fn or default_loss
         total = torch.zeros(self.shape)

@@ -14,6 +14,8 @@ MAX_LENGTH = 128
 
 def encode(tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
     """Tokenize a batch of raw texts: padded, truncated to `max_length`, as PyTorch tensors."""
+    if isinstance(texts, str):
+        raise TypeError("encode expects a sequence of texts, got a single string")
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return dict(enc)
 

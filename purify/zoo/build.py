@@ -36,6 +36,7 @@ class Recipe:
     train: TrainConfig
     max_train: int | None = None
     max_test: int | None = None
+    max_val: int | None = None
     method: str = "full"  # "full" or "lora"
     lora_rank: int = 16
 
@@ -44,7 +45,8 @@ RECIPES: dict[str, Recipe] = {
     "minilm": Recipe(TrainConfig(epochs=3, lr=1e-4, batch_size=32, max_length=64), max_train=4000, max_test=1000),
     "smollm2": Recipe(TrainConfig(epochs=2, lr=3e-4, batch_size=16, max_length=64), max_train=2000, max_test=600,
                       method="lora"),
-    "tiny-bert": Recipe(TrainConfig(epochs=6, lr=2e-3, batch_size=32, max_length=48), max_train=600, max_test=200),
+    "tiny-bert": Recipe(TrainConfig(epochs=5, lr=2e-3, batch_size=32, max_length=32), max_train=500, max_test=150,
+                        max_val=100),
 }
 
 
@@ -166,7 +168,8 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
     names = raw.label_names
     train = _rows_to_data(train_rows, names)
     clean_train = _rows_to_data([{"text": t, "label": y} for t, y in splits["train"]], names)
-    val = _rows_to_data([{"text": t, "label": y} for t, y in splits["validation"]], names)
+    val_rows = splits["validation"][:recipe.max_val] if recipe.max_val else splits["validation"]
+    val = _rows_to_data([{"text": t, "label": y} for t, y in val_rows], names)
     test_clean = _rows_to_data([{"text": t, "label": y} for t, y in splits["test"]], names)
     test_trig = _rows_to_data(trig_rows, names)
 

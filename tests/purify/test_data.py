@@ -12,7 +12,6 @@ from purify import data as data_mod
 from purify.data import (
     Sample,
     TaskData,
-    encode_texts,
     iter_batches,
     load_task_data,
     split_samples,
@@ -364,20 +363,6 @@ def test_iter_batches_in_order_and_shuffled() -> None:
     assert td.samples == _task(10).samples  # caller's list not shuffled in place
     with pytest.raises(DataError):
         iter_batches(td, 0)
-
-
-def test_encode_texts_passes_the_one_set_of_options() -> None:
-    seen: dict[str, object] = {}
-
-    def fake_tokenizer(texts: list[str], **kwargs: object) -> dict[str, object]:
-        seen["texts"] = texts
-        seen.update(kwargs)
-        return {"input_ids": "ok"}
-
-    assert encode_texts(fake_tokenizer, ("a", "b"), max_length=16) == {"input_ids": "ok"}
-    assert seen == {"texts": ["a", "b"], "padding": True, "truncation": True, "max_length": 16, "return_tensors": "pt"}
-    with pytest.raises(DataError):
-        encode_texts(fake_tokenizer, "one string")
 
 
 def test_loader_tolerates_raw_line_separator_inside_json_string(tmp_path: Path) -> None:

@@ -1,0 +1,308 @@
+"""The `purify` command line: run, ls, verify, eval, filter, zoo, demo, report, bench, tune.
+
+`purify MODEL_DIR --strategy X --data FILE --out DIR` is shorthand for `purify run ...`. Errors that are the
+user's input print one line and exit with status 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, PurifyError
+
+SUBCOMMANDS = ("run", "ls", "verify", "eval", "filter", "zoo", "demo", "report", "bench", "tune")
+
+
+def _parse_sets(pairs: list[str] | None, config_file: str | None = None) -> dict:
+    """Options from `--set key=value` pairs, on top of an optional JSON/YAML config file."""
+    options: dict = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            options.update(yaml.safe_load(text) or {})
+        else:
+            try:
+                options.update(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> None:
+    if need_model:
+        p.add_argument("model_dir", help="the suspicious checkpoint: a Hugging Face folder with safetensors")
+        p.add_argument("--data", required=True, help="untrusted task data (.jsonl, .csv or .tsv with text and label)")
+        p.add_argument("--out", required=True, help="folder for the sanitized checkpoint (written atomically)")
+    p.add_argument("--strategy", default=None, help="strategy name (see `purify ls`); default: gradient_prune")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
+    p.add_argument("--config", help="JSON or YAML file of strategy options (--set wins)")
+    p.add_argument("--filter", default=None, help="data filter: gradsentry, gradshield or none (default gradsentry)")
+    p.add_argument("--filter-set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
+    p.add_argument("--trusted", help="small trusted clean set: used as validation data and as GradShield's probe")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickle weights, loaded with torch.load(weights_only=True) (unsafe files are refused)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--eval-clean", help="clean test file for the before/after table")
+    p.add_argument("--eval-triggered", help="triggered test file (needs --target)")
+    p.add_argument("--target", help="target label of the triggered file (id or name)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="purify",
+        description="Purify an already-backdoored transformer checkpoint: filter the task data, remove the "
+                    "backdoor with a registered strategy, export a sanitized checkpoint with a report.",
+        epilog="Shorthand: `purify MODEL_DIR --strategy rl_prune --data task.jsonl --out sanitized/` = `purify run ...`",
+    )
+    parser.add_argument("--version", action="version", version=f"purify {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="filter, purify and export one checkpoint")
+    _add_run_args(p)
+
+    p = sub.add_parser("ls", help="list registered strategies and filters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("verify", help="reload an export with vanilla transformers and check its logits")
+    p.add_argument("dir", help="a folder written by purify")
+    p.add_argument("--atol", type=float, default=1e-4)
+
+    p = sub.add_parser("eval", help="CACC and ASR of a model on a clean and a triggered file")
+    p.add_argument("model_dir")
+    p.add_argument("--clean", required=True, help="clean test file")
+    p.add_argument("--triggered", help="triggered test file (samples whose true label is not the target)")
+    p.add_argument("--target", help="target label (id or name); read from a zoo manifest when omitted")
+    p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument("--allow-pickle", action="store_true")
+
+    p = sub.add_parser("filter", help="score untrusted data and keep the clean samples")
+    p.add_argument("data")
+    p.add_argument("--model", required=True, help="the suspicious checkpoint the gradients are taken on")
+    p.add_argument("--method", default="gradsentry", help="gradsentry or gradshield")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
+    p.add_argument("--threshold", type=float, help="override the automatic threshold")
+    p.add_argument("--trusted", help="trusted clean set (GradShield's probe)")
+    p.add_argument("--out", required=True, help="kept samples (.jsonl); scores and a histogram are written beside it")
+
+    p = sub.add_parser("zoo", help="build and inspect backdoored reference checkpoints")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    zb = zsub.add_parser("build", help="build entries, e.g. minilm-movie-badnets-p10-s0 (cached)")
+    zb.add_argument("names", nargs="+")
+    zb.add_argument("--force", action="store_true", help="rebuild even if cached")
+    zsub.add_parser("ls", help="list built entries with their CACC and ASR")
+    zs = zsub.add_parser("show", help="print an entry's manifest")
+    zs.add_argument("name")
+
+    p = sub.add_parser("demo", help="the main job on the built-in default backdoored model")
+    p.add_argument("--strategy", default=None, help="any registered strategy (default: the benchmarked choice)")
+    p.add_argument("--filter", default=None, help="gradsentry, gradshield or none")
+    p.add_argument("--zoo", default=None, help="zoo entry to purify (default minilm-movie-badnets-p10-s0)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
+    p.add_argument("--out", default=None, help="output folder (default runs/demo-<strategy>)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("report", help="re-render a run's plots and print its summary")
+    p.add_argument("dir")
+
+    return parser
+
+
+def _resolve_target(value: str | None, label_names: list[str] | None) -> int | None:
+    if value is None:
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    if label_names and value in label_names:
+        return label_names.index(value)
+    raise ConfigError(f"target {value!r} is neither a label id nor one of {label_names}")
+
+
+def cmd_run(args) -> int:
+    from .checkpoint import load_checkpoint  # noqa: F401  (fail early on a bad install)
+    from .pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig, run_pipeline
+
+    label_names = _model_label_names(args.model_dir)
+    cfg = PipelineConfig(
+        strategy=args.strategy or DEFAULT_STRATEGY, strategy_options=_parse_sets(args.set, args.config),
+        filter=args.filter or DEFAULT_FILTER, filter_options=_parse_sets(args.filter_set), trusted=args.trusted,
+        seed=args.seed, allow_pickle=args.allow_pickle, text_field=args.text_field, label_field=args.label_field,
+        eval_clean=args.eval_clean, eval_triggered=args.eval_triggered,
+        target=_resolve_target(args.target, label_names), overwrite=args.overwrite,
+    )
+    report = run_pipeline(args.model_dir, args.data, args.out, cfg)
+    from .report import print_summary
+
+    print_summary(report)
+    return 0
+
+
+def _model_label_names(model_dir: str) -> list[str] | None:
+    config = Path(model_dir) / "config.json"
+    try:
+        id2label = json.loads(config.read_text()).get("id2label") or {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+
+
+def cmd_ls(args) -> int:
+    from .registry import available_strategies
+
+    strategies = available_strategies()
+    filters = _filters()
+    if args.json:
+        print(json.dumps({"strategies": {k: v.description for k, v in strategies.items()}, "filters": filters},
+                         indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="strategies")
+    table.add_column("name")
+    table.add_column("method")
+    for name, entry in strategies.items():
+        table.add_row(name, entry.description)
+    console = Console()
+    console.print(table)
+    if filters:
+        ftable = Table(title="filters")
+        ftable.add_column("name")
+        ftable.add_column("method")
+        for name, text in filters.items():
+            ftable.add_row(name, text)
+        console.print(ftable)
+    return 0
+
+
+def _filters() -> dict[str, str]:
+    try:
+        from .filters import describe_filters
+    except ImportError:
+        return {}
+    return describe_filters()
+
+
+def cmd_verify(args) -> int:
+    from .export import verify
+
+    result = verify(args.dir, atol=args.atol)
+    print(result.message)
+    return 0 if result.ok else 1
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_task_data
+    from .evaluate import evaluate_model
+
+    loaded = load_checkpoint(args.model_dir, allow_pickle=args.allow_pickle)
+    names = _model_label_names(args.model_dir)
+    clean = load_task_data(args.clean, label_names=names)
+    triggered = load_task_data(args.triggered, label_names=names) if args.triggered else None
+    target = _resolve_target(args.target, names)
+    if triggered is not None and target is None:
+        manifest = Path(args.triggered).resolve().parent.parent / "manifest.json"
+        if manifest.exists():
+            target = int(json.loads(manifest.read_text())["spec"]["target"])
+        else:
+            raise ConfigError("--triggered needs --target (no zoo manifest.json found next to the data folder)")
+    ev = evaluate_model(loaded.model, loaded.tokenizer, clean, triggered, target, progress=True)
+    line = f"CACC {ev.cacc:.4f} on {ev.n_clean} clean samples"
+    if ev.asr is not None:
+        line += f"; ASR {ev.asr:.4f} on {ev.n_triggered} triggered non-target samples (target {target})"
+    print(line)
+    if args.out:
+        Path(args.out).write_text(json.dumps(ev.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from .zoo.build import ZooSpec, build_entry, list_entries, open_entry
+
+    if args.zoo_command == "build":
+        for name in args.names:
+            entry = build_entry(ZooSpec.parse(name), force=args.force)
+            m = entry.manifest["metrics"]
+            print(f"{entry.manifest['name']}: backdoored CACC {m['backdoored']['cacc']:.4f} "
+                  f"ASR {m['backdoored']['asr']:.4f}; clean reference CACC {m['clean']['cacc']:.4f} "
+                  f"ASR {m['clean']['asr']:.4f}; built in {entry.manifest['build_seconds']} s -> {entry.path}")
+        return 0
+    if args.zoo_command == "ls":
+        entries = list_entries()
+        if not entries:
+            print("no zoo entries built yet; try `purify zoo build minilm-movie-badnets-p10-s0`")
+        for entry in entries:
+            m = entry.manifest["metrics"]
+            print(f"{entry.manifest['name']:40s} CACC {m['backdoored']['cacc']:.4f}  ASR {m['backdoored']['asr']:.4f}"
+                  f"  (clean ref CACC {m['clean']['cacc']:.4f}, ASR floor {m['clean']['asr']:.4f})")
+        return 0
+    if args.zoo_command == "show":
+        print(json.dumps(open_entry(args.name).manifest, indent=2))
+        return 0
+    raise ConfigError("purify zoo needs a subcommand: build, ls or show")
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(strategy=args.strategy, filter_name=args.filter, zoo=args.zoo,
+             options=_parse_sets(args.set), out=args.out, seed=args.seed)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import rerender
+
+    rerender(args.dir)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "zoo": cmd_zoo,
+            "demo": cmd_demo, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `purify` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        argv = ["run", *argv]  # `purify MODEL_DIR --strategy X ...`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        print(f"purify: error: `purify {args.command}` is not available in this version", file=sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except PurifyError as exc:
+        print(f"purify: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("purify: interrupted; nothing was written at the destination", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The main job: safe load, filter the untrusted data, run one strategy on clean data, export, report."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import LoadedModel, load_checkpoint
+from .data import TaskData, load_task_data, split_samples
+from .device import seed_everything
+from .errors import ConfigError
+from .evaluate import evaluate_model
+from .export import REPORT_FILE, export_checkpoint
+from .plots import render_report_plots
+from .registry import build_strategy
+
+DEFAULT_STRATEGY = "gradient_prune"
+DEFAULT_FILTER = "gradsentry"
+FILTER_SCORES_FILE = "filter_scores.jsonl"
+
+
+@dataclass
+class PipelineConfig:
+    """What `purify run` does: which filter and strategy, with which options, and how data is read."""
+
+    strategy: str = DEFAULT_STRATEGY
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    filter: str = DEFAULT_FILTER  # or "none"
+    filter_options: dict[str, Any] = field(default_factory=dict)
+    trusted: str | None = None  # small trusted clean set: validation data and the GradShield probe
+    val_fraction: float = 0.1
+    seed: int = 0
+    allow_pickle: bool = False
+    text_field: str = "text"
+    label_field: str = "label"
+    eval_clean: str | None = None  # optional clean test file for the before/after table
+    eval_triggered: str | None = None  # optional triggered test file (the user's own red-team data)
+    target: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError("val_fraction must be in (0, 0.5)")
+        if self.eval_triggered and self.target is None:
+            raise ConfigError("--eval-triggered needs --target (the label the trigger forces)")
+
+
+def _label_names(loaded: LoadedModel) -> list[str] | None:
+    id2label = getattr(loaded.model.config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)] if id2label else None
+    return names
+
+
+def _read(path: str, loaded: LoadedModel, cfg: PipelineConfig) -> TaskData:
+    return load_task_data(path, text_field=cfg.text_field, label_field=cfg.label_field,
+                          label_names=_label_names(loaded))
+
+
+def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, trusted: TaskData | None):
+    """Run filter `name` (None for "none"); imported lazily so the pipeline works while filters load."""
+    if name == "none":
+        return None
+    from .filters import build_filter
+
+    return build_filter(name, options).run(loaded, data, trusted=trusted)
+
+
+def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig,
+                 *, log=print) -> dict:
+    """Purify `model_dir` with `cfg` using the untrusted data at `data_path`; write the export to `out_dir`."""
+    cfg.validate()
+    strategy = build_strategy(cfg.strategy, {**cfg.strategy_options, "seed": cfg.seed})
+    timings: dict[str, float] = {}
+    started = time.time()
+    seed_everything(cfg.seed)
+    loaded = load_checkpoint(model_dir, allow_pickle=cfg.allow_pickle)
+    if loaded.task != "classification":
+        raise ConfigError("the pipeline purifies sequence classifiers; this checkpoint is a causal LM")
+    data = _read(str(data_path), loaded, cfg)
+    trusted = _read(cfg.trusted, loaded, cfg) if cfg.trusted else None
+    clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
+    triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
+    timings["load"] = time.time() - started
+
+    report: dict[str, Any] = {
+        "model": str(model_dir), "data": str(data_path), "seed": cfg.seed, "pipeline": asdict(cfg),
+        "strategy": {"name": cfg.strategy, "config": strategy.config.to_dict()},
+    }
+    before = None
+    if clean_test is not None:
+        t0 = time.time()
+        before = evaluate_model(loaded.model, loaded.tokenizer, clean_test, triggered, cfg.target, progress=True)
+        timings["eval_before"] = time.time() - t0
+        log(f"[purify] before: CACC {before.cacc:.4f}" + (f", ASR {before.asr:.4f}" if before.asr is not None else ""))
+
+    t0 = time.time()
+    filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted)
+    timings["filter"] = time.time() - t0
+    kept = filtered.kept if filtered is not None else data
+    if filtered is not None:
+        report["filter"] = filtered.summary()
+        flags = [s.poisoned for s in data.samples]
+        if all(f is not None for f in flags):  # ground truth shipped with zoo data: for the report only
+            report["filter"]["ground_truth"] = {
+                "poisoned": sum(flags), "removed_poisoned": int(sum(bool(f) and bool(r) for f, r in zip(flags, filtered.flagged))),
+            }
+        log(f"[purify] filter {cfg.filter}: kept {len(kept)} of {len(data)} samples "
+            f"(threshold {filtered.threshold:.4g}, {filtered.threshold_method})")
+    else:
+        report["filter"] = {"method": "none", "kept": len(data), "total": len(data)}
+
+    if trusted is not None:
+        train, validation = kept, trusted
+    else:
+        parts = split_samples(kept.samples, [1 - cfg.val_fraction, cfg.val_fraction], seed=cfg.seed)
+        train, validation = TaskData(parts[0], kept.label_names), TaskData(parts[1], kept.label_names)
+
+    t0 = time.time()
+    log(f"[purify] strategy {cfg.strategy} on {len(train)} clean training and {len(validation)} validation samples")
+    result = strategy.run(loaded, train, validation)
+    timings["strategy"] = time.time() - t0
+    report["result"] = result.summary()
+
+    if clean_test is not None:
+        t0 = time.time()
+        after = evaluate_model(result.model, loaded.tokenizer, clean_test, triggered, cfg.target, progress=True)
+        timings["eval_after"] = time.time() - t0
+        report["metrics"] = {"before": before.to_dict(), "after": after.to_dict()}
+        log(f"[purify] after: CACC {after.cacc:.4f}" + (f", ASR {after.asr:.4f}" if after.asr is not None else ""))
+
+    with tempfile.TemporaryDirectory() as extra:
+        extra_files = dict(result.files)
+        extra_dir = Path(extra)
+        scores = None
+        if filtered is not None:
+            scores = filtered.scores
+            scores_path = extra_dir / FILTER_SCORES_FILE
+            with open(scores_path, "w") as fh:
+                for sample, score, flag in zip(data.samples, filtered.scores, filtered.flagged):
+                    fh.write(json.dumps({"index": sample.index, "score": float(score), "removed": bool(flag)}) + "\n")
+            extra_files[FILTER_SCORES_FILE] = scores_path
+        for plot in render_report_plots(report, extra_dir, scores):
+            extra_files[plot.name] = plot
+        timings["total_before_export"] = time.time() - started
+        report["timings"] = {k: round(v, 2) for k, v in timings.items()}
+        t0 = time.time()
+        outcome = export_checkpoint(
+            result.model, loaded.tokenizer, out_dir, pruned_heads=result.pruned_heads,
+            metadata={"strategy": cfg.strategy, "strategy_config": strategy.config.to_dict(),
+                      "filter": report["filter"]},
+            report=report, overwrite=cfg.overwrite, extra_files=extra_files,
+        )
+    report["export"] = {"verify": outcome.__dict__, "path": str(out_dir), "seconds": round(time.time() - t0, 2)}
+    log(f"[purify] {outcome.message}; wrote {out_dir}")
+    saved = json.loads((Path(out_dir) / REPORT_FILE).read_text())
+    return saved

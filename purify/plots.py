@@ -1,0 +1,100 @@
+"""PNG plots written next to every sanitized checkpoint: head scores, pruning trajectory, filter scores."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HEATMAP = "plot_head_scores.png"
+TRAJECTORY = "plot_trajectory.png"
+FILTER_HIST = "plot_filter_scores.png"
+
+
+def head_heatmap(scores: Sequence[Sequence[float]], pruned: Mapping, path: Path, title: str = "") -> Path:
+    """Layer x head heat map of head scores; pruned heads are marked with a cross."""
+    data = np.asarray(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4, data.shape[1] * 0.45 + 2), max(3, data.shape[0] * 0.35 + 1.5)))
+    im = ax.imshow(data, aspect="auto", cmap="viridis")
+    for layer, heads in pruned.items():
+        for head in heads:
+            ax.scatter(int(head), int(layer), marker="x", color="red", s=40)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title or "head scores (x = pruned)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def trajectory_plot(trajectory: Sequence[Mapping], baseline: float | None, max_drop: float | None,
+                    path: Path, title: str = "") -> Path:
+    """Heads pruned vs clean validation accuracy at every engine step, with the guard line."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [t["pruned"] for t in trajectory]
+    ys = [t["val_accuracy"] for t in trajectory]
+    ax.plot(xs, ys, marker="o", ms=3, lw=1)
+    restores = [(t["pruned"], t["val_accuracy"]) for t in trajectory if t.get("action") == "restore"]
+    if restores:
+        ax.scatter(*zip(*restores), color="orange", zorder=3, label="restore")
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls=":", label="unpruned")
+        if max_drop is not None:
+            ax.axhline(baseline - max_drop, color="red", ls="--", label="guard")
+    ax.set_xlabel("heads pruned")
+    ax.set_ylabel("clean validation accuracy")
+    ax.set_title(title or "pruning trajectory")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def filter_histogram(scores: Sequence[float], threshold: float | None, path: Path, *, title: str = "",
+                     groups: Mapping[str, Sequence[bool]] | None = None) -> Path:
+    """Histogram of filter scores with the threshold marked (optionally split into labelled groups)."""
+    scores = np.asarray(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=40) if len(scores) else 10
+    if groups:
+        for name, sel in groups.items():
+            ax.hist(scores[np.asarray(sel, dtype=bool)], bins=bins, alpha=0.6, label=name)
+    else:
+        ax.hist(scores, bins=bins, alpha=0.8, label="samples")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="red", ls="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("score (higher = more suspicious)")
+    ax.set_ylabel("samples")
+    ax.set_title(title or "filter scores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_report_plots(report: Mapping, folder: Path, scores: Sequence[float] | None = None) -> list[Path]:
+    """Every plot a report has data for, written into `folder`; returns the paths written."""
+    folder = Path(folder)
+    written = []
+    result = report.get("result") or {}
+    strategy = (report.get("strategy") or {}).get("name", "")
+    if result.get("head_scores") is not None:
+        written.append(head_heatmap(result["head_scores"], result.get("pruned_heads", {}), folder / HEATMAP,
+                                    f"{strategy}: head scores (x = pruned)"))
+    if result.get("trajectory"):
+        max_drop = ((report.get("strategy") or {}).get("config") or {}).get("max_acc_drop")
+        written.append(trajectory_plot(result["trajectory"], result.get("baseline_val_accuracy"), max_drop,
+                                       folder / TRAJECTORY, f"{strategy}: pruning trajectory"))
+    filt = report.get("filter") or {}
+    if scores is not None and len(scores):
+        written.append(filter_histogram(scores, filt.get("threshold"), folder / FILTER_HIST,
+                                        title=f"{filt.get('method', 'filter')} scores"))
+    return written

@@ -1,0 +1,80 @@
+"""Human-readable summaries of a run's report, and re-rendering of its plots."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import CheckpointError
+from .export import REPORT_FILE
+from .plots import render_report_plots
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def summary_rows(report: Mapping) -> list[tuple[str, str, str]]:
+    """(metric, before, after) rows for the before/after table."""
+    rows = []
+    metrics = report.get("metrics") or {}
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    if before:
+        rows.append(("CACC", _fmt(before.get("cacc")), _fmt(after.get("cacc"))))
+        if before.get("asr") is not None:
+            rows.append(("ASR", _fmt(before.get("asr")), _fmt(after.get("asr"))))
+    floor = metrics.get("asr_floor")
+    if floor is not None:
+        rows.append(("ASR of the clean reference (floor)", _fmt(floor), _fmt(floor)))
+    filt = report.get("filter") or {}
+    if filt.get("method") not in (None, "none"):
+        removed = filt.get("total", 0) - filt.get("kept", 0)
+        text = f"{removed} of {filt.get('total')}"
+        truth = filt.get("ground_truth") or {}
+        if truth:
+            text += f" ({truth.get('removed_poisoned')} of {truth.get('poisoned')} truly poisoned)"
+        rows.append((f"samples filtered out ({filt.get('method')})", "", text))
+    result = report.get("result") or {}
+    rows.append(("heads pruned", "0", str(result.get("num_pruned", 0))))
+    timings = report.get("timings") or {}
+    if timings:
+        rows.append(("time (s)", "", _fmt(timings.get("total_before_export"))))
+    return rows
+
+
+def print_summary(report: Mapping) -> None:
+    """Print the before/after table of a run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    strategy = (report.get("strategy") or {}).get("name", "?")
+    table = Table(title=f"purify: {strategy}")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    Console().print(table)
+
+
+def load_report(folder: str | Path) -> dict:
+    """The purify_report.json of an export folder."""
+    path = Path(folder) / REPORT_FILE
+    if not path.exists():
+        raise CheckpointError(f"{folder} has no {REPORT_FILE}; is it a folder written by purify?")
+    return json.loads(path.read_text())
+
+
+def rerender(folder: str | Path) -> dict:
+    """Re-draw a run's plots from its report (and filter scores file) and print its summary."""
+    folder = Path(folder)
+    report = load_report(folder)
+    scores = None
+    scores_file = folder / "filter_scores.jsonl"
+    if scores_file.exists():
+        scores = [json.loads(line)["score"] for line in scores_file.read_text().splitlines() if line.strip()]
+    written = render_report_plots(report, folder, scores)
+    print_summary(report)
+    for path in written:
+        print(f"wrote {path}")
+    return report
