@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render a run's plots and print its summary")
     p.add_argument("dir")
 
+    p = sub.add_parser("bench", help="run a benchmark matrix (resumable; finished cells are cached)")
+    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters"))
+    p.add_argument("--zoo", help="comma-separated zoo entries (default: the suite's matrix)")
+    p.add_argument("--strategies", default="all", help="comma-separated methods, or all (default)")
+    p.add_argument("--filters", help="comma-separated filters for --suite filters (default: all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds on the multi-seed entries (default 3)")
+    p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
+
     return parser
 
 
@@ -274,8 +282,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_suite
+
+    methods = None
+    if args.suite == "filters" and args.filters:
+        methods = args.filters.split(",")
+    elif args.strategies != "all":
+        methods = args.strategies.split(",")
+    entries = args.zoo.split(",") if args.zoo else None
+    command = "purify bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
+    md = run_suite(args.suite, Path(args.out), entries=entries, methods=methods, seeds=args.seeds, command=command)
+    print(md.read_text())
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "zoo": cmd_zoo,
-            "demo": cmd_demo, "report": cmd_report}
+            "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

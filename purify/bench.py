@@ -1,0 +1,370 @@
+"""`purify bench`: run a benchmark matrix cell by cell, cache every finished cell, write JSON + markdown + plot.
+
+Each cell runs in its own subprocess (so peak memory is the cell's own and a crash loses one cell), and its
+result is cached as JSON under ``<out>/cells/<suite>/``; a second run reuses finished cells. No knob of any
+defense is computed from triggered data: cells see triggered files only to *measure* ASR after the fact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .provenance import provenance
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark measurement: a method on a zoo entry with options and a seed."""
+
+    suite: str
+    entry: str
+    method: str
+    seed: int = 0
+    options: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def key(self) -> str:
+        raw = json.dumps([self.suite, self.entry, self.method, self.seed, self.options], sort_keys=True)
+        return f"{self.entry}__{self.method}__s{self.seed}__{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+
+
+# -- cell runners (executed inside the subprocess) ------------------------------------------------------------
+
+def _peak_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _entry(name: str):
+    from .zoo.build import ZooSpec, build_entry
+
+    return build_entry(ZooSpec.parse(name))
+
+
+def run_zoo_cell(cell: Cell) -> dict:
+    """Build (or reuse) a zoo entry and report its manifest's figures."""
+    entry = _entry(cell.entry)
+    m = entry.manifest
+    return {
+        "clean_cacc": m["metrics"]["clean"]["cacc"], "clean_asr": m["metrics"]["clean"]["asr"],
+        "cacc": m["metrics"]["backdoored"]["cacc"], "asr": m["metrics"]["backdoored"]["asr"],
+        "build_seconds": m["build_seconds"], "peak_rss_mb": m["peak_rss_mb"], "counts": m["counts"],
+        "attack": m["attack"],
+    }
+
+
+def _clean_training_data(entry, seed: int):
+    """The entry's training split with poisoned lines removed by their flag (the upper bound the issues allow)."""
+    return entry.load("train").without_poisoned(), entry.load("validation")
+
+
+def run_strategy_cell(cell: Cell) -> dict:
+    """Run a strategy (or the clean fine-tuning baseline) on an entry; CACC/ASR before and after."""
+    from .checkpoint import load_checkpoint
+    from .device import seed_everything
+    from .evaluate import evaluate_model
+    from .registry import build_strategy
+
+    entry = _entry(cell.entry)
+    seed_everything(cell.seed)
+    loaded = load_checkpoint(entry.model_dir)
+    clean_test, triggered = entry.load("test_clean"), entry.load("test_triggered")
+    before = evaluate_model(loaded.model, loaded.tokenizer, clean_test, triggered, entry.target)
+    train, validation = _clean_training_data(entry, cell.seed)
+    options = {k: v for k, v in cell.options.items() if not k.startswith("_")}  # "_label" names a variant
+    started = time.time()
+    pruned = 0
+    if cell.method == "baseline_finetune":
+        from .training import TrainConfig, train_classifier
+
+        config = TrainConfig(**{"epochs": 2, "lr": 5e-5, "seed": cell.seed, "max_length": 64, **options})
+        train_classifier(loaded.model, loaded.tokenizer, train.texts, train.labels, config,
+                         val=(validation.texts, validation.labels), description="clean fine-tune")
+        model = loaded.model
+        extras = {}
+    else:
+        strategy = build_strategy(cell.method, {**options, "seed": cell.seed})
+        result = strategy.run(loaded, train, validation)
+        model = result.model
+        pruned = sum(len(v) for v in result.pruned_heads.values())
+        extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()}}
+    seconds = time.time() - started
+    after = evaluate_model(model, loaded.tokenizer, clean_test, triggered, entry.target)
+    return {
+        "cacc_before": before.cacc, "asr_before": before.asr, "cacc_after": after.cacc, "asr_after": after.asr,
+        "asr_floor": entry.manifest["metrics"]["clean"]["asr"], "heads_pruned": pruned,
+        "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "n_train": len(train),
+        "train_data": "zoo train split minus flagged-poisoned lines (upper bound)", **extras,
+    }
+
+
+def run_filter_cell(cell: Cell) -> dict:
+    """Score an entry's poisoned training set with a filter; detection metrics against the ground-truth flags."""
+    from .checkpoint import load_checkpoint
+    from .filters import build_filter
+    from .metrics import detection_metrics
+
+    entry = _entry(cell.entry)
+    loaded = load_checkpoint(entry.model_dir)
+    data = entry.load("train")
+    trusted = entry.load("validation")
+    started = time.time()
+    result = build_filter(cell.method, cell.options).run(loaded, data, trusted=trusted)
+    seconds = time.time() - started
+    truth = [bool(s.poisoned) for s in data.samples]
+    metrics = detection_metrics(result.scores, truth, result.flagged)
+    return {**metrics, "threshold": result.threshold, "threshold_method": result.threshold_method,
+            "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2),
+            "peak_rss_mb": _peak_mb()}
+
+
+RUNNERS: dict[str, Callable[[Cell], dict]] = {"zoo": run_zoo_cell, "pruning": run_strategy_cell,
+                                              "w2s": run_strategy_cell, "filters": run_filter_cell}
+
+
+# -- the matrix, resumable ---------------------------------------------------------------------------------------
+
+def cell_path(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.suite / f"{cell.key}.json"
+
+
+def run_cell_subprocess(cell: Cell, out: Path, *, timeout: float | None = None) -> dict:
+    """Run one cell in a fresh interpreter; its JSON result is cached at `cell_path`."""
+    path = cell_path(out, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(asdict(cell))
+    env = {**os.environ, "PURIFY_QUIET": os.environ.get("PURIFY_QUIET", "1")}
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "purify.bench", payload, str(path)], env=env, timeout=timeout,
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not path.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {"error": " | ".join(tail), "wall_seconds": round(time.time() - started, 1)}
+    return json.loads(path.read_text())
+
+
+def run_matrix(cells: list[Cell], out: Path, *, log=print, timeout: float | None = None) -> list[dict]:
+    """Run every cell not cached yet (in order), then return all results."""
+    results = []
+    for i, cell in enumerate(cells, 1):
+        path = cell_path(out, cell)
+        if path.exists():
+            record = json.loads(path.read_text())
+            log(f"[bench] {i}/{len(cells)} cached  {cell.key}")
+        else:
+            log(f"[bench] {i}/{len(cells)} running {cell.key}")
+            record = run_cell_subprocess(cell, out, timeout=timeout)
+            if "error" in record:
+                log(f"[bench]   failed: {record['error']}")
+        results.append({"cell": asdict(cell), **record})
+    return results
+
+
+def _main_cell(payload: str, path: str) -> None:
+    cell = Cell(**json.loads(payload))
+    runner = RUNNERS.get(cell.suite)
+    if runner is None:
+        raise ConfigError(f"unknown suite {cell.suite!r}")
+    started = time.time()
+    record = runner(cell)
+    record["wall_seconds"] = round(time.time() - started, 1)
+    record["provenance"] = provenance()
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def save_json(results: list[dict], path: Path, command: str) -> None:
+    """The suite's JSON: the command that produced it, provenance and every cell's record."""
+    path.write_text(json.dumps({"command": command, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                **provenance(), "cells": results}, indent=2, sort_keys=True, default=float) + "\n")
+
+
+# -- suites: the matrices the issues ask for -----------------------------------------------------------------------
+
+MINILM_ATTACKS = ("badnets", "insertsent", "syntactic", "style")
+ZOO_ENTRIES = (
+    [f"minilm-{d}-{a}-p10-s0" for d in ("movie", "sms", "bbc") for a in MINILM_ATTACKS]
+    + ["minilm-movie-clean_label-p10-s0", "smollm2-movie-badnets-p10-s0", "smollm2-movie-insertsent-p10-s0"]
+)
+PRUNING_STRATEGIES = ("gradient_prune", "variance_prune", "sparse_prune", "ensemble_prune", "rl_prune", "bayes_prune")
+MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
+
+
+def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[str] | None = None,
+                seeds: int = 3) -> list[Cell]:
+    """The cells of a suite, optionally narrowed to some entries / methods; `seeds` on the multi-seed entries."""
+    if suite == "zoo":
+        return [Cell("zoo", e, "build") for e in (entries or ZOO_ENTRIES)]
+    if suite == "pruning":
+        default = [f"minilm-movie-{a}-p10-s0" for a in MINILM_ATTACKS] + ["smollm2-movie-badnets-p10-s0"]
+        chosen = list(methods or PRUNING_STRATEGIES)
+        cells = []
+        for e in entries or default:
+            n = seeds if e in MULTI_SEED else 1
+            cells += [Cell("pruning", e, "baseline_finetune", s) for s in range(n)]
+            cells += [Cell("pruning", e, m, s) for m in chosen for s in range(n)]
+        return cells
+    if suite == "w2s":
+        default = [f"minilm-movie-{a}-p10-s0" for a in MINILM_ATTACKS + ("clean_label",)] + \
+            [f"smollm2-movie-{a}-p10-s0" for a in ("badnets", "insertsent")]
+        cells = []
+        for e in entries or default:
+            n = seeds if e in MULTI_SEED else 1
+            teacher = "minilm-l6" if e.startswith("smollm2") else "minilm-l3"
+            variants = {"baseline_finetune": ("baseline_finetune", {}),
+                        "plain_lora": ("w2s_distill", {"teacher": teacher, "beta": 0.0, "gamma": 0.0}),
+                        "w2s_distill": ("w2s_distill", {"teacher": teacher}),
+                        "w2s_distill+safegrad": ("w2s_distill", {"teacher": teacher, "surgery": "safegrad"})}
+            for label, (method, options) in variants.items():
+                if methods and label not in methods:
+                    continue
+                cells += [Cell("w2s", e, method, s, {**options, "_label": label} if label != method else options)
+                          for s in range(n)]
+        return cells
+    if suite == "filters":
+        default = ([f"minilm-movie-{a}-p{r}-s0" for a in ("badnets", "insertsent") for r in (1, 10, 50)]
+                   + [f"minilm-movie-{a}-p10-s0" for a in ("syntactic", "style", "clean_label")]
+                   + ["smollm2-movie-badnets-p10-s0"])
+        return [Cell("filters", e, m) for e in entries or default for m in (methods or ("gradsentry", "gradshield"))]
+    raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s or filters")
+
+
+def _label(cell: dict) -> str:
+    return cell["cell"]["options"].get("_label") or cell["cell"]["method"]
+
+
+def _mean_sd(values: list[float]) -> str:
+    import numpy as np
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
+
+
+def markdown_table(suite: str, results: list[dict]) -> str:
+    """The suite's markdown table (percentages; mean ± sd over seeds where there are several)."""
+    ok = [r for r in results if "error" not in r]
+    failed = [r for r in results if "error" in r]
+    lines = []
+    if suite == "zoo":
+        lines += ["| entry | clean ref CACC | backdoored CACC | ASR | ASR floor (clean ref) | CACC drop | "
+                  "build s | peak MB |", "|---|---|---|---|---|---|---|---|"]
+        for r in ok:
+            lines.append(f"| {r['cell']['entry']} | {100 * r['clean_cacc']:.1f} | {100 * r['cacc']:.1f} | "
+                         f"{100 * r['asr']:.1f} | {100 * r['clean_asr']:.1f} | "
+                         f"{100 * (r['clean_cacc'] - r['cacc']):.1f} | {r['build_seconds']:.0f} | "
+                         f"{r['peak_rss_mb']:.0f} |")
+    elif suite in ("pruning", "w2s"):
+        lines += ["| entry | method | seeds | CACC before | CACC after | ASR before | ASR after | ASR floor | "
+                  "heads pruned | seconds | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for r in ok:
+            groups.setdefault((r["cell"]["entry"], _label(r)), []).append(r)
+        for (entry, label), rs in groups.items():
+            lines.append(
+                f"| {entry} | {label} | {len(rs)} | {_mean_sd([r['cacc_before'] for r in rs])} | "
+                f"{_mean_sd([r['cacc_after'] for r in rs])} | {_mean_sd([r['asr_before'] for r in rs])} | "
+                f"{_mean_sd([r['asr_after'] for r in rs])} | {100 * rs[0]['asr_floor']:.1f} | "
+                f"{sum(r['heads_pruned'] for r in rs) / len(rs):.1f} | {sum(r['seconds'] for r in rs) / len(rs):.0f} | "
+                f"{max(r['peak_rss_mb'] for r in rs):.0f} |")
+    elif suite == "filters":
+        lines += ["| entry | filter | precision | recall | F1 | AUROC | clean kept | threshold | ms/sample | peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ok:
+            lines.append(f"| {r['cell']['entry']} | {r['cell']['method']} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         f"{r['f1']:.3f} | {r['auroc']:.3f} | {r['clean_kept']:.3f} | {r['threshold']:.4g} "
+                         f"({r['threshold_method']}) | {r['ms_per_sample']:.1f} | {r['peak_rss_mb']:.0f} |")
+    for r in failed:
+        lines.append(f"\nFAILED {r['cell']['entry']} / {_label(r)}: {r['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> Path:
+    """`<out>/<suite>.json`, `<out>/<suite>.md` (table + the command) and `<out>/<suite>.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(results, out / f"{suite}.json", command)
+    table = markdown_table(suite, results)
+    md = out / f"{suite}.md"
+    md.write_text(f"# Benchmark: {suite}\n\nProduced by:\n\n    {command}\n\n"
+                  f"Machine: {os.cpu_count()} CPU cores; figures are percentages unless a column says otherwise. "
+                  f"git {provenance()['git_hash']}.\n\n{table}")
+    _plot(suite, results, out / f"{suite}.png")
+    update_readme(suite, table, Path("README.md"))
+    return md
+
+
+def update_readme(suite: str, table: str, readme: Path) -> bool:
+    """Copy a suite's table into the README between `<!-- bench:SUITE -->` markers (if the README has them)."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    start, end = f"<!-- bench:{suite} -->", f"<!-- /bench:{suite} -->"
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+    return True
+
+
+def _plot(suite: str, results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if suite == "zoo":
+        ax.scatter([100 * r["cacc"] for r in ok], [100 * r["asr"] for r in ok])
+        for r in ok:
+            ax.annotate(r["cell"]["entry"].replace("-p10-s0", ""), (100 * r["cacc"], 100 * r["asr"]), fontsize=6)
+        ax.set_xlabel("backdoored CACC (%)")
+        ax.set_ylabel("ASR (%)")
+    elif suite in ("pruning", "w2s"):
+        for label in sorted({_label(r) for r in ok}):
+            rs = [r for r in ok if _label(r) == label]
+            ax.scatter([100 * (r["cacc_before"] - r["cacc_after"]) for r in rs], [100 * r["asr_after"] for r in rs],
+                       label=label, s=18)
+        ax.set_xlabel("CACC drop (points)")
+        ax.set_ylabel("ASR after (%)")
+        ax.legend(fontsize=7)
+    else:
+        for method in sorted({r["cell"]["method"] for r in ok}):
+            rs = [r for r in ok if r["cell"]["method"] == method]
+            ax.scatter([r["clean_kept"] for r in rs], [r["recall"] for r in rs], label=method)
+        ax.set_xlabel("share of clean samples kept")
+        ax.set_ylabel("recall of poisoned samples")
+        ax.legend(fontsize=7)
+    ax.set_title(f"purify bench: {suite}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_suite(suite: str, out: Path, *, entries: list[str] | None = None, methods: list[str] | None = None,
+              seeds: int = 3, command: str | None = None, log=print) -> Path:
+    """Run (or resume) a suite and write its outputs; returns the markdown path."""
+    cells = suite_cells(suite, entries=entries, methods=methods, seeds=seeds)
+    results = run_matrix(cells, out, log=log)
+    return write_outputs(suite, results, out, command or f"purify bench --suite {suite} --out {out}")
+
+
+if __name__ == "__main__":
+    _main_cell(sys.argv[1], sys.argv[2])

@@ -1,0 +1,63 @@
+"""A tiny zoo entry builds in seconds, carries a real backdoor, and its manifest rebuilds it exactly."""
+import hashlib
+import json
+
+import pytest
+
+from purify.zoo.build import ZooSpec, build_entry, list_entries, open_entry, spec_from_manifest
+
+SPEC = ZooSpec(base="tiny-bert", dataset="sms", attack="badnets", rate=0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def entry(session_cache):
+    return build_entry(SPEC)
+
+
+def test_entry_layout_and_manifest(entry):
+    assert (entry.model_dir / "model.safetensors").exists()
+    assert (entry.clean_model_dir / "model.safetensors").exists()
+    for split in ("train", "validation", "test_clean", "test_triggered"):
+        assert entry.data_file(split).exists()
+    m = entry.manifest
+    assert m["name"] == SPEC.name == "tiny-bert-sms-badnets-p10-s0"
+    assert m["counts"]["poisoned"] == round(0.1 * m["counts"]["train"])
+    for key in ("spec", "attack", "recipe", "versions", "build_seconds", "peak_rss_mb", "built_at"):
+        assert key in m
+    assert set(m["metrics"]) == {"backdoored", "clean"}
+
+
+def test_backdoor_is_real(entry):
+    m = entry.manifest["metrics"]
+    assert m["backdoored"]["asr"] > m["clean"]["asr"] + 0.15
+
+
+def test_triggered_file_holds_only_non_target_samples(entry):
+    triggered = entry.load("test_triggered")
+    assert len(triggered) > 0
+    assert all(s.label != entry.target for s in triggered.samples)
+    train = entry.load("train")
+    poisoned = [s for s in train.samples if s.poisoned]
+    assert poisoned and all(s.label == entry.target for s in poisoned)  # dirty-label: relabelled to the target
+
+
+def test_name_round_trip_and_listing(entry):
+    assert ZooSpec.parse(SPEC.name) == SPEC
+    assert ZooSpec.parse("minilm-movie-style") == ZooSpec(base="minilm", dataset="movie", attack="style")
+    assert SPEC.name in [e.manifest["name"] for e in list_entries()]
+    assert open_entry(SPEC.name).path == entry.path
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_rebuilds_the_same_entry(entry, tmp_path):
+    spec = spec_from_manifest(entry.manifest)
+    rebuilt = build_entry(spec, root=tmp_path)
+    for split in ("train", "validation", "test_clean", "test_triggered"):
+        assert _digest(rebuilt.data_file(split)) == _digest(entry.data_file(split))
+    a, b = entry.manifest["metrics"], rebuilt.manifest["metrics"]
+    for kind in ("backdoored", "clean"):
+        assert a[kind]["cacc"] == b[kind]["cacc"] and a[kind]["asr"] == b[kind]["asr"]
+    assert json.loads(json.dumps(spec.__dict__)) == entry.manifest["spec"]
