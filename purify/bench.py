@@ -322,15 +322,13 @@ def update_readme(suite: str, table: str, readme: Path) -> bool:
 
 
 def _plot(suite: str, results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ok = [r for r in results if "error" not in r]
     if not ok:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     if suite == "zoo":
         ax.scatter([100 * r["cacc"] for r in ok], [100 * r["asr"] for r in ok])
         for r in ok:
@@ -355,7 +353,6 @@ def _plot(suite: str, results: list[dict], path: Path) -> None:
     ax.set_title(f"purify bench: {suite}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run_suite(suite: str, out: Path, *, entries: list[str] | None = None, methods: list[str] | None = None,

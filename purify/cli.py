@@ -200,11 +200,38 @@ def cmd_ls(args) -> int:
 
 
 def _filters() -> dict[str, str]:
-    try:
-        from .filters import describe_filters
-    except ImportError:
-        return {}
-    return describe_filters()
+    from .filters import FILTERS
+
+    return {name: entry.description for name, entry in sorted(FILTERS.items())}
+
+
+def cmd_filter(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_task_data, write_jsonl
+    from .filters import build_filter
+    from .plots import filter_histogram
+
+    options = _parse_sets(args.set)
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    flt = build_filter(args.method, options)
+    loaded = load_checkpoint(args.model)
+    names = _model_label_names(args.model)
+    data = load_task_data(args.data, label_names=names)
+    trusted = load_task_data(args.trusted, label_names=names) if args.trusted else None
+    result = flt.run(loaded, data, trusted=trusted)
+    out = Path(args.out)
+    write_jsonl(out, result.kept.samples, include_poisoned=False)
+    stem = out.with_suffix("")
+    scores_path = Path(f"{stem}.scores.jsonl")
+    with open(scores_path, "w") as fh:
+        for sample, score, flag in zip(data.samples, result.scores, result.flagged):
+            fh.write(json.dumps({"index": sample.index, "score": float(score), "removed": bool(flag)}) + "\n")
+    filter_histogram(result.scores, result.threshold, Path(f"{stem}.hist.png"), title=f"{args.method} scores")
+    Path(f"{stem}.filter.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    print(f"{args.method}: kept {len(result.kept)} of {len(data)} samples (threshold {result.threshold:.4g}, "
+          f"{result.threshold_method}); wrote {out}, {scores_path}, {stem}.hist.png")
+    return 0
 
 
 def cmd_verify(args) -> int:
@@ -297,7 +324,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "zoo": cmd_zoo,
+COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "zoo": cmd_zoo,
             "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench}
 
 

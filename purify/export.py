@@ -179,7 +179,7 @@ def _model_card(meta: Mapping, report: Mapping | None) -> str:
     ]
     filt = meta.get("filter")
     if filt:
-        lines.append(f"- filter: `{filt.get('method')}` kept {filt.get('kept')} of {filt.get('total')} samples")
+        lines.append(f"- filter: `{filt.get('method')}` kept {filt.get('n_kept')} of {filt.get('n')} samples")
     metrics = (report or {}).get("metrics")
     if metrics:
         lines += ["", "## Before and after", "", "| metric | before | after |", "|---|---|---|"]

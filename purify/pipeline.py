@@ -110,7 +110,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         log(f"[purify] filter {cfg.filter}: kept {len(kept)} of {len(data)} samples "
             f"(threshold {filtered.threshold:.4g}, {filtered.threshold_method})")
     else:
-        report["filter"] = {"method": "none", "kept": len(data), "total": len(data)}
+        report["filter"] = {"method": "none", "n": len(data), "n_kept": len(data), "n_removed": 0}
 
     if trusted is not None:
         train, validation = kept, trusted

@@ -4,11 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend switch, safe inside notebooks
 
 HEATMAP = "plot_head_scores.png"
 TRAJECTORY = "plot_trajectory.png"
@@ -18,7 +15,8 @@ FILTER_HIST = "plot_filter_scores.png"
 def head_heatmap(scores: Sequence[Sequence[float]], pruned: Mapping, path: Path, title: str = "") -> Path:
     """Layer x head heat map of head scores; pruned heads are marked with a cross."""
     data = np.asarray(scores, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4, data.shape[1] * 0.45 + 2), max(3, data.shape[0] * 0.35 + 1.5)))
+    fig = Figure(figsize=(max(4, data.shape[1] * 0.45 + 2), max(3, data.shape[0] * 0.35 + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(data, aspect="auto", cmap="viridis")
     for layer, heads in pruned.items():
         for head in heads:
@@ -29,14 +27,14 @@ def head_heatmap(scores: Sequence[Sequence[float]], pruned: Mapping, path: Path,
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def trajectory_plot(trajectory: Sequence[Mapping], baseline: float | None, max_drop: float | None,
                     path: Path, title: str = "") -> Path:
     """Heads pruned vs clean validation accuracy at every engine step, with the guard line."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     xs = [t["pruned"] for t in trajectory]
     ys = [t["val_accuracy"] for t in trajectory]
     ax.plot(xs, ys, marker="o", ms=3, lw=1)
@@ -53,7 +51,6 @@ def trajectory_plot(trajectory: Sequence[Mapping], baseline: float | None, max_d
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -61,7 +58,8 @@ def filter_histogram(scores: Sequence[float], threshold: float | None, path: Pat
                      groups: Mapping[str, Sequence[bool]] | None = None) -> Path:
     """Histogram of filter scores with the threshold marked (optionally split into labelled groups)."""
     scores = np.asarray(scores, dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     bins = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=40) if len(scores) else 10
     if groups:
         for name, sel in groups.items():
@@ -76,7 +74,6 @@ def filter_histogram(scores: Sequence[float], threshold: float | None, path: Pat
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

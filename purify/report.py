@@ -28,8 +28,7 @@ def summary_rows(report: Mapping) -> list[tuple[str, str, str]]:
         rows.append(("ASR of the clean reference (floor)", _fmt(floor), _fmt(floor)))
     filt = report.get("filter") or {}
     if filt.get("method") not in (None, "none"):
-        removed = filt.get("total", 0) - filt.get("kept", 0)
-        text = f"{removed} of {filt.get('total')}"
+        text = f"{filt.get('n_removed')} of {filt.get('n')}"
         truth = filt.get("ground_truth") or {}
         if truth:
             text += f" ({truth.get('removed_poisoned')} of {truth.get('poisoned')} truly poisoned)"
