@@ -52,6 +52,22 @@ def accuracy_on(model: nn.Module, tokenizer, texts: Sequence[str], labels: Seque
     return float((preds == np.asarray(labels)).mean())
 
 
+BUCKET_BATCHES = 50  # batches per length-sorted bucket
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                            bucket_batches: int = BUCKET_BATCHES) -> list[np.ndarray]:
+    """Shuffled batches of similar-length samples (less padding, same randomness given the generator)."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def train_classifier(
     model: nn.Module,
     tokenizer,
@@ -72,7 +88,8 @@ def train_classifier(
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     n = len(texts)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    chunk = config.batch_size * BUCKET_BATCHES
+    steps_per_epoch = (n // chunk) * BUCKET_BATCHES + math.ceil((n % chunk) / config.batch_size)
     total = max(1, steps_per_epoch * config.epochs)
     warmup = int(total * config.warmup_fraction)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -83,13 +100,12 @@ def train_classifier(
     best_state = None
     stale = 0
     labels = list(labels)
+    lengths = np.array([len(t) for t in texts])
     for epoch in range(config.epochs):
         model.train()
-        order = rng.permutation(n)
         losses = []
-        for start in track(range(0, n, config.batch_size), description=f"{description} epoch {epoch + 1}/{config.epochs}",
-                           total=steps_per_epoch):
-            idx = order[start:start + config.batch_size]
+        batches = length_bucketed_batches(lengths, config.batch_size, rng)
+        for idx in track(batches, description=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(batches)):
             batch = labelled_batch(model, tokenizer, [texts[i] for i in idx], [labels[i] for i in idx],
                                    config.max_length)
             loss = model(**batch).loss

@@ -42,7 +42,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "minilm": Recipe(TrainConfig(epochs=3, lr=1e-4, batch_size=32, max_length=64), max_train=4000, max_test=1000),
+    "minilm": Recipe(TrainConfig(epochs=2, lr=1e-4, batch_size=32, max_length=64), max_train=2400, max_test=1000,
+                     max_val=500),
     "smollm2": Recipe(TrainConfig(epochs=2, lr=3e-4, batch_size=16, max_length=64), max_train=2000, max_test=600,
                       method="lora"),
     "tiny-bert": Recipe(TrainConfig(epochs=8, lr=2e-3, batch_size=32, max_length=32), max_train=400, max_test=150,
