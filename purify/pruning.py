@@ -69,10 +69,12 @@ class MaskEvaluator:
     def __init__(self, gates: HeadGates, tokenizer, data: TaskData, *, batch_size: int = 32,
                  max_length: int = MAX_LENGTH) -> None:
         self.gates = gates
-        self.labels = torch.as_tensor(data.labels)
+        order = sorted(range(len(data)), key=lambda i: len(data.texts[i]))  # similar lengths: less padding
+        texts = [data.texts[i] for i in order]
+        self.labels = torch.as_tensor([data.labels[i] for i in order])
         self.batches = [
-            labelled_batch(gates.model, tokenizer, data.texts[i:i + batch_size], max_length=max_length)
-            for i in range(0, len(data), batch_size)
+            labelled_batch(gates.model, tokenizer, texts[i:i + batch_size], max_length=max_length)
+            for i in range(0, len(texts), batch_size)
         ]
         self._cache: dict[bytes, float] = {}
         self.calls = 0

@@ -19,7 +19,7 @@ def _hand_penalty(model, lam: float) -> float:
     """lam * sum over heads of sqrt(sum of squares of the head's block), written out weight by weight."""
     total = 0.0
     for block in find_attention_blocks(model):
-        params = dict(model.named_parameters())
+        params = {name: p.detach() for name, p in model.named_parameters()}
         d, group = block.head_dim, block.group_size
         for h in range(block.num_heads):
             sq = 0.0

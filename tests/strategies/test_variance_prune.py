@@ -1,4 +1,4 @@
-"""Behaviour of variance_prune: attention-variance scores, the linear per-layer schedule, encoder and decoder pooling."""
+"""Behaviour of variance_prune: attention-variance scores, the per-layer schedule, encoder and decoder pooling."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,0 +1,151 @@
+"""ensemble_prune: many random head masks biased towards unimportant heads; prune what the good ones agree on.
+
+Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025): draw N random candidate masks, keep the candidates whose
+clean validation accuracy passes the guard, and prune the heads that at least a `vote` share of the kept
+candidates prune. Candidates are biased: a head's chance of being drawn falls with its clean importance
+(|dL/d gate|, Michel et al. 2019, normalised per layer), through its importance rank r in [0, 1]
+(0 = least important) and the weight exp(-bias * r); each candidate draws its heads without replacement
+(Gumbel top-k, a seeded numpy Generator). Each candidate passing the guard says nothing about their union, so
+the voted heads are re-validated: they go to the shared engine in descending vote share and every step is
+guarded (a step that trips the guard is rolled back head by head, least-voted first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.errors import ConfigError
+from purify.heads import HeadGates
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.registry import register_strategy
+
+
+@dataclass
+class EnsemblePruneConfig(PruneConfig):
+    """Knobs of ensemble_prune (plus the engine's, see PruneConfig).
+
+    score_samples: clean training samples whose gate gradients give the importance (seeded subset).
+    num_candidates: random candidate masks drawn. candidate_fraction: share of all heads each candidate prunes
+    (capped by max_prune_fraction and min_heads_per_layer). bias: how strongly candidates prefer unimportant
+    heads (0 = uniform; the least important head is exp(bias) times as likely as the most important one).
+    vote: share of the kept candidates that must prune a head for it to be voted. continue_after_guard: when a
+    step of the voted heads trips the guard, roll it back and go on with the next voted heads (True) or stop.
+    """
+
+    score_samples: int = 256
+    num_candidates: int = 16
+    candidate_fraction: float = 0.3
+    bias: float = 3.0
+    vote: float = 0.5
+    continue_after_guard: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.score_samples < 1:
+            raise ConfigError("score_samples must be >= 1")
+        if self.num_candidates < 1:
+            raise ConfigError("num_candidates must be >= 1")
+        if not 0 < self.candidate_fraction <= 1:
+            raise ConfigError("candidate_fraction must be in (0, 1]")
+        if self.bias < 0:
+            raise ConfigError("bias must be >= 0 (0 draws heads uniformly)")
+        if not 0 < self.vote <= 1:
+            raise ConfigError("vote is a share of the kept candidates, in (0, 1]")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "num_candidates": {"type": "int", "low": 8, "high": 48},
+            "candidate_fraction": {"type": "float", "low": 0.1, "high": 0.6},
+            "bias": {"type": "float", "low": 0.0, "high": 6.0},
+            "vote": {"type": "float", "low": 0.3, "high": 0.9},
+            "max_acc_drop": {"type": "float", "low": 0.005, "high": 0.05},
+        }
+
+
+def importance_ranks(importance: torch.Tensor) -> np.ndarray:
+    """Each head's importance rank scaled to [0, 1] (0 = least important; ties broken by position), shape (L, H)."""
+    flat = importance.detach().double().flatten().numpy()
+    order = np.lexsort((np.arange(flat.size), flat))
+    ranks = np.empty(flat.size, dtype=np.float64)
+    ranks[order] = np.arange(flat.size) / max(1, flat.size - 1)
+    return ranks.reshape(tuple(importance.shape))
+
+
+def draw_candidates(ranks: np.ndarray, num: int, size: int, bias: float, min_heads_per_layer: int,
+                    rng: np.random.Generator) -> list[torch.Tensor]:
+    """`num` masks, each pruning up to `size` heads drawn without replacement with weight exp(-bias * rank).
+
+    A head is skipped when its layer would keep fewer than `min_heads_per_layer` heads.
+    """
+    num_layers, num_heads = ranks.shape
+    log_weight = (-bias * ranks).flatten()
+    masks = []
+    for _ in range(num):
+        keys = log_weight + rng.gumbel(size=log_weight.size)  # Gumbel top-k = weighted sampling w/o replacement
+        mask = torch.ones(num_layers, num_heads)
+        taken = 0
+        for index in np.argsort(-keys, kind="stable"):
+            if taken >= size:
+                break
+            layer, head = divmod(int(index), num_heads)
+            if int(mask[layer].sum()) - 1 < min_heads_per_layer:
+                continue
+            mask[layer, head] = 0.0
+            taken += 1
+        masks.append(mask)
+    return masks
+
+
+def vote_shares(masks: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """Share of `masks` that prune each head, shape `shape` (zeros when there is no mask)."""
+    if not masks:
+        return torch.zeros(shape)
+    return torch.stack([(m == 0).float() for m in masks]).mean(dim=0)
+
+
+class EnsemblePrune(PruningStrategy):
+    """Prune the heads a vote of guard-passing random masks (biased to unimportant heads) agrees on, re-validated."""
+
+    config: EnsemblePruneConfig
+    fast_options = {"score_samples": 48, "num_candidates": 8, "val_samples": 64, "batch_size": 16, "step": 2}
+
+    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                    evaluate: MaskEvaluator) -> torch.Tensor:
+        """1 - vote share of each head among the kept candidates (low = prune first)."""
+        cfg = self.config
+        data = subsample(train, cfg.score_samples, cfg.seed)
+        importance = gates.importance(batches_for(loaded.model, loaded.tokenizer, data, cfg.batch_size))
+        importance = importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        total = gates.num_layers * gates.num_heads
+        size = min(max(1, round(cfg.candidate_fraction * total)), int(cfg.max_prune_fraction * total))
+        rng = np.random.default_rng(cfg.seed)
+        candidates = draw_candidates(importance_ranks(importance), cfg.num_candidates, size, cfg.bias,
+                                     cfg.min_heads_per_layer, rng)
+        floor = evaluate(torch.ones(gates.shape)) - cfg.max_acc_drop
+        accuracies = [evaluate(mask) for mask in candidates]
+        kept = [mask for mask, acc in zip(candidates, accuracies) if acc >= floor]
+        shares = vote_shares(kept, gates.shape)
+        voted = [(layer, head) for layer, head in (shares >= cfg.vote).nonzero().tolist()
+                 if shares[layer, head] > 0]
+        self._order = sorted(voted, key=lambda lh: (-float(shares[lh]), float(importance[lh]), lh))
+        self._report = {
+            "importance": importance.tolist(), "vote_share": shares.tolist(), "candidate_size": size,
+            "candidates": [{"pruned": int((m == 0).sum()), "val_accuracy": a, "kept": a >= floor}
+                           for m, a in zip(candidates, accuracies)],
+            "candidates_kept": len(kept), "voted_heads": [list(lh) for lh in self._order],
+        }
+        return 1.0 - shares
+
+    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
+        return {"order": self._order, "continue_after_guard": self.config.continue_after_guard}
+
+    def extras(self) -> dict:
+        return dict(self._report)
+
+
+register_strategy("ensemble_prune", EnsemblePruneConfig, EnsemblePrune)

@@ -1,0 +1,217 @@
+"""sparse_prune: structured (group-lasso) fine-tuning on clean data, then pruning of the heads it shrank most.
+
+Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025): a group penalty on each head's parameter block, an L1 sum
+over heads of per-head L2 norms, drives whole heads towards zero during a short clean fine-tune; the heads with
+the smallest group norm carry the least and are pruned first, through the shared engine and its accuracy guard.
+
+A head's block is its query rows, its output-projection columns and a share of its key/value rows (biases of
+those rows included). Without grouped-query attention the share is the whole K/V rows of the head; with it the
+K/V rows of a key/value group belong to its `group_size` query heads, and each carries 1/group_size of their
+squared norm, so every weight is counted once and the group sizes stay balanced. GPT-2's fused, transposed
+Conv1D `c_attn` is split into its q | k | v column blocks.
+
+The fine-tuned weights are the result (with pruned heads), but the guard's promise is about the model the user
+gave: its floor is the *original* model's clean validation accuracy minus `max_acc_drop`. Should the fine-tune
+itself already fall below that floor, the original weights are restored and pruned in the fine-tune's order.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.device import seed_everything
+from purify.errors import ConfigError, UnsupportedArchitectureError
+from purify.heads import AttentionBlock, HeadGates
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, prune_by_scores, subsample
+from purify.registry import StrategyResult, register_strategy
+from purify.training import TrainConfig, train_classifier
+
+EPS = 1e-12  # inside the square root, so the gradient of a zero block stays finite
+
+
+@dataclass
+class SparsePruneConfig(PruneConfig):
+    """Knobs of sparse_prune (plus the engine's, see PruneConfig).
+
+    lam: weight lambda of the group penalty lambda * sum_heads ||block||_2, added to the cross-entropy loss.
+    epochs, lr, finetune_batch_size: the clean fine-tune (AdamW, linear warm-up then decay, no weight decay
+    beyond the penalty). train_samples: clean training samples it uses (seeded subset; None = all).
+    max_length: token cap of the fine-tune batches.
+    """
+
+    lam: float = 1e-3
+    epochs: int = 1
+    lr: float = 5e-5
+    train_samples: int | None = 1000
+    finetune_batch_size: int = 32
+    max_length: int = 128
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lam < 0:
+            raise ConfigError("lam (the group-lasso weight) must be >= 0")
+        if self.epochs < 1:
+            raise ConfigError("epochs must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError("lr must be > 0")
+        if self.train_samples is not None and self.train_samples < 1:
+            raise ConfigError("train_samples must be >= 1 or None")
+        if self.finetune_batch_size < 1:
+            raise ConfigError("finetune_batch_size must be >= 1")
+        if self.max_length < 8:
+            raise ConfigError("max_length must be >= 8")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "lam": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+            "epochs": {"type": "int", "low": 1, "high": 3},
+            "lr": {"type": "float", "low": 1e-5, "high": 5e-4, "log": True},
+            "max_acc_drop": {"type": "float", "low": 0.005, "high": 0.05},
+            "max_prune_fraction": {"type": "float", "low": 0.1, "high": 0.8},
+        }
+
+
+def _weight(modules: dict[str, nn.Module], name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    module = modules.get(name)
+    if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise UnsupportedArchitectureError(f"sparse_prune: no projection weight at {name!r}")
+    bias = getattr(module, "bias", None)
+    return module.weight, bias if isinstance(bias, torch.Tensor) else None
+
+
+def _rows_sq(weight: torch.Tensor, bias: torch.Tensor | None, groups: int, dim: int, name: str) -> torch.Tensor:
+    """Squared L2 norm of each of `groups` equal row blocks of a Linear weight (+ its bias), shape (groups,)."""
+    if weight.shape[0] != groups * dim:
+        raise UnsupportedArchitectureError(
+            f"sparse_prune: {name} has {weight.shape[0]} output rows, expected {groups} x head_dim {dim}")
+    sq = weight.reshape(groups, -1).pow(2).sum(dim=1)
+    if bias is not None:
+        sq = sq + bias.reshape(groups, dim).pow(2).sum(dim=1)
+    return sq
+
+
+def _columns_sq(weight: torch.Tensor, groups: int, dim: int, name: str) -> torch.Tensor:
+    """Squared L2 norm of each of `groups` equal input-column blocks of a Linear weight (out, in), shape (groups,)."""
+    if weight.shape[1] != groups * dim:
+        raise UnsupportedArchitectureError(
+            f"sparse_prune: {name} has {weight.shape[1]} input columns, expected {groups} x head_dim {dim}")
+    return weight.reshape(weight.shape[0], groups, dim).pow(2).sum(dim=(0, 2))
+
+
+def block_sq_norms(block: AttentionBlock, modules: dict[str, nn.Module]) -> torch.Tensor:
+    """Squared L2 norm of every head's parameter block in one attention layer, shape (num_heads,), differentiable."""
+    spec, heads, kv, d = block.spec, block.num_heads, block.num_kv_heads, block.head_dim
+    out_w, _ = _weight(modules, block.out_proj_name)
+    if spec.fused_qkv:
+        if not spec.conv1d or kv != heads:
+            raise UnsupportedArchitectureError("sparse_prune: a fused qkv projection is supported only as GPT-2 Conv1D")
+        name = f"{block.name}.{spec.fused_qkv}"
+        w, b = _weight(modules, name)  # Conv1D: (in, 3 * hidden), columns q | k | v
+        hidden = heads * d
+        if w.shape[1] != 3 * hidden or out_w.shape[0] != hidden:
+            raise UnsupportedArchitectureError(f"sparse_prune: unexpected shapes at {name} / {block.out_proj_name}")
+        sq = w.reshape(w.shape[0], 3, heads, d).pow(2).sum(dim=(0, 1, 3))
+        if b is not None:
+            sq = sq + b.reshape(3, heads, d).pow(2).sum(dim=(0, 2))
+        return sq + out_w.reshape(heads, -1).pow(2).sum(dim=1)  # c_proj Conv1D: (hidden in, out), head rows
+    if spec.conv1d or not (spec.q_proj and spec.k_proj and spec.v_proj):
+        raise UnsupportedArchitectureError(f"sparse_prune: unsupported projection layout at {block.name}")
+    q_w, q_b = _weight(modules, f"{block.name}.{spec.q_proj}")
+    sq = _rows_sq(q_w, q_b, heads, d, spec.q_proj)
+    sq = sq + _columns_sq(out_w, heads, d, spec.out_proj)
+    kv_sq = 0
+    for proj in (spec.k_proj, spec.v_proj):
+        w, b = _weight(modules, f"{block.name}.{proj}")
+        kv_sq = kv_sq + _rows_sq(w, b, kv, d, proj)
+    # each query head carries an equal share of its key/value group's rows
+    return sq + kv_sq.repeat_interleave(block.group_size) / block.group_size
+
+
+def group_norms(model: nn.Module, blocks: list[AttentionBlock]) -> torch.Tensor:
+    """L2 norm of every head's parameter block, shape (num_layers, num_heads), differentiable."""
+    modules = dict(model.named_modules())
+    return torch.stack([(block_sq_norms(b, modules) + EPS).sqrt() for b in blocks])
+
+
+def group_lasso_penalty(model: nn.Module, blocks: list[AttentionBlock], lam: float) -> torch.Tensor:
+    """lam * sum over heads of the L2 norm of the head's block (an L1 norm of per-head L2 norms)."""
+    return lam * group_norms(model, blocks).sum()
+
+
+class SparsePrune(PruningStrategy):
+    """Group-lasso fine-tune on clean data, then prune heads by ascending group norm under the accuracy guard."""
+
+    config: SparsePruneConfig
+    fast_options = {"train_samples": 96, "epochs": 1, "lr": 1e-3, "lam": 1e-2, "val_samples": 64,
+                    "batch_size": 16, "finetune_batch_size": 16, "max_length": 32, "step": 2}
+
+    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                    evaluate: MaskEvaluator) -> torch.Tensor:
+        """Current group norms of the heads (low = prune first)."""
+        with torch.no_grad():
+            return group_norms(loaded.model, gates.blocks).detach().float().cpu()
+
+    def finetune(self, loaded: LoadedModel, blocks: list[AttentionBlock], train: TaskData) -> list[dict]:
+        """Clean fine-tune with the group penalty; returns the per-epoch history."""
+        cfg = self.config
+        data = subsample(train, cfg.train_samples, cfg.seed)
+        lam = cfg.lam
+        outcome = train_classifier(
+            loaded.model, loaded.tokenizer, data.texts, data.labels,
+            TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.finetune_batch_size, weight_decay=0.0,
+                        max_length=cfg.max_length, seed=cfg.seed, keep_best=False),
+            extra_loss=lambda m: group_lasso_penalty(m, blocks, lam), description="group-lasso fine-tune",
+        )
+        return outcome.history
+
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        model = loaded.model
+        val = subsample(validation, cfg.val_samples, cfg.seed)
+        with HeadGates(model) as gates:
+            full = torch.ones(gates.shape)
+            evaluators = [MaskEvaluator(gates, loaded.tokenizer, val, batch_size=cfg.batch_size)]
+            original_acc = evaluators[0](full)
+            norms_before = self.head_scores(loaded, gates, train, None)
+            original_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            history = self.finetune(loaded, gates.blocks, train)
+            scores = self.head_scores(loaded, gates, train, None)
+            # a head whose norm diverged (a wrecked fine-tune) keeps its original norm as its score
+            scores = torch.where(torch.isfinite(scores), scores, norms_before)
+            evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=cfg.batch_size)
+            evaluators.append(evaluate)
+            tuned_acc = evaluate(full)
+            floor = original_acc - cfg.max_acc_drop
+            kept = tuned_acc >= floor
+            if not kept:  # the fine-tune alone broke the guard: prune the user's weights in its order instead
+                model.load_state_dict(original_state)
+                evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=cfg.batch_size)
+                evaluators.append(evaluate)
+            # the engine measures against the (possibly fine-tuned) unpruned model; its drop is narrowed so
+            # that its floor is the original model's accuracy minus max_acc_drop
+            start_acc = evaluate(full)
+            engine_cfg = dataclasses.replace(cfg, max_acc_drop=max(0.0, start_acc - floor))
+            outcome = prune_by_scores(evaluate, scores, engine_cfg)
+        trajectory = [{"step": 0, "pruned": 0, "val_accuracy": original_acc, "action": "original"}]
+        if kept:
+            trajectory.append({"step": 0, "pruned": 0, "val_accuracy": tuned_acc, "action": "finetune"})
+        return StrategyResult(
+            model=model, mask=outcome.mask, pruned_heads=outcome.pruned_heads, head_scores=scores,
+            trajectory=trajectory + outcome.trajectory, baseline_val_accuracy=original_acc,
+            final_val_accuracy=outcome.final_accuracy,
+            extras={"guard_evaluations": sum(e.calls for e in evaluators), "finetune_kept": kept,
+                    "finetuned_val_accuracy": tuned_acc, "finetune_history": history,
+                    "group_norms_before": norms_before.tolist(),
+                    "group_norm_ratio": (scores / norms_before.clamp_min(EPS)).tolist()},
+        )
+
+
+register_strategy("sparse_prune", SparsePruneConfig, SparsePrune)

@@ -1,0 +1,158 @@
+"""variance_prune: layer-wise pruning of heads whose pooled attention hardly varies across clean inputs.
+
+Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025) call a head uninformative when its attention pattern
+barely changes from one input to the next. The score of a head here is the total variance, across clean
+samples, of its attention row at the pooling position ([CLS] = position 0 for encoders, the last non-pad
+token for decoders):
+
+    score(l, h) = sum_k Var_samples[ a(l, h, pool, k) ]  =  E ||a - E a||^2
+
+with padding keys set to 0 (so a key position beyond a sample's length counts as attention 0). A head that
+always attends the same way (uniformly, or to itself, or to a fixed position) scores near 0, whatever its
+entropy; a head whose attention follows the input scores high. Scores are divided by their layer's mean, so
+they compare across layers. Layer l may lose at most floor(rate_l * heads) heads, with rate_l rising linearly
+from `rate_first` (first layer) to `rate_last` (last layer): deep layers are the most redundant.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.errors import ConfigError
+from purify.heads import HeadGates
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.registry import register_strategy
+
+#: model types whose classifier pools the first token ([CLS]); every other supported type pools the last one
+ENCODER_TYPES = frozenset({"bert", "roberta", "electra", "distilbert"})
+
+
+@dataclass
+class VariancePruneConfig(PruneConfig):
+    """Knobs of variance_prune (plus the engine's, see PruneConfig).
+
+    score_samples: clean training samples whose attention is measured (seeded subset).
+    rate_first / rate_last: per-layer prune rate of the first and last layer; layers in between interpolate
+    linearly, and layer l may lose at most floor(rate_l * heads) heads (min_heads_per_layer still holds).
+    continue_after_guard: when a pruning step trips the accuracy guard, restore its heads until accuracy
+    recovers and go on with the next heads (True, the layer-wise schedule is tried to the end) or stop there.
+    max_prune_fraction defaults to 1.0 here: the per-layer schedule is the budget.
+    """
+
+    max_prune_fraction: float = 1.0
+    score_samples: int = 256
+    rate_first: float = 0.2
+    rate_last: float = 0.8
+    continue_after_guard: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.score_samples < 1:
+            raise ConfigError("score_samples must be >= 1")
+        for name in ("rate_first", "rate_last"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} is a fraction of a layer's heads, in [0, 1]")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "step": {"type": "int", "low": 1, "high": 12},
+            "max_acc_drop": {"type": "float", "low": 0.005, "high": 0.05},
+            "rate_first": {"type": "float", "low": 0.0, "high": 0.5},
+            "rate_last": {"type": "float", "low": 0.3, "high": 0.9},
+        }
+
+
+def layer_rates(num_layers: int, first: float, last: float) -> torch.Tensor:
+    """Per-layer prune rates rising linearly from `first` (layer 0) to `last` (last layer)."""
+    if num_layers == 1:
+        return torch.tensor([first], dtype=torch.float64)
+    return torch.linspace(first, last, num_layers, dtype=torch.float64)
+
+
+def layer_budget(num_layers: int, num_heads: int, first: float, last: float) -> torch.Tensor:
+    """Heads each layer may lose: floor(rate_l * num_heads) (a tiny epsilon absorbs float error)."""
+    rates = layer_rates(num_layers, first, last)
+    return torch.tensor([math.floor(float(r) * num_heads + 1e-9) for r in rates], dtype=torch.long)
+
+
+def pooling_positions(model, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the pooled token per sample: 0 for encoders, the last non-pad token for decoders (any padding side)."""
+    if getattr(model.config, "model_type", None) in ENCODER_TYPES:
+        return torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def attention_variance(gates: HeadGates, batches: list[dict]) -> torch.Tensor:
+    """Total variance across samples of each head's pooled attention row, shape (num_layers, num_heads), float64."""
+    num_layers, num_heads = gates.shape
+    first = torch.zeros(num_layers, num_heads, 0, dtype=torch.float64)  # running sum of rows (keys grow)
+    second = torch.zeros(num_layers, num_heads, dtype=torch.float64)  # running sum of squared row norms
+    count = 0
+    for batch in batches:
+        mask = batch["attention_mask"]
+        pool = pooling_positions(gates.model, mask)
+        keys = mask.to(torch.float64).cpu()
+        rows = []
+        for probs in gates.attention_probs(batch):
+            picked = probs[torch.arange(probs.shape[0], device=probs.device), :, pool, :]  # (B, H, T)
+            rows.append(picked.to(torch.float64).cpu() * keys[:, None, :])
+        rows = torch.stack(rows, dim=1)  # (B, L, H, T)
+        width = rows.shape[-1]
+        if width > first.shape[-1]:
+            first = torch.nn.functional.pad(first, (0, width - first.shape[-1]))
+        first[..., :width] += rows.sum(dim=0)
+        second += rows.pow(2).sum(dim=(0, 3))
+        count += rows.shape[0]
+    if count == 0:
+        raise ConfigError("variance_prune needs at least one clean training sample")
+    mean = first / count
+    return (second / count - mean.pow(2).sum(dim=-1)).clamp_min(0.0)
+
+
+def layerwise_order(scores: torch.Tensor, budget: torch.Tensor) -> list[tuple[int, int]]:
+    """Heads in the order the schedule spends each layer's budget: the k-th cheapest head of layer l at k/budget_l.
+
+    Layers are pruned in step with their budgets (a deep layer with budget 9 loses three heads for each one a
+    shallow layer with budget 3 loses); heads beyond a layer's budget are left out.
+    """
+    keyed = []
+    for layer in range(scores.shape[0]):
+        allowed = int(budget[layer])
+        ranked = sorted(range(scores.shape[1]), key=lambda h: (float(scores[layer, h]), h))
+        for rank, head in enumerate(ranked[:allowed]):
+            keyed.append(((rank + 1) / allowed, float(scores[layer, head]), layer, head))
+    return [(layer, head) for *_, layer, head in sorted(keyed)]
+
+
+class VariancePrune(PruningStrategy):
+    """Prune heads whose attention at the pooling position varies least over clean data, more in deeper layers."""
+
+    config: VariancePruneConfig
+    fast_options = {"score_samples": 48, "val_samples": 64, "batch_size": 16, "step": 2}
+
+    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                    evaluate: MaskEvaluator) -> torch.Tensor:
+        data = subsample(train, self.config.score_samples, self.config.seed)
+        batches = batches_for(loaded.model, loaded.tokenizer, data, self.config.batch_size)
+        variance = attention_variance(gates, batches)
+        self._raw_variance = variance
+        # relative to the layer's mean, so scores compare across layers
+        return (variance / variance.mean(dim=1, keepdim=True).clamp_min(1e-12)).float()
+
+    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
+        budget = layer_budget(gates.num_layers, gates.num_heads, self.config.rate_first, self.config.rate_last)
+        self._budget = budget
+        return {"order": layerwise_order(scores, budget), "per_layer_budget": budget,
+                "continue_after_guard": self.config.continue_after_guard}
+
+    def extras(self) -> dict:
+        return {"attention_variance": self._raw_variance.tolist(), "per_layer_budget": self._budget.tolist()}
+
+
+register_strategy("variance_prune", VariancePruneConfig, VariancePrune)
