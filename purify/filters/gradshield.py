@@ -160,18 +160,17 @@ class GradShield(DataFilter):
             objective = sample_objective(grad_model)
         probe_computer = PerSampleGradients(model, names, objective, chunk_size=cfg.chunk_size)
         probe_sum: torch.Tensor | None = None
-        probe_rows: dict[int, torch.Tensor] = {}
-        for positions, grads, _ in iter_gradients(grad_model, probe, probe_computer, batch_size=cfg.batch_size,
-                                                  max_length=cfg.max_length, description="GradShield: probe gradient",
-                                                  verify=cfg.verify, answers=cfg.objective != "safety"):
-            r = rows(grads)
+        for _, grads, _ in iter_gradients(grad_model, probe, probe_computer, batch_size=cfg.batch_size,
+                                          max_length=cfg.max_length, description="GradShield: probe gradient",
+                                          verify=cfg.verify, answers=cfg.objective != "safety"):
+            r = rows(grads).double()
             probe_sum = r.sum(0) if probe_sum is None else probe_sum + r.sum(0)
-            if probe_positions is not None and cfg.objective == "trusted_loss":
-                for j, p in enumerate(positions):  # kept for the leave-one-out scores of held-out samples
-                    probe_rows[int(probe_positions[p])] = r[j]
         assert probe_sum is not None
         n_probe = len(probe)
         g_probe = probe_sum / n_probe
+        in_probe = np.zeros(len(data), dtype=bool)
+        if probe_positions is not None:
+            in_probe[probe_positions] = True
 
         computer = PerSampleGradients(model, names, sample_objective(grad_model), chunk_size=cfg.chunk_size)
         scores = np.zeros(len(data), dtype=np.float64)
@@ -179,20 +178,27 @@ class GradShield(DataFilter):
         for positions, grads, values in iter_gradients(grad_model, data, computer, batch_size=cfg.batch_size,
                                                        max_length=cfg.max_length,
                                                        description="GradShield: harmfulness scores", verify=cfg.verify):
-            r = rows(grads)
-            g = g_probe.expand_as(r).clone()
-            for j, p in enumerate(positions):
-                own = probe_rows.get(int(p))
-                if own is not None:  # the probe without this sample's own gradient
-                    g[j] = (probe_sum - own) / (n_probe - 1)
-            dots = (r * g).sum(1)
+            r = rows(grads).double()
+            dots = r @ g_probe
+            probe_norm2 = torch.full_like(dots, float(g_probe @ g_probe))
+            own = torch.as_tensor(in_probe[positions], device=dots.device)
+            if own.any():
+                # a held-out probe sample is scored against the probe without its own gradient:
+                # g' = (n g - g_i) / (n - 1), so <g_i, g'> and |g'|^2 follow from <g_i, g>, |g_i|^2 and |g|^2
+                self_norm2 = (r * r).sum(1)
+                loo_dots = (n_probe * dots - self_norm2) / (n_probe - 1)
+                loo_norm2 = (n_probe ** 2 * probe_norm2 - 2 * n_probe * dots + self_norm2) / (n_probe - 1) ** 2
+                dots = torch.where(own, loo_dots, dots)
+                probe_norm2 = torch.where(own, loo_norm2, probe_norm2)
             if cfg.normalize:
-                dots = dots / (r.norm(dim=1) * g.norm(dim=1)).clamp_min(1e-30)
-            scores[positions] = (-dots).double().cpu().numpy()
+                dots = dots / (r.norm(dim=1) * probe_norm2.clamp_min(0).sqrt()).clamp_min(1e-30)
+            scores[positions] = (-dots).cpu().numpy()
             losses[positions] = values.float().cpu().numpy()
         details = {"parameters": names if len(names) <= 32 else names[:32] + ["..."], "num_parameters": int(n_params),
                    "gradient_model": kind, "objective": cfg.objective, "probe_source": probe_source,
                    "probe_size": n_probe, "probe_gradient_norm": float(g_probe.norm()),
+                   "probe_indices": ([int(data.samples[i].index) for i in probe_positions]
+                                     if probe_positions is not None else None),
                    "projected_to": cfg.projection_dim, "mean_loss": float(losses.mean())}
         return scores, details
 

@@ -174,14 +174,19 @@ def length_sorted_batches(loaded: LoadedModel, data: TaskData, batch_size: int, 
 # Objectives
 
 
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits up to float32; float32 and float64 stay as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def classification_loss(logits: torch.Tensor, example: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy of the sample's label; logits (1, C)."""
-    return F.cross_entropy(logits.float(), example["labels"].reshape(1))
+    return F.cross_entropy(_full_precision(logits), example["labels"].reshape(1))
 
 
 def answer_loss(logits: torch.Tensor, example: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens; logits (1, T, V)."""
-    pred = logits[0, :-1].float()
+    pred = _full_precision(logits[0, :-1])
     target = example["input_ids"][1:]
     weight = example["answer_mask"][1:]
     ce = F.cross_entropy(pred, target, reduction="none")
@@ -199,7 +204,7 @@ def last_token_logit_margin(plus_id: int, minus_id: int) -> Objective:
     def margin(logits: torch.Tensor, example: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = example["attention_mask"]
         last = (torch.arange(mask.shape[0], device=mask.device) * mask).argmax()
-        row = logits[0].float().index_select(0, last.reshape(1))[0]
+        row = _full_precision(logits[0]).index_select(0, last.reshape(1))[0]
         return row[plus_id] - row[minus_id]
 
     return margin
@@ -261,8 +266,9 @@ class PerSampleGradients:
         was_training = self.model.training
         self.model.eval()  # no dropout: a sample's gradient must not depend on the batch it sits in
         try:
-            fn = vmap(grad_and_value(self._one), in_dims=(None, 0), chunk_size=self.chunk_size)
-            grads, values = fn(self.target_values(), batch)
+            with eager_attention(self.model):
+                fn = vmap(grad_and_value(self._one), in_dims=(None, 0), chunk_size=self.chunk_size)
+                grads, values = fn(self.target_values(), batch)
         finally:
             self.model.train(was_training)
         return grads, values.detach()
@@ -282,7 +288,8 @@ class PerSampleGradients:
             reference = torch.stack([
                 self.objective(logits[i:i + 1], {k: v[i] for k, v in batch.items()}) for i in range(len(logits))
             ])
-            vmapped = vmap(self._one, in_dims=(None, 0), chunk_size=self.chunk_size)(self.target_values(), batch)
+            with eager_attention(self.model):
+                vmapped = vmap(self._one, in_dims=(None, 0), chunk_size=self.chunk_size)(self.target_values(), batch)
         finally:
             self.model.train(was_training)
         if not torch.allclose(vmapped.float(), reference.float(), rtol=rtol, atol=atol):
@@ -297,16 +304,14 @@ class PerSampleGradients:
 def iter_gradients(loaded: LoadedModel, data: TaskData, computer: PerSampleGradients, *, batch_size: int,
                    max_length: int = MAX_LENGTH, description: str = "per-sample gradients", verify: bool = True,
                    answers: bool = True) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:
-    """Yield (positions in `data`, gradients, objective values) batch by batch, batches sorted by token length,
-    with the model in eager attention throughout."""
+    """Yield (positions in `data`, gradients, objective values) batch by batch, batches sorted by token length."""
     batches = length_sorted_batches(loaded, data, batch_size, max_length, answers=answers)
-    with eager_attention(computer.model):
-        for i, positions in enumerate(track(batches, description=description, total=len(batches))):
-            batch = sample_batch(loaded, data.subset(positions.tolist()), max_length, answers=answers)
-            if verify and i == 0:
-                computer.verify(batch)
-            grads, values = computer(batch)
-            yield positions, grads, values
+    for i, positions in enumerate(track(batches, description=description, total=len(batches))):
+        batch = sample_batch(loaded, data.subset(positions.tolist()), max_length, answers=answers)
+        if verify and i == 0:
+            computer.verify(batch)
+        grads, values = computer(batch)
+        yield positions, grads, values
 
 
 # ---------------------------------------------------------------------------------------------

@@ -206,36 +206,48 @@ def _em(x: np.ndarray, means: np.ndarray, floor: float, max_iter: int, tol: floa
 
 
 def mixture_crossing(gmm: GaussianMixture1D) -> float:
-    """Where the two weighted component densities are equal between their means (the midpoint if they never are)."""
+    """Where the upper component takes over: the score at which, moving right, the higher-mean component's
+    weighted density overtakes the lower one's (the midpoint of the means when it never does).
+
+    With unequal variances the weighted densities cross twice; only one crossing hands over from the lower
+    to the upper component (the other is in a tail where the wider component wins again). For well-separated
+    components it lies between the means.
+    """
     (w1, w2), (m1, m2), (v1, v2) = gmm.weights, gmm.means, gmm.variances
-    # log w1 N(x|m1,v1) = log w2 N(x|m2,v2)  <=>  a x^2 + b x + c = 0
-    a = 0.5 / v2 - 0.5 / v1
-    b = m1 / v1 - m2 / v2
-    c = (0.5 * m2 ** 2 / v2 - 0.5 * m1 ** 2 / v1 + math.log(w1) - math.log(w2)
-         - 0.5 * math.log(v1) + 0.5 * math.log(v2))
-    if abs(a) < 1e-15 * max(abs(b), 1e-300):
+    # d(x) = log w2 N(x|m2,v2) - log w1 N(x|m1,v1) = a x^2 + b x + c; the hand-over is a root with d'(x) > 0
+    a = 0.5 / v1 - 0.5 / v2
+    b = m2 / v2 - m1 / v1
+    c = (0.5 * m1 ** 2 / v1 - 0.5 * m2 ** 2 / v2 + math.log(w2) - math.log(w1)
+         - 0.5 * math.log(v2) + 0.5 * math.log(v1))
+    if abs(a) <= 1e-12 * max(abs(b), 1e-300):
         roots = [-c / b] if b != 0 else []
     else:
         disc = b * b - 4 * a * c
         roots = [] if disc < 0 else [(-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)]
-    between = [r for r in roots if m1 <= r <= m2]
-    if between:
-        return float(min(between, key=lambda r: abs(r - 0.5 * (m1 + m2))))
+    rising = [r for r in roots if 2 * a * r + b > 0]
+    if rising:
+        return float(min(rising, key=lambda r: abs(r - 0.5 * (m1 + m2))))
     return float(0.5 * (m1 + m2))
 
 
-def gmm_threshold(scores: Any, *, alpha: float = 10.0, n_std: float = 2.0, seed: int = 0,
-                  n_init: int = 4) -> ThresholdDecision:
+def gmm_threshold(scores: Any, *, alpha: float = 10.0, n_std: float = 2.0, seed: int = 0, n_init: int = 4,
+                  max_upper_weight: float = 0.5) -> ThresholdDecision:
     """Adaptive threshold: split two mixture components when they explain the scores clearly better than one Gaussian.
 
     A 2-component GMM (`fit_gmm_1d`) and a single Gaussian are fitted by maximum likelihood. When the GMM's
     log-likelihood exceeds the Gaussian's by more than `alpha`, the scores are taken to be two populations and
-    the threshold is where the components' weighted densities cross between their means ("gmm_split");
-    otherwise it is mean + `n_std` standard deviations ("mean_2std" for the default n_std = 2).
+    the threshold is where the upper component's weighted density overtakes the lower one's (`mixture_crossing`,
+    between the means for separated components; "gmm_split");
+    otherwise it is mean + `n_std` standard deviations ("mean_2std" for the default n_std = 2). The split is
+    also refused (same fallback) when the upper component holds more than `max_upper_weight` of the samples:
+    then the mixture has found a low outlier group or a narrow-versus-wide shape, not a suspicious minority,
+    and cutting at its crossing would remove most of the data.
     """
     x = _finite_1d(scores)
     if alpha < 0:
         raise ConfigError("alpha must be >= 0")
+    if not 0 < max_upper_weight <= 1:
+        raise ConfigError("max_upper_weight must be in (0, 1]")
     mean, std = float(x.mean()), float(x.std())
     fallback_method = "mean_2std" if n_std == 2.0 else "mean_std"
     if np.unique(x).size < 4:
@@ -245,7 +257,11 @@ def gmm_threshold(scores: Any, *, alpha: float = 10.0, n_std: float = 2.0, seed:
     gain = gmm.log_likelihood - ll_gauss
     details = {"gaussian_log_likelihood": ll_gauss, "gmm": gmm.to_dict(), "log_likelihood_gain": float(gain),
                "alpha": float(alpha), "mean": mean, "std": std}
-    if gain > alpha:
+    if gain <= alpha:
+        details["reason"] = "the mixture does not beat one Gaussian by alpha"
+    elif gmm.weights[1] > max_upper_weight:
+        details["reason"] = "the upper mixture component is the majority"
+    else:
         return ThresholdDecision(mixture_crossing(gmm), "gmm_split", details)
     return ThresholdDecision(mean + n_std * std, fallback_method, details)
 

@@ -1,0 +1,269 @@
+"""bayes_prune: a posterior over per-head gates, fitted by SVI on clean data; prune heads the data does not need.
+
+Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025) prune the heads a Bayesian treatment finds least informative.
+Here every head i carries a latent logit z_i with a sparsity-favouring prior
+
+    z_i ~ Normal(mu_0, s_0),   mu_0 = s_0 * Phi^-1(prior_inclusion)   (so P(z_i > 0) = prior_inclusion < 1/2)
+
+and gates the model through g_i = sigmoid(z_i / temperature) (a logit-normal, concrete-like gate: a low
+temperature pushes gates towards 0 or 1). Clean training labels are observed through the classifier's
+logits with the gated heads (``gates.differentiable``); the transformer weights stay fixed. The mean-field
+guide q(z_i) = Normal(loc_i, scale_i) is fitted with ``pyro.infer.SVI`` and ``Trace_ELBO`` on minibatches
+(the likelihood scaled up to the whole clean subset, the prior and guide terms scaled by `sparsity_weight`).
+A head the data leans on is pulled towards gate 1 with a tight posterior; a head it does not need relaxes to
+the prior. From `num_posterior_samples` draws of the posterior, a head's inclusion probability is the share
+of draws with g_i > 1/2 and its uncertainty the standard deviation of g_i. Heads are pruned in ascending
+inclusion, ties (equal estimated inclusion) broken by the more uncertain head first, through the shared
+engine with its guard.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from torch.distributions import constraints
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.errors import ConfigError
+from purify.heads import HeadGates
+from purify.progress import track
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.registry import register_strategy
+
+#: names of the guide's parameters in pyro's parameter store
+LOC, SCALE = "bayes_prune.loc", "bayes_prune.scale"
+#: initial posterior scale of every head's logit
+INIT_SCALE = 0.5
+
+
+@dataclass
+class BayesPruneConfig(PruneConfig):
+    """Knobs of bayes_prune (plus the engine's, see PruneConfig).
+
+    svi_steps: SVI (Adam) steps, one clean training minibatch each.
+    lr: Adam learning rate of the guide's per-head locations and scales.
+    prior_inclusion: prior probability that a head is on, P(g > 1/2); below 1/2 the prior favours sparsity.
+    prior_scale: prior standard deviation of a head's gate logit.
+    sparsity_weight: weight of the prior (KL) term against the clean-data likelihood; above 1 the posterior
+    leans harder towards the sparse prior (a tempered posterior).
+    temperature: gate = sigmoid(logit / temperature); lower is closer to a hard 0/1 gate.
+    init_logit: the guide's initial logit location (3.0 with the default temperature: every gate starts near 1,
+    the unpruned model).
+    num_posterior_samples: posterior draws inclusion and uncertainty are estimated from.
+    svi_samples: clean training samples the likelihood is taken over (seeded subset).
+    svi_batch_size: minibatch size of an SVI step.
+    """
+
+    svi_steps: int = 300
+    lr: float = 0.05
+    prior_inclusion: float = 0.3
+    prior_scale: float = 1.0
+    sparsity_weight: float = 1.0
+    temperature: float = 0.5
+    init_logit: float = 3.0
+    num_posterior_samples: int = 256
+    svi_samples: int = 1024
+    svi_batch_size: int = 32
+
+    def validate(self) -> None:
+        super().validate()
+        if self.svi_steps < 1:
+            raise ConfigError("svi_steps must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError("lr must be > 0")
+        if not 0 < self.prior_inclusion < 1:
+            raise ConfigError("prior_inclusion is a probability in (0, 1)")
+        for name in ("prior_scale", "sparsity_weight", "temperature"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number > 0")
+        if not math.isfinite(self.init_logit):
+            raise ConfigError("init_logit must be finite")
+        if self.num_posterior_samples < 2:
+            raise ConfigError("num_posterior_samples must be >= 2 (an uncertainty needs two draws)")
+        if self.svi_samples < 1:
+            raise ConfigError("svi_samples must be >= 1")
+        if self.svi_batch_size < 1:
+            raise ConfigError("svi_batch_size must be >= 1")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "max_acc_drop": {"type": "float", "low": 0.005, "high": 0.05},
+            "max_prune_fraction": {"type": "float", "low": 0.1, "high": 0.8},
+            "svi_steps": {"type": "int", "low": 50, "high": 600, "log": True},
+            "lr": {"type": "float", "low": 0.005, "high": 0.2, "log": True},
+            "prior_inclusion": {"type": "float", "low": 0.05, "high": 0.5},
+            "sparsity_weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+            "temperature": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+        }
+
+
+class GatePosterior:
+    """The pyro model (prior over head-gate logits, labels through the gated classifier) and its mean-field guide."""
+
+    def __init__(self, gates: HeadGates, num_data: int, config: BayesPruneConfig) -> None:
+        self.gates = gates
+        self.num_data = num_data
+        self.config = config
+        self.n = gates.num_layers * gates.num_heads
+        self.device = next(gates.model.parameters()).device
+        z = NormalDist().inv_cdf(config.prior_inclusion)
+        self.prior_loc = torch.full((self.n,), config.prior_scale * z, device=self.device)
+        self.prior_scale = torch.full((self.n,), config.prior_scale, device=self.device)
+
+    def model(self, batch: dict) -> None:
+        """Gate logits from the prior; observed labels from the gated model's logits."""
+        cfg = self.config
+        with poutine.scale(scale=cfg.sparsity_weight), pyro.plate("heads", self.n):
+            z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale))
+        gate = torch.sigmoid(z / cfg.temperature).reshape(self.gates.shape)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with self.gates.differentiable(gate):
+            logits = self.gates.model(**inputs).logits
+        labels = batch["labels"]
+        with pyro.plate("data", labels.shape[0]), poutine.scale(scale=self.num_data / labels.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=logits.float()), obs=labels)
+
+    def guide(self, batch: dict) -> None:
+        """Mean-field Normal posterior over each head's gate logit."""
+        cfg = self.config
+        loc = pyro.param(LOC, torch.full((self.n,), cfg.init_logit, device=self.device))
+        scale = pyro.param(SCALE, torch.full((self.n,), INIT_SCALE, device=self.device),
+                           constraint=constraints.positive)
+        with poutine.scale(scale=cfg.sparsity_weight), pyro.plate("heads", self.n):
+            pyro.sample("z", dist.Normal(loc, scale))
+
+    def posterior(self, num_samples: int) -> dict[str, torch.Tensor]:
+        """Per-head inclusion P(g > 1/2) and gate std from posterior draws, plus the guide's loc and scale (L, H)."""
+        store = pyro.get_param_store()
+        loc = store[LOC].detach().double().cpu()
+        scale = store[SCALE].detach().double().cpu()
+        draws = dist.Normal(loc, scale).sample((num_samples,))  # (S, N), float64
+        gate = torch.sigmoid(draws / self.config.temperature)
+        shape = self.gates.shape
+        return {
+            "inclusion": (gate > 0.5).double().mean(dim=0).reshape(shape),
+            "uncertainty": gate.std(dim=0).reshape(shape),
+            "loc": loc.reshape(shape),
+            "scale": scale.reshape(shape),
+        }
+
+
+@contextlib.contextmanager
+def private_param_store() -> Iterator[None]:
+    """Run with an empty pyro parameter store, then put the caller's parameters back."""
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    store.clear()
+    try:
+        yield
+    finally:
+        store.clear()
+        store.set_state(saved)
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients inside the block (only the gates learn), restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def posterior_order(inclusion: torch.Tensor, uncertainty: torch.Tensor) -> list[tuple[int, int]]:
+    """Heads by ascending inclusion; equal inclusion: higher uncertainty first; then by position."""
+    num_layers, num_heads = inclusion.shape
+    keys = [(float(inclusion[l, h]), -float(uncertainty[l, h]), l, h)
+            for l in range(num_layers) for h in range(num_heads)]
+    return [(l, h) for _, _, l, h in sorted(keys)]
+
+
+def order_scores(order: list[tuple[int, int]], shape: tuple[int, int]) -> torch.Tensor:
+    """Scores in [0, 1) that follow `order` (the k-th head scores k / N), so low = prune first."""
+    scores = torch.zeros(shape)
+    n = shape[0] * shape[1]
+    for rank, (layer, head) in enumerate(order):
+        scores[layer, head] = rank / n
+    return scores
+
+
+class BayesPrune(PruningStrategy):
+    """Prune heads with low posterior inclusion under a sparsity prior over head gates (SVI in pyro)."""
+
+    config: BayesPruneConfig
+    fast_options = {
+        "svi_steps": 60, "lr": 0.1, "svi_samples": 128, "svi_batch_size": 32, "num_posterior_samples": 128,
+        "val_samples": 120, "step": 2,
+    }
+
+    def __init__(self, config: BayesPruneConfig | None = None) -> None:
+        super().__init__(config)
+        self._order: list[tuple[int, int]] = []
+        self._facts: dict = {}
+
+    def fit_posterior(self, loaded: LoadedModel, gates: HeadGates, train: TaskData) -> dict[str, torch.Tensor]:
+        """Fit the gate posterior by SVI on clean training data; per-head statistics as (L, H) tensors."""
+        cfg = self.config
+        data = subsample(train, cfg.svi_samples, cfg.seed)
+        if len(data) == 0:
+            raise ConfigError("bayes_prune needs at least one clean training sample")
+        batches = batches_for(loaded.model, loaded.tokenizer, data, cfg.svi_batch_size)
+        posterior = GatePosterior(gates, len(data), cfg)
+        rng = np.random.default_rng(cfg.seed)
+        losses: list[float] = []
+        with private_param_store(), frozen(loaded.model):
+            pyro.set_rng_seed(cfg.seed)
+            svi = SVI(posterior.model, posterior.guide, pyro.optim.Adam({"lr": cfg.lr}), loss=Trace_ELBO())
+            queue: list[int] = []
+            for _ in track(range(cfg.svi_steps), description="bayes_prune: SVI", total=cfg.svi_steps):
+                if not queue:
+                    queue = [int(i) for i in rng.permutation(len(batches))]
+                losses.append(float(svi.step(batches[queue.pop()])))
+            stats = posterior.posterior(cfg.num_posterior_samples)
+        stats["elbo_loss"] = torch.tensor(losses)
+        return stats
+
+    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                    evaluate: MaskEvaluator) -> torch.Tensor:
+        stats = self.fit_posterior(loaded, gates, train)
+        self._order = posterior_order(stats["inclusion"], stats["uncertainty"])
+        losses = stats["elbo_loss"]
+        every = max(1, len(losses) // 50)
+        self._facts = {
+            "posterior_inclusion": stats["inclusion"].tolist(),
+            "posterior_uncertainty": stats["uncertainty"].tolist(),
+            "posterior_logit_loc": stats["loc"].tolist(),
+            "posterior_logit_scale": stats["scale"].tolist(),
+            "prune_order": [list(x) for x in self._order],
+            "svi_loss_curve": [round(float(x), 4) for x in losses[::every]],
+            "svi_final_loss": float(losses[-max(1, len(losses) // 10):].mean()),
+        }
+        return order_scores(self._order, gates.shape)
+
+    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
+        return {"order": list(self._order)}
+
+    def extras(self) -> dict:
+        return dict(self._facts)
+
+
+register_strategy("bayes_prune", BayesPruneConfig, BayesPrune)

@@ -1,0 +1,505 @@
+"""rl_prune: a MaskablePPO policy learns, from clean validation accuracy alone, which heads to prune and when to stop.
+
+Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025) cast head pruning as a sequential decision problem. Here the
+environment (`HeadPruningEnv`, a `gymnasium.Env`) starts from the unpruned model; each action prunes one head
+or stops. The observation holds, for every head, whether it is still kept, three cheap clean-data signals
+(gradient importance |dL/d gate|, attention entropy, norm of the head's output-projection columns), its
+layer's position and kept share and whether pruning it is legal, plus the current clean validation accuracy
+(relative to the unpruned model and to the guard) and the pruned share. Illegal actions (heads already
+pruned, heads whose layer would fall below `min_heads_per_layer`) are masked out. The reward pays
+`prune_reward` per pruned head, charges `drop_penalty` per `max_acc_drop` of accuracy lost by a step, and
+ends the episode with `breach_penalty` when accuracy falls below the guard; the episode also ends on stop or
+when the prune budget is spent. Masks are evaluated by the shared, cached `MaskEvaluator` on a fixed
+validation subset.
+
+The policy (`HeadSharedPolicy`) scores every head with one network shared across heads, so what it learns
+about one head's signals transfers to all of them. After training, a deterministic rollout gives the order in
+which the policy prunes; heads pruned earlier get lower scores, and the shared engine prunes in that order with
+its own guard and trajectory. The policy is saved as ``rl_policy.zip`` and travels with the export.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from torch import nn
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.errors import ConfigError
+from purify.heads import HeadGates
+from purify.progress import enabled as progress_enabled
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.registry import StrategyResult, register_strategy
+
+#: per-head signals in the observation, in this order (each scaled to [0, 1])
+SIGNALS = ("importance", "attention_entropy", "output_norm")
+#: per-head observation features: kept, the signals, layer position, layer kept share, legal
+HEAD_FEATURES = 1 + len(SIGNALS) + 3
+#: global observation features: accuracy / baseline, slack to the guard, pruned share, budget used
+GLOBAL_FEATURES = 4
+#: features whose value may leave [0, 1] are clipped to this range
+OBS_LOW, OBS_HIGH = -1.0, 2.0
+
+
+@dataclass
+class RLPruneConfig(PruneConfig):
+    """Knobs of rl_prune (plus the engine's, see PruneConfig).
+
+    total_timesteps: environment steps PPO trains for; each step costs at most one (cached) evaluation of a
+    mask on `rl_val_samples` validation samples, so this sets the run time.
+    learning_rate: Adam learning rate of the policy and value networks.
+    n_steps: environment steps collected between two PPO updates.
+    ppo_batch_size: minibatch size of a PPO update (at most n_steps).
+    ppo_epochs: passes over each collected rollout per update.
+    gamma: discount factor of the return.
+    ent_coef: weight of the entropy bonus (keeps exploring early on).
+    policy_hidden: width of the head-shared policy and value networks.
+    prune_reward: reward for each head pruned.
+    drop_penalty: penalty per `max_acc_drop` of clean validation accuracy a step loses (a gain refunds it).
+    breach_penalty: penalty when a step takes accuracy below baseline - max_acc_drop; the episode ends there.
+    rl_val_samples: validation samples the environment evaluates masks on (fixed, seeded subset; None = the
+    guard's own subset).
+    score_samples: clean training samples the gradient importance and attention entropy are measured on.
+    follow_policy_stop: prune only the heads the policy pruned in its rollout (True), or let the rest follow in
+    importance order so that the engine's guard alone decides where to stop (False).
+    """
+
+    total_timesteps: int = 512
+    learning_rate: float = 3e-3
+    n_steps: int = 64
+    ppo_batch_size: int = 32
+    ppo_epochs: int = 10
+    gamma: float = 0.99
+    ent_coef: float = 0.01
+    policy_hidden: int = 32
+    prune_reward: float = 1.0
+    drop_penalty: float = 2.0
+    breach_penalty: float = 1.0
+    rl_val_samples: int | None = 64
+    score_samples: int = 256
+    follow_policy_stop: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_steps < 2:
+            raise ConfigError("n_steps must be >= 2")
+        if self.total_timesteps < self.n_steps:
+            raise ConfigError("total_timesteps must be >= n_steps (PPO needs at least one full rollout)")
+        if not 2 <= self.ppo_batch_size <= self.n_steps:
+            raise ConfigError("ppo_batch_size must be in [2, n_steps]")
+        if self.ppo_epochs < 1:
+            raise ConfigError("ppo_epochs must be >= 1")
+        if not self.learning_rate > 0:
+            raise ConfigError("learning_rate must be > 0")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError("gamma must be in (0, 1]")
+        if self.ent_coef < 0:
+            raise ConfigError("ent_coef must be >= 0")
+        if self.policy_hidden < 1:
+            raise ConfigError("policy_hidden must be >= 1")
+        for name in ("prune_reward", "drop_penalty", "breach_penalty"):
+            value = getattr(self, name)
+            if value < 0 or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number >= 0")
+        if self.rl_val_samples is not None and self.rl_val_samples < 1:
+            raise ConfigError("rl_val_samples must be >= 1 or None")
+        if self.score_samples < 1:
+            raise ConfigError("score_samples must be >= 1")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "max_acc_drop": {"type": "float", "low": 0.005, "high": 0.05},
+            "max_prune_fraction": {"type": "float", "low": 0.1, "high": 0.8},
+            "total_timesteps": {"type": "int", "low": 256, "high": 4096, "log": True},
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+            "drop_penalty": {"type": "float", "low": 0.5, "high": 8.0},
+            "breach_penalty": {"type": "float", "low": 0.0, "high": 10.0},
+            "follow_policy_stop": {"type": "categorical", "choices": [True, False]},
+        }
+
+
+# -- per-head clean-data signals -----------------------------------------------------------------------------
+def attention_entropy(gates: HeadGates, batches: list[dict]) -> torch.Tensor:
+    """Mean entropy of each head's attention rows over real tokens, divided by log(length), shape (L, H)."""
+    total = torch.zeros(gates.shape, dtype=torch.float64)
+    rows = 0
+    for batch in batches:
+        valid = batch["attention_mask"].to(torch.float64).cpu()  # (B, T)
+        norm = torch.log(valid.sum(dim=1).clamp_min(2.0))  # (B,)
+        for layer, probs in enumerate(gates.attention_probs(batch)):
+            p = probs.to(torch.float64).cpu() * valid[:, None, None, :]
+            ent = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)  # (B, H, T)
+            ent = ent / norm[:, None, None] * valid[:, None, :]
+            total[layer] += ent.sum(dim=(0, 2))
+        rows += int(valid.sum())
+    return (total / max(rows, 1)).float()
+
+
+def output_norms(gates: HeadGates) -> torch.Tensor:
+    """L2 norm of each head's columns of its attention output projection, shape (L, H)."""
+    modules = dict(gates.model.named_modules())
+    norms = torch.zeros(gates.shape)
+    d = gates.head_dim
+    for block in gates.blocks:
+        weight = modules[block.out_proj_name].weight.detach().float().cpu()
+        for h in range(block.num_heads):
+            part = weight[h * d:(h + 1) * d, :] if block.spec.conv1d else weight[:, h * d:(h + 1) * d]
+            norms[block.layer, h] = part.norm()
+    return norms
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Scale a non-negative tensor to [0, 1] by its maximum (all zeros stay zeros)."""
+    x = torch.nan_to_num(x.float(), nan=0.0).clamp_min(0.0)
+    top = float(x.max()) if x.numel() else 0.0
+    return x / top if top > 0 else x
+
+
+def head_signals(loaded: LoadedModel, gates: HeadGates, train: TaskData, samples: int, batch_size: int,
+                 seed: int) -> torch.Tensor:
+    """The per-head signals of `SIGNALS`, each in [0, 1], shape (L, H, len(SIGNALS))."""
+    data = subsample(train, samples, seed)
+    batches = batches_for(loaded.model, loaded.tokenizer, data, batch_size)
+    importance = gates.importance(batches)
+    importance = importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12)  # comparable across layers
+    was_training = loaded.model.training
+    loaded.model.eval()
+    try:
+        entropy = attention_entropy(gates, batches)
+    finally:
+        loaded.model.train(was_training)
+    return torch.stack([_unit(importance), _unit(entropy), _unit(output_norms(gates))], dim=-1)
+
+
+# -- the environment -----------------------------------------------------------------------------------------
+class HeadPruningEnv(gym.Env):
+    """Prune one head per step (or stop) while clean validation accuracy is watched; see the module docstring."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, evaluate: Callable[[torch.Tensor], float], signals: torch.Tensor, *, max_acc_drop: float,
+                 max_prune_fraction: float, min_heads_per_layer: int, prune_reward: float = 1.0,
+                 drop_penalty: float = 2.0, breach_penalty: float = 1.0) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.signals = torch.as_tensor(signals, dtype=torch.float32)
+        self.num_layers, self.num_heads, _ = self.signals.shape
+        self.n = self.num_layers * self.num_heads
+        self.max_acc_drop = max_acc_drop
+        self.min_heads_per_layer = min_heads_per_layer
+        self.budget = int(max_prune_fraction * self.n)
+        self.prune_reward, self.drop_penalty, self.breach_penalty = prune_reward, drop_penalty, breach_penalty
+        self.drop_scale = max(max_acc_drop, 1e-3)
+        self.baseline = float(evaluate(torch.ones(self.num_layers, self.num_heads)))
+        self.floor = self.baseline - max_acc_drop
+        self.action_space = spaces.Discrete(self.n + 1)  # action n = stop
+        size = self.n * HEAD_FEATURES + GLOBAL_FEATURES
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(size,), dtype=np.float32)
+        layer_pos = torch.arange(self.num_layers, dtype=torch.float32) / max(self.num_layers - 1, 1)
+        self._layer_pos = layer_pos[:, None].expand(self.num_layers, self.num_heads)
+        self.episode_returns: list[float] = []
+        self.episode_lengths: list[int] = []
+        self.mask = torch.ones(self.num_layers, self.num_heads)
+        self.accuracy = self.baseline
+        self.pruned_order: list[tuple[int, int]] = []
+        self._return = 0.0
+        self._steps = 0
+
+    @property
+    def stop_action(self) -> int:
+        return self.n
+
+    def _legal(self) -> torch.Tensor:
+        kept_per_layer = self.mask.sum(dim=1, keepdim=True)
+        legal = (self.mask > 0) & (kept_per_layer - 1 >= self.min_heads_per_layer)
+        if len(self.pruned_order) >= self.budget:
+            legal = torch.zeros_like(legal)
+        return legal
+
+    def action_masks(self) -> np.ndarray:
+        """Legal actions: unpruned heads whose layer keeps `min_heads_per_layer`, within budget; stop always."""
+        return np.append(self._legal().flatten().numpy(), True)
+
+    def _observation(self) -> np.ndarray:
+        kept_share = self.mask.sum(dim=1, keepdim=True).expand(-1, self.num_heads) / self.num_heads
+        per_head = torch.cat([self.mask[..., None], self.signals, self._layer_pos[..., None], kept_share[..., None],
+                              self._legal().float()[..., None]], dim=-1)
+        pruned = len(self.pruned_order)
+        glob = torch.tensor([
+            self.accuracy / self.baseline if self.baseline > 0 else 1.0,
+            (self.accuracy - self.floor) / self.drop_scale,
+            pruned / self.n,
+            pruned / self.budget if self.budget else 1.0,
+        ])
+        obs = torch.cat([per_head.flatten(), glob]).clamp(OBS_LOW, OBS_HIGH)
+        return obs.numpy().astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.mask = torch.ones(self.num_layers, self.num_heads)
+        self.accuracy = self.baseline
+        self.pruned_order = []
+        self._return = 0.0
+        self._steps = 0
+        return self._observation(), {}
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
+        action = int(action)
+        info: dict = {}
+        if action == self.stop_action:
+            reward, terminated, info["reason"] = 0.0, True, "stop"
+        else:
+            layer, head = divmod(action, self.num_heads)
+            if not bool(self._legal()[layer, head]):
+                # unreachable with action masks; without them (random play) an illegal choice wastes the step
+                reward, terminated, info["reason"] = -self.prune_reward, False, "illegal"
+            else:
+                self.mask[layer, head] = 0.0
+                self.pruned_order.append((layer, head))
+                accuracy = float(self.evaluate(self.mask))
+                reward = self.prune_reward - self.drop_penalty * (self.accuracy - accuracy) / self.drop_scale
+                self.accuracy = accuracy
+                terminated = False
+                if accuracy < self.floor:
+                    reward -= self.breach_penalty
+                    terminated, info["reason"] = True, "guard"
+                elif not bool(self._legal().any()):
+                    terminated = True
+                    info["reason"] = "budget" if len(self.pruned_order) >= self.budget else "no_legal_head"
+        self._return += reward
+        self._steps += 1
+        truncated = not terminated and self._steps > self.n  # only reachable through illegal (unmasked) actions
+        if terminated or truncated:
+            self.episode_returns.append(float(self._return))
+            self.episode_lengths.append(len(self.pruned_order))
+        info["accuracy"] = self.accuracy
+        return self._observation(), float(reward), terminated, truncated, info
+
+
+# -- the policy ------------------------------------------------------------------------------------------------
+class HeadwiseExtractor(nn.Module):
+    """Encode each head with one shared MLP (its features plus the global ones); pool them for stop and value."""
+
+    def __init__(self, num_heads: int, head_features: int, global_features: int, hidden: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_features, self.hidden = num_heads, head_features, hidden
+        self.encoder = nn.Sequential(nn.Linear(head_features + global_features, hidden), nn.Tanh(),
+                                     nn.Linear(hidden, hidden), nn.Tanh())
+        self.stop = nn.Sequential(nn.Linear(hidden + global_features, hidden), nn.Tanh())
+        self.critic = nn.Sequential(nn.Linear(hidden + global_features, hidden), nn.Tanh())
+        self.latent_dim_pi = (num_heads + 1) * hidden
+        self.latent_dim_vf = hidden
+
+    def _encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        split = self.num_heads * self.head_features
+        per_head = features[:, :split].reshape(-1, self.num_heads, self.head_features)
+        glob = features[:, split:]
+        x = torch.cat([per_head, glob[:, None, :].expand(-1, self.num_heads, -1)], dim=-1)
+        encoded = self.encoder(x)  # (B, N, hidden)
+        return encoded, torch.cat([encoded.mean(dim=1), glob], dim=-1)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        encoded, context = self._encode(features)
+        return torch.cat([encoded, self.stop(context)[:, None, :]], dim=1).flatten(1)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.critic(self._encode(features)[1])
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded, context = self._encode(features)
+        actor = torch.cat([encoded, self.stop(context)[:, None, :]], dim=1).flatten(1)
+        return actor, self.critic(context)
+
+
+class HeadwiseLogits(nn.Module):
+    """One linear read-out shared by every head's latent and the stop latent, plus a learned offset per action.
+
+    Maps (B, (N+1)*h) to (B, N+1) logits. The shared read-out generalises across heads through their features;
+    the per-action offsets (zero at first) let the policy learn what a particular head of this model costs. The
+    stop offset starts at `stop_offset` (negative: an untrained policy prunes rather than stops, so early
+    episodes explore pruning; training moves it).
+    """
+
+    def __init__(self, num_heads: int, hidden: int, stop_offset: float = -2.0) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.linear = nn.Linear(hidden, 1)
+        offsets = torch.zeros(num_heads + 1)
+        offsets[-1] = stop_offset
+        self.offsets = nn.Parameter(offsets)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.linear(latent.reshape(latent.shape[0], -1, self.hidden)).squeeze(-1) + self.offsets
+
+
+class HeadSharedPolicy(MaskableActorCriticPolicy):
+    """Maskable actor-critic whose action logits come from one network shared across heads (plus a stop logit)."""
+
+    def __init__(self, *args, num_heads: int, head_features: int = HEAD_FEATURES,
+                 global_features: int = GLOBAL_FEATURES, hidden: int = 32, **kwargs) -> None:
+        self.policy_num_heads = num_heads
+        self.head_features = head_features
+        self.global_features = global_features
+        self.hidden = hidden
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        self.mlp_extractor = HeadwiseExtractor(self.policy_num_heads, self.head_features, self.global_features,
+                                               self.hidden)
+        self.action_net = HeadwiseLogits(self.policy_num_heads, self.hidden)
+        self.value_net = nn.Linear(self.hidden, 1)
+        with torch.no_grad():  # start close to a uniform choice among legal actions
+            self.action_net.linear.weight.mul_(0.01)
+            self.action_net.linear.bias.zero_()
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict:
+        data = super()._get_constructor_parameters()
+        data.update(num_heads=self.policy_num_heads, head_features=self.head_features,
+                    global_features=self.global_features, hidden=self.hidden)
+        return data
+
+
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Ask torch for deterministic kernels inside the block (warn-only), then restore the previous setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def rollout(model: MaskablePPO, env: HeadPruningEnv, seed: int) -> tuple[list[tuple[int, int]], str]:
+    """Run the policy greedily (deterministic) from the unpruned model: heads in the order pruned, and why it ended."""
+    obs, _ = env.reset(seed=seed)
+    reason = "budget"
+    for _ in range(env.n + 1):
+        action, _ = model.predict(obs, deterministic=True, action_masks=env.action_masks())
+        obs, _, terminated, truncated, info = env.step(int(action))
+        if terminated or truncated:
+            reason = info.get("reason", reason)
+            break
+    return list(env.pruned_order), reason
+
+
+def rollout_scores(order: list[tuple[int, int]], fallback: torch.Tensor) -> torch.Tensor:
+    """Scores (low = prune first): the k-th head of the rollout gets k / N; the rest 1 + `fallback` (in [0, 1])."""
+    num_layers, num_heads = fallback.shape
+    n = num_layers * num_heads
+    scores = 1.0 + _unit(fallback)
+    for rank, (layer, head) in enumerate(order):
+        scores[layer, head] = rank / n
+    return scores
+
+
+class RLPrune(PruningStrategy):
+    """Prune heads in the order a MaskablePPO policy, trained on clean validation accuracy, prunes them."""
+
+    config: RLPruneConfig
+    fast_options = {
+        "total_timesteps": 64, "n_steps": 32, "ppo_batch_size": 16, "ppo_epochs": 2, "policy_hidden": 16,
+        "rl_val_samples": 64, "score_samples": 64, "val_samples": 120, "step": 2,
+    }
+
+    def __init__(self, config: RLPruneConfig | None = None) -> None:
+        super().__init__(config)
+        self._validation: TaskData | None = None
+        self._order: list[tuple[int, int]] = []
+        self._facts: dict = {}
+        self._policy_path: Path | None = None
+
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+        self._validation = validation
+        try:
+            result = super().fit(loaded, train, validation)
+        finally:
+            self._validation = None
+        if self._policy_path is not None:
+            result.files = {**result.files, "rl_policy.zip": str(self._policy_path)}
+        return result
+
+    def _rl_evaluator(self, gates: HeadGates, tokenizer, evaluate: MaskEvaluator) -> MaskEvaluator:
+        """The engine's evaluator when its subset is no larger, else one on `rl_val_samples` validation samples.
+
+        The subset is batched in order of text length (accuracy does not depend on the order), so batches carry
+        little padding: the environment evaluates hundreds of masks, and this is where its time goes.
+        """
+        cfg = self.config
+        n = cfg.rl_val_samples
+        if self._validation is None or n is None or len(self._validation) <= n or (
+                cfg.val_samples is not None and n >= cfg.val_samples):
+            return evaluate
+        data = subsample(self._validation, n, cfg.seed)
+        texts = data.texts
+        by_length = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+        return MaskEvaluator(gates, tokenizer, data.subset(by_length), batch_size=cfg.batch_size)
+
+    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                    evaluate: MaskEvaluator) -> torch.Tensor:
+        cfg = self.config
+        signals = head_signals(loaded, gates, train, cfg.score_samples, cfg.batch_size, cfg.seed)
+        rl_evaluate = self._rl_evaluator(gates, loaded.tokenizer, evaluate)
+        env_kwargs = dict(max_acc_drop=cfg.max_acc_drop, max_prune_fraction=cfg.max_prune_fraction,
+                          min_heads_per_layer=cfg.min_heads_per_layer, prune_reward=cfg.prune_reward,
+                          drop_penalty=cfg.drop_penalty, breach_penalty=cfg.breach_penalty)
+        env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)
+        started = time.perf_counter()
+        with deterministic_torch():
+            model = MaskablePPO(
+                HeadSharedPolicy, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
+                batch_size=cfg.ppo_batch_size, n_epochs=cfg.ppo_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef,
+                policy_kwargs={"num_heads": env.n, "hidden": cfg.policy_hidden}, seed=cfg.seed, device="cpu",
+                verbose=0,
+            )
+            model.learn(total_timesteps=cfg.total_timesteps, progress_bar=progress_enabled())
+            greedy_env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)
+            self._order, reason = rollout(model, greedy_env, cfg.seed)
+        seconds = time.perf_counter() - started
+        folder = Path(tempfile.mkdtemp(prefix="purify-rl-policy-"))
+        self._policy_path = folder / "rl_policy.zip"
+        model.save(self._policy_path)
+        self._facts = {
+            "rl_training": {
+                "episode_rewards": [round(r, 4) for r in env.episode_returns],
+                "episode_lengths": env.episode_lengths,
+                "timesteps": int(model.num_timesteps),
+                "seconds": round(seconds, 2),
+            },
+            "rl_rollout": [list(x) for x in self._order],
+            "rl_rollout_end": reason,
+            "rl_rollout_val_accuracy": greedy_env.accuracy,
+            "rl_baseline_val_accuracy": env.baseline,
+            "rl_evaluations": rl_evaluate.calls,
+            "rl_val_samples": len(rl_evaluate.labels),
+            "head_signals": {name: signals[..., i].tolist() for i, name in enumerate(SIGNALS)},
+        }
+        return rollout_scores(self._order, signals[..., 0])
+
+    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
+        if self.config.follow_policy_stop:
+            return {"order": list(self._order)}
+        rest = sorted(((float(scores[l, h]), l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])
+                       if (l, h) not in set(self._order)))
+        return {"order": list(self._order) + [(l, h) for _, l, h in rest]}
+
+    def extras(self) -> dict:
+        return dict(self._facts)
+
+
+register_strategy("rl_prune", RLPruneConfig, RLPrune)

@@ -1,0 +1,437 @@
+"""w2s_distill: weak-to-strong unlearning (W2SDefense, arXiv 2410.14425) with a clean teacher and SafeGrad.
+
+The suspicious model (the student) gets LoRA adapters on its attention projections plus a trainable copy of its
+classification head, and is fine-tuned on clean data towards a small clean teacher: cross-entropy on the labels,
+temperature-scaled KL to the teacher's label distribution, and a per-sample feature alignment between the
+student's pooled feature (through a learned projector) and the teacher's pooled feature for the same text. Each
+model tokenizes the raw text with its own tokenizer. With ``surgery="safegrad"`` the part of the task gradient
+that conflicts with the alignment gradient is removed before each step (purify.surgery). The epoch kept is chosen
+by clean validation accuracy, and the LoRA weights are merged, so the result is an ordinary transformers model.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.device import model_device, seed_everything
+from purify.errors import ConfigError, DataError
+from purify.inference import MAX_LENGTH, labelled_batch
+from purify.lora import lora_target_modules
+from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
+from purify.surgery import accumulate, combine, safegrad
+from purify.training import accuracy_on
+
+SURGERIES = ("none", "safegrad")
+AUTO_TEACHER = "auto"  # minilm-l3 for an encoder student, minilm-l6 for a decoder student
+
+
+@dataclass
+class W2SDistillConfig(StrategyConfig):
+    """Knobs of the weak-to-strong unlearner.
+
+    teacher: a teacher recipe (teachers.RECIPES: minilm-l6, minilm-l3, minilm-l2, smollm2-l8, tiny) or a clean model
+        folder; "auto" = minilm-l3 for an encoder student, minilm-l6 for a decoder student.
+    epochs, lr, batch_size: the distillation run (lr for the LoRA weights, the head copy and the projector).
+    grad_accum: micro-batches of `batch_size` per optimizer step (gradients summed, surgery done once per step).
+    alpha, beta, gamma: weights of cross-entropy, T^2-scaled KL to the teacher, and feature alignment.
+    temperature: distillation temperature T.
+    surgery: "none" (one summed loss) or "safegrad" (conflicting task-gradient component removed each step).
+    rho: weight of the alignment gradient in the SafeGrad update g_task' + rho * g_align.
+    lora_rank, lora_alpha, lora_dropout: the LoRA adapters on the attention projections.
+    weight_decay, warmup_fraction, grad_clip: AdamW decay, linear warm-up share, global gradient-norm clip.
+    max_length: tokens per text, for student and teacher alike.
+    select_tolerance: the kept epoch is the latest whose clean validation accuracy is within this of the best.
+    patience: stop after this many epochs without a new best validation accuracy (None: run all epochs).
+    """
+
+    teacher: str = AUTO_TEACHER
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 32
+    grad_accum: int = 1
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    temperature: float = 2.0
+    surgery: str = "none"
+    rho: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    grad_clip: float = 1.0
+    max_length: int = MAX_LENGTH
+    select_tolerance: float = 0.0
+    patience: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise ConfigError("teacher must name a recipe or a model folder")
+        for name in ("epochs", "batch_size", "grad_accum", "lora_rank", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for name in ("alpha", "beta", "gamma", "rho", "weight_decay", "grad_clip", "select_tolerance"):
+            if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number >= 0")
+        if self.alpha + self.beta + self.gamma <= 0:
+            raise ConfigError("at least one of alpha, beta, gamma must be > 0")
+        if not self.lr > 0:
+            raise ConfigError("lr must be > 0")
+        if not self.temperature > 0:
+            raise ConfigError("temperature must be > 0")
+        if self.surgery not in SURGERIES:
+            raise ConfigError(f"surgery must be one of {', '.join(SURGERIES)}, not {self.surgery!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError("lora_dropout must be in [0, 1)")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError("warmup_fraction must be in [0, 1)")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError("patience must be >= 1 (or None)")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.beta > 0 or self.gamma > 0
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+            "epochs": {"type": "int", "low": 2, "high": 8},
+            "beta": {"type": "float", "low": 0.0, "high": 4.0},
+            "gamma": {"type": "float", "low": 0.0, "high": 4.0},
+            "temperature": {"type": "float", "low": 1.0, "high": 4.0},
+            "lora_rank": {"type": "categorical", "choices": [4, 8, 16, 32]},
+            "surgery": {"type": "categorical", "choices": list(SURGERIES)},
+        }
+
+
+# -- the student's head and pooled feature ------------------------------------------------------------------
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level modules with weights outside the backbone: the classification head ("classifier", "score", ...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, prefix, None) if prefix else None
+    names = [name for name, child in model.named_children()
+             if child is not backbone and any(True for _ in child.parameters())]
+    if not names:
+        raise ConfigError(f"cannot find a classification head on this {type(model).__name__}")
+    return names
+
+
+class FeatureTap:
+    """Captures, on every forward, the per-sample pooled feature the classification head reads.
+
+    A hook on the head's first module sees its input: a (batch, dim) pooled vector for BERT-style heads
+    ([CLS] / pooler output), or (batch, tokens, dim) hidden states. A plain linear head over all tokens (decoder
+    classifiers: "score") pools at the last non-pad token; a head module over all tokens (RoBERTa/ELECTRA) reads
+    the first token.
+    """
+
+    def __init__(self, module: nn.Module, last_token: bool) -> None:
+        self.last_token = last_token
+        self.value: torch.Tensor | None = None
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module: nn.Module, args: tuple) -> None:
+        self.value = args[0]
+
+    def pooled(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, dim) feature of the last forward."""
+        if self.value is None:
+            raise RuntimeError("no forward has run since the tap was attached")
+        return pool_hidden(self.value, attention_mask, self.last_token)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, last_token: bool) -> torch.Tensor:
+    """One vector per sample: as is when already pooled, else the last non-pad or the first token."""
+    if hidden.dim() == 2:
+        return hidden
+    if not last_token:
+        return hidden[:, 0]
+    mask = attention_mask.to(hidden.device).long()
+    positions = torch.arange(mask.shape[1], device=hidden.device)
+    last = (positions * mask).argmax(-1)  # rightmost real token, whichever side the padding is on
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def pools_last_token(model: nn.Module) -> bool:
+    """Whether the head is a plain linear layer scoring every token (decoder classifiers pool the last one)."""
+    return isinstance(model.get_submodule(head_module_names(model)[0]), nn.Linear)
+
+
+@torch.no_grad()
+def pooled_outputs(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
+                   max_length: int = MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (n, labels), pooled features (n, dim)) of a classifier over `texts`, in eval mode, on its device."""
+    was_training = model.training
+    model.eval()
+    tap = FeatureTap(model.get_submodule(head_module_names(model)[0]), pools_last_token(model))
+    logits, feats = [], []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = labelled_batch(model, tokenizer, texts[start:start + batch_size], max_length=max_length)
+            logits.append(model(**batch).logits.float())
+            feats.append(tap.pooled(batch["attention_mask"]).float())
+    finally:
+        tap.remove()
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(feats)
+
+
+# -- the loss ------------------------------------------------------------------------------------------------
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (Hinton et al. scaling)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
+def alignment_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, projector: nn.Module) -> torch.Tensor:
+    """Mean over samples of the mean squared distance between projector(student_i) and teacher_i (row i to row i)."""
+    if student_feats.shape[0] != teacher_feats.shape[0]:
+        raise ValueError(f"{student_feats.shape[0]} student features vs {teacher_feats.shape[0]} teacher features")
+    diff = projector(student_feats) - teacher_feats.to(student_feats.dtype)
+    return diff.pow(2).mean(dim=-1).mean()
+
+
+def distill_losses(student_logits: torch.Tensor, student_feats: torch.Tensor | None, labels: torch.Tensor,
+                   teacher_logits: torch.Tensor | None, teacher_feats: torch.Tensor | None,
+                   projector: nn.Module | None, temperature: float) -> dict[str, torch.Tensor]:
+    """The three terms for one batch: ce, kd and feat (kd / feat omitted when their inputs are None)."""
+    out = {"ce": F.cross_entropy(student_logits, labels.to(student_logits.device))}
+    if teacher_logits is not None:
+        out["kd"] = kd_loss(student_logits, teacher_logits, temperature)
+    if teacher_feats is not None and projector is not None and student_feats is not None:
+        out["feat"] = alignment_loss(student_feats, teacher_feats, projector)
+    return out
+
+
+# -- the strategy --------------------------------------------------------------------------------------------
+
+class W2SDistill(Strategy):
+    """Unlearn a backdoor by LoRA-distilling the suspicious model towards a small clean teacher on clean data."""
+
+    config: W2SDistillConfig
+    fast_options = {"teacher": "tiny", "epochs": 3, "lr": 3e-3, "max_length": 32}
+
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+        cfg = self.config
+        if loaded.task != "classification":
+            raise ConfigError("w2s_distill unlearns sequence classifiers; this checkpoint has a "
+                              f"{loaded.task!r} head")
+        if len(train) == 0 or len(validation) == 0:
+            raise DataError("w2s_distill needs clean training and validation samples")
+        started = time.time()
+        student, tokenizer = loaded.model, loaded.tokenizer
+        device = model_device(student)
+        val = (validation.texts, validation.labels)
+        baseline = accuracy_on(student, tokenizer, *val, max_length=cfg.max_length)
+        head_names = head_module_names(student)
+        last_token = pools_last_token(student)
+
+        teacher_info: dict = {"teacher": None}
+        t_logits = t_feats = None
+        if cfg.uses_teacher:
+            t_logits, t_feats, teacher_info = self._teacher_targets(loaded, train, validation, last_token)
+            t_logits, t_feats = t_logits.to(device), t_feats.to(device)
+
+        seed_everything(cfg.seed)
+        projector = None
+        if cfg.gamma > 0:
+            _, s_feats = pooled_outputs(student, tokenizer, train.texts[:2], max_length=cfg.max_length)
+            projector = nn.Linear(s_feats.shape[1], t_feats.shape[1]).to(device)
+        peft_model = self._with_lora(student, head_names)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        proj_params = list(projector.parameters()) if projector is not None else []
+        tap = FeatureTap(peft_model.base_model.model.get_submodule(head_names[0]), last_token)
+        try:
+            history, best = self._train(peft_model, tokenizer, tap, params, projector, proj_params, train, val,
+                                        t_logits, t_feats)
+        finally:
+            tap.remove()
+        adapter_dir = tempfile.mkdtemp(prefix="purify-w2s-lora-")
+        peft_model.save_pretrained(adapter_dir)
+        merged = peft_model.merge_and_unload().eval()
+        final = accuracy_on(merged, tokenizer, *val, max_length=cfg.max_length)
+        steps = [s for h in history for s in [h.get("conflict_fraction")] if s is not None]
+        extras = {
+            **teacher_info,
+            "best_epoch": best,
+            "surgery": cfg.surgery,
+            "conflict_fraction": float(np.mean(steps)) if steps else None,
+            "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                     "target_modules": lora_target_modules(merged), "modules_to_save": head_names,
+                     "trainable_parameters": int(sum(p.numel() for p in params))},
+            "loss_weights": {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
+                             "temperature": cfg.temperature, "rho": cfg.rho},
+            "seconds": round(time.time() - started, 1),
+        }
+        return StrategyResult(model=merged, trajectory=history, baseline_val_accuracy=baseline,
+                              final_val_accuracy=final, extras=extras, files={"lora_adapter": adapter_dir})
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def _teacher_targets(self, loaded: LoadedModel, train: TaskData, validation: TaskData,
+                         student_is_decoder: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Train (or load) the clean teacher and compute its logits and pooled features for every train text."""
+        from teachers.training import train as train_teacher  # submodule import: works however teachers is installed
+
+        cfg = self.config
+        name = cfg.teacher
+        if name == AUTO_TEACHER:
+            name = "minilm-l6" if student_is_decoder else "minilm-l3"
+        teacher = train_teacher(name, train, validation, cfg.seed, student=loaded)
+        t_logits, t_feats = pooled_outputs(teacher.model, teacher.tokenizer, train.texts,
+                                           max_length=cfg.max_length)
+        if t_logits.shape[1] != len(train.label_names):
+            raise ConfigError(f"teacher {name!r} predicts {t_logits.shape[1]} labels; the task has "
+                              f"{len(train.label_names)}")
+        info = {
+            "teacher": name,
+            "teacher_path": str(teacher.path),
+            "teacher_val_accuracy": accuracy_on(teacher.model, teacher.tokenizer, validation.texts,
+                                                validation.labels, max_length=cfg.max_length),
+        }
+        del teacher
+        return t_logits, t_feats, info
+
+    def _with_lora(self, model: nn.Module, head_names: list[str]) -> nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                 target_modules=lora_target_modules(model), modules_to_save=list(head_names),
+                                 task_type="SEQ_CLS")
+        return get_peft_model(model, peft_config)
+
+    def _train(self, model: nn.Module, tokenizer, tap: FeatureTap, params: list[nn.Parameter],
+               projector: nn.Module | None, proj_params: list[nn.Parameter], train: TaskData,
+               val: tuple[list[str], list[int]], t_logits: torch.Tensor | None,
+               t_feats: torch.Tensor | None) -> tuple[list[dict], int]:
+        """The distillation loop; restores the kept epoch's trainable weights and returns (history, kept epoch)."""
+        cfg = self.config
+        texts, labels = train.texts, train.labels
+        n = len(texts)
+        per_step = cfg.batch_size * cfg.grad_accum
+        steps_per_epoch = math.ceil(n / per_step)
+        total = max(1, steps_per_epoch * cfg.epochs)
+        warmup = int(total * cfg.warmup_fraction)
+        optimizer = torch.optim.AdamW(params + proj_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+        rng = np.random.default_rng(cfg.seed)
+        history: list[dict] = []
+        snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        trainable = {n_: p for n_, p in model.named_parameters() if p.requires_grad}
+        best_acc, stale = -1.0, 0
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            if projector is not None:
+                projector.train()
+            order = rng.permutation(n)
+            sums: dict[str, float] = {}
+            conflicts, steps = 0, 0
+            for start in range(0, n, per_step):
+                chunk = order[start:start + per_step]
+                terms, conflict = self._step(model, tokenizer, tap, params, projector, proj_params, texts, labels,
+                                             chunk, t_logits, t_feats)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                conflicts += int(conflict)
+                steps += 1
+            model.eval()
+            acc = accuracy_on(model, tokenizer, *val, max_length=cfg.max_length)
+            record = {"epoch": epoch, "val_accuracy": acc, **{f"train_{k}": v / steps for k, v in sums.items()}}
+            if cfg.surgery == "safegrad":
+                record["conflict_fraction"] = conflicts / steps
+            history.append(record)
+            snapshots[epoch] = {k: p.detach().clone() for k, p in trainable.items()}
+            if acc > best_acc:
+                best_acc, stale = acc, 0
+            else:
+                stale += 1
+            # only epochs that can still be kept need their weights
+            snapshots = {e: s for e, s in snapshots.items()
+                         if history[e - 1]["val_accuracy"] >= best_acc - cfg.select_tolerance}
+            if cfg.patience is not None and stale >= cfg.patience:
+                break
+        kept = max(e for e in snapshots)  # the latest epoch within select_tolerance of the best
+        with torch.no_grad():
+            for k, p in trainable.items():
+                p.copy_(snapshots[kept][k])
+        for record in history:
+            record["kept"] = record["epoch"] == kept
+        model.eval()
+        return history, kept
+
+    def _step(self, model: nn.Module, tokenizer, tap: FeatureTap, params: list[nn.Parameter],
+              projector: nn.Module | None, proj_params: list[nn.Parameter], texts: list[str], labels: list[int],
+              chunk: np.ndarray, t_logits: torch.Tensor | None, t_feats: torch.Tensor | None
+              ) -> tuple[dict[str, float], bool]:
+        """Accumulate one optimizer step's gradients into .grad over its micro-batches; returns (terms, conflict)."""
+        cfg = self.config
+        surgery = cfg.surgery == "safegrad"
+        g_task = g_align = None
+        terms: dict[str, float] = {}
+        for mstart in range(0, len(chunk), cfg.batch_size):
+            idx = chunk[mstart:mstart + cfg.batch_size]
+            weight = len(idx) / len(chunk)  # micro-batch share, so the sum is the mean over the whole step
+            batch = labelled_batch(model, tokenizer, [texts[i] for i in idx], [labels[i] for i in idx],
+                                   cfg.max_length)
+            y = batch.pop("labels")
+            logits = model(**batch).logits
+            rows = torch.as_tensor(idx, device=logits.device)
+            feats = tap.pooled(batch["attention_mask"]) if projector is not None else None
+            losses = distill_losses(
+                logits, feats, y,
+                t_logits[rows] if (t_logits is not None and cfg.beta > 0) else None,
+                t_feats[rows] if (t_feats is not None and projector is not None) else None,
+                projector, cfg.temperature)
+            for k, v in losses.items():
+                terms[k] = terms.get(k, 0.0) + float(v.detach()) * weight
+            task = cfg.alpha * losses["ce"] * weight
+            align = (cfg.beta * losses.get("kd", 0.0) + cfg.gamma * losses.get("feat", 0.0)) * weight
+            if not surgery:
+                (task + align).backward()
+                continue
+            g_task = accumulate(g_task, _grads(task, params, retain=True))
+            g_align = accumulate(g_align, _grads(align, params + proj_params, retain=False))
+        conflict = False
+        if surgery:
+            shared, own = g_align[:len(params)], g_align[len(params):]
+            update, stats = safegrad(g_task, shared, cfg.rho)
+            conflict = stats.conflict
+            for p, g in zip(params + proj_params, update + combine([None] * len(own), own, cfg.rho)):
+                p.grad = None if g is None else g.to(p.dtype)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params + proj_params, cfg.grad_clip)
+        return terms, conflict
+
+
+def _grads(loss: torch.Tensor | float, params: list[nn.Parameter], retain: bool) -> list[torch.Tensor | None]:
+    """d loss / d params (None for a parameter the loss does not reach, or for a constant loss)."""
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        return [None] * len(params)
+    return list(torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True))
+
+
+register_strategy("w2s_distill", W2SDistillConfig, W2SDistill)

@@ -1,0 +1,260 @@
+"""w2s_distill: head and pooled-feature discovery, the three loss terms, per-sample pairing, and unlearning."""
+from __future__ import annotations
+
+import json
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from purify.checkpoint import LoadedModel, load_checkpoint
+from purify.errors import CheckpointError, ConfigError
+from purify.evaluate import evaluate_model
+from purify.inference import labelled_batch
+from purify.registry import build_strategy, get_strategy
+from purify.testing.tiny import save_tiny_checkpoint, tiny_model, tiny_texts, tiny_tokenizer
+from purify.testing.tiny_task import tiny_backdoored
+from strategies.w2s_distill import (
+    FeatureTap,
+    W2SDistill,
+    W2SDistillConfig,
+    alignment_loss,
+    distill_losses,
+    head_module_names,
+    kd_loss,
+    pool_hidden,
+    pooled_outputs,
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PURIFY_CACHE", str(tmp_path / "cache"))
+
+
+# -- config --------------------------------------------------------------------------------------------------
+
+def test_registered_with_config_and_search_space():
+    entry = get_strategy("w2s_distill")
+    assert entry.strategy_cls is W2SDistill and entry.config_cls is W2SDistillConfig
+    fields = {f.name for f in dataclasses.fields(W2SDistillConfig)}
+    space = W2SDistillConfig.search_space()
+    assert space and set(space) <= fields
+    for spec in space.values():
+        assert spec["type"] in ("int", "float", "categorical")
+    assert W2SDistillConfig().temperature == 2.0
+
+
+@pytest.mark.parametrize("bad", [{"surgery": "pcgrad"}, {"temperature": 0}, {"epochs": 0}, {"beta": -1},
+                                 {"alpha": 0, "beta": 0, "gamma": 0}, {"lora_dropout": 1.0}, {"patience": 0},
+                                 {"grad_accum": 0}, {"teacher": ""}])
+def test_invalid_options_are_refused(bad):
+    with pytest.raises(ConfigError):
+        W2SDistillConfig(**bad).validate()
+
+
+def test_options_parse_from_strings():
+    strategy = build_strategy("w2s_distill", {"surgery": "safegrad", "rho": "0.5", "grad_accum": "2",
+                                              "patience": "2"})
+    assert strategy.config.surgery == "safegrad" and strategy.config.rho == 0.5
+    assert strategy.config.grad_accum == 2 and strategy.config.patience == 2
+
+
+# -- head and pooled features --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,expected", [("bert", ["classifier"]), ("roberta", ["classifier"]),
+                                           ("llama", ["score"]), ("gpt2", ["score"]), ("opt", ["score"]),
+                                           ("distilbert", ["pre_classifier", "classifier"])])
+def test_head_module_names(arch, expected):
+    assert head_module_names(tiny_model(arch)) == expected
+
+
+def test_pool_hidden_first_and_last_real_token():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool_hidden(hidden, right, last_token=True).flatten().tolist() == [1.0, 7.0]
+    assert pool_hidden(hidden, left, last_token=True).flatten().tolist() == [3.0, 7.0]
+    assert pool_hidden(hidden, right, last_token=False).flatten().tolist() == [0.0, 4.0]
+    pooled = torch.randn(2, 3)
+    assert torch.equal(pool_hidden(pooled, right, last_token=True), pooled)
+
+
+def test_bert_pooled_feature_is_the_pooler_output():
+    model, tok = tiny_model("bert"), tiny_tokenizer()
+    texts = tiny_texts()
+    logits, feats = pooled_outputs(model, tok, texts)
+    with torch.no_grad():
+        batch = labelled_batch(model, tok, texts)
+        expected = model.bert(**batch).pooler_output
+    assert torch.allclose(feats, expected, atol=1e-6)
+    assert torch.allclose(logits, model.classifier(expected), atol=1e-5)
+
+
+def test_decoder_pooled_feature_is_the_last_real_token():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    texts = ["good", "the movie was really very good fun"]  # different lengths: padding matters
+    logits, feats = pooled_outputs(model, tok, texts)
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            single = labelled_batch(model, tok, [text])
+            hidden = model.model(**single).last_hidden_state[0, -1]
+            assert torch.allclose(feats[i], hidden, atol=1e-5)
+            assert torch.allclose(logits[i], model(**single).logits[0], atol=1e-5)
+
+
+def test_feature_tap_follows_the_model_forward():
+    model, tok = tiny_model("bert"), tiny_tokenizer()
+    tap = FeatureTap(model.classifier, last_token=False)
+    batch = labelled_batch(model, tok, tiny_texts()[:3])
+    with torch.no_grad():
+        model(**batch)
+    assert tap.pooled(batch["attention_mask"]).shape == (3, model.config.hidden_size)
+    tap.remove()
+    assert not model.classifier._forward_pre_hooks
+
+
+# -- loss terms ----------------------------------------------------------------------------------------------
+
+def test_loss_terms_are_finite_and_behave():
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(6, 2), torch.randn(6, 2)
+    s_feats, t_feats = torch.randn(6, 8), torch.randn(6, 5)
+    projector = nn.Linear(8, 5)
+    labels = torch.randint(0, 2, (6,))
+    losses = distill_losses(s_logits, s_feats, labels, t_logits, t_feats, projector, temperature=2.0)
+    assert set(losses) == {"ce", "kd", "feat"}
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+    assert float(kd_loss(t_logits, t_logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    # Hinton scaling: T^2 * KL at temperature T
+    p_t, log_p_s = torch.softmax(t_logits / 3, -1), torch.log_softmax(s_logits / 3, -1)
+    manual = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * 9
+    assert float(kd_loss(s_logits, t_logits, 3.0)) == pytest.approx(float(manual), rel=1e-5)
+    only_ce = distill_losses(s_logits, None, labels, None, None, None, 2.0)
+    assert set(only_ce) == {"ce"}
+
+
+def test_alignment_is_per_sample():
+    """Row i of the student is compared with row i of the teacher, never broadcast against other samples."""
+    torch.manual_seed(0)
+    projector = nn.Linear(8, 5)
+    s_feats = torch.randn(10, 8)
+    projector.requires_grad_(False)
+    with torch.no_grad():
+        t_feats = projector(s_feats)
+    assert float(alignment_loss(s_feats, t_feats, projector)) == pytest.approx(0.0, abs=1e-10)
+    shuffled = t_feats[torch.roll(torch.arange(10), 1)]
+    assert float(alignment_loss(s_feats, shuffled, projector)) > 0.1
+    # each sample's share: mean over samples of that sample's mean squared distance
+    t_noisy = t_feats + torch.arange(10, dtype=torch.float).unsqueeze(1)
+    expected = (torch.arange(10, dtype=torch.float) ** 2).mean()
+    assert float(alignment_loss(s_feats, t_noisy, projector)) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError):
+        alignment_loss(s_feats, t_feats[:9], projector)
+
+
+def test_shuffled_teacher_raises_alignment_loss_on_real_features():
+    """A projector fitted on a real student/teacher pair aligns matched samples far better than shuffled ones."""
+    import teachers
+
+    loaded, task = tiny_backdoored()
+    data = task.clean_train
+    teacher = teachers.train("tiny", data, task.validation, seed=0)
+    _, s_feats = pooled_outputs(loaded.model, loaded.tokenizer, data.texts)
+    _, t_feats = pooled_outputs(teacher.model, teacher.tokenizer, data.texts)
+    torch.manual_seed(0)
+    projector = nn.Linear(s_feats.shape[1], t_feats.shape[1])
+    optimizer = torch.optim.Adam(projector.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        alignment_loss(s_feats, t_feats, projector).backward()
+        optimizer.step()
+    with torch.no_grad():
+        matched = float(alignment_loss(s_feats, t_feats, projector))
+        shuffled = float(alignment_loss(s_feats, t_feats[torch.randperm(len(data), generator=torch.Generator()
+                                                                          .manual_seed(1))], projector))
+    assert shuffled > 2 * matched
+
+
+def test_precomputed_teacher_rows_match_a_direct_forward():
+    """The per-sample teacher targets looked up by row equal the teacher's output on exactly those texts."""
+    model, tok = tiny_model("bert", seed=2), tiny_tokenizer()
+    texts = tiny_texts()
+    logits, feats = pooled_outputs(model, tok, texts, batch_size=3)
+    rows = [5, 0, 3]
+    sub_logits, sub_feats = pooled_outputs(model, tok, [texts[i] for i in rows])
+    assert torch.allclose(logits[rows], sub_logits, atol=1e-5)
+    assert torch.allclose(feats[rows], sub_feats, atol=1e-5)
+
+
+# -- the strategy --------------------------------------------------------------------------------------------
+
+def _run(options: dict, arch: str = "bert"):
+    loaded, task = tiny_backdoored(arch)
+    strategy = build_strategy("w2s_distill", {**W2SDistill.fast_options, **options})
+    result = strategy.run(loaded, task.clean_train, task.validation)
+    return result, loaded, task
+
+
+def test_result_is_an_ordinary_model_with_the_adapter_alongside():
+    result, loaded, task = _run({})
+    assert type(result.model).__name__ == "BertForSequenceClassification"
+    assert not any("lora" in name for name, _ in result.model.named_parameters())
+    adapter = result.files["lora_adapter"]
+    config = json.loads(open(f"{adapter}/adapter_config.json").read())
+    assert config["r"] == result.extras["lora"]["rank"]
+    assert "classifier" in (config.get("modules_to_save") or [])
+    assert result.extras["teacher"] == "tiny" and result.extras["teacher_val_accuracy"] > 0.9
+    assert result.final_val_accuracy >= result.baseline_val_accuracy - 0.05
+    assert sum(r["kept"] for r in result.trajectory) == 1
+    assert result.extras["best_epoch"] == next(r["epoch"] for r in result.trajectory if r["kept"])
+    json.dumps(result.summary())  # the report must be JSON-able
+
+
+def test_safegrad_with_accumulation_runs_and_reports_conflicts():
+    result, _, _ = _run({"surgery": "safegrad", "grad_accum": 2, "batch_size": 16, "epochs": 2})
+    fraction = result.extras["conflict_fraction"]
+    assert fraction is not None and 0.0 <= fraction <= 1.0
+    assert all("conflict_fraction" in r for r in result.trajectory)
+
+
+def test_plain_lora_baseline_needs_no_teacher():
+    result, _, _ = _run({"beta": 0.0, "gamma": 0.0, "teacher": "no-such-teacher"})
+    assert result.extras["teacher"] is None
+    assert set(k for r in result.trajectory for k in r if k.startswith("train_")) == {"train_ce"}
+
+
+def test_refuses_the_suspicious_checkpoint_as_teacher(tmp_path):
+    folder = save_tiny_checkpoint("bert", tmp_path / "suspicious")
+    loaded = load_checkpoint(folder)
+    _, task = tiny_backdoored()
+    strategy = build_strategy("w2s_distill", {**W2SDistill.fast_options, "teacher": str(folder)})
+    with pytest.raises(CheckpointError):
+        strategy.run(loaded, task.clean_train, task.validation)
+
+
+def test_decoder_student_is_supported():
+    loaded, task = tiny_backdoored("bert")
+    student = LoadedModel(tiny_model("llama", seed=1), tiny_tokenizer(), "classification", None)
+    result = build_strategy("w2s_distill", {**W2SDistill.fast_options, "epochs": 1}).run(
+        student, task.clean_train, task.validation)
+    assert type(result.model).__name__ == "LlamaForSequenceClassification"
+    assert result.extras["lora"]["modules_to_save"] == ["score"]
+
+
+def test_causal_lm_checkpoints_are_refused():
+    loaded, task = tiny_backdoored()
+    lm = LoadedModel(tiny_model("llama", task="causal_lm"), tiny_tokenizer(), "causal_lm", None)
+    with pytest.raises(ConfigError):
+        build_strategy("w2s_distill", W2SDistill.fast_options).run(lm, task.clean_train, task.validation)
+
+
+def test_unlearns_the_tiny_backdoor():
+    loaded, task = tiny_backdoored()
+    before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    assert before.asr > 0.9
+    result, loaded, task = _run({})
+    after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
+    assert after.cacc >= before.cacc - 0.05
