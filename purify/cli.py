@@ -118,6 +118,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/demo-<strategy>)")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser(
+        "tune", help="choose a strategy's knobs against a planted canary backdoor, then purify with them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Tune a strategy's knobs without knowing the real trigger, then purify with the chosen knobs.
+
+1. canary: a known, random trigger of your chosen family (--canary) is planted into a COPY of the
+   suspicious model by a short fine-tune on part of the clean data (after the filter); its attack success
+   rate (ASR) must reach 90% with clean accuracy kept, or tuning stops and says so.
+2. search: an optuna study (seeded TPE sampler) over the knobs the strategy declares in its config's
+   search_space(); each trial runs the strategy on a fresh copy of the canaried model and scores the
+   canary's ASR and the clean accuracy drop on held-out clean data. The default objective minimises
+   canary ASR subject to a drop <= --tolerance points; --objective pareto keeps both objectives (Pareto
+   front). Hopeless trials are pruned. The study is stored in OUT/tune_study.db: rerun the same command to
+   resume an interrupted study (--trials is the total; pass --overwrite to add trials to a finished run).
+3. apply: the chosen knobs run on the ORIGINAL model exactly as `purify run` does; the export's
+   purify_report.json gains a "tune" block (canary, every trial, the choice, Pareto front, knob
+   importances) and plot_tune_tradeoff.png / plot_tune_importances.png.
+
+Options given with --set are pinned (not searched). The canary is the defender's own trigger, planted in
+clean data: no triggered test data is looked at.""",
+        epilog="example: purify tune suspicious/ --strategy gradient_prune --data task.jsonl --out sanitized/ "
+               "--trials 30 --tolerance 1.0",
+    )
+    _add_run_args(p)
+    p.add_argument("--trials", type=int, default=20,
+                   help="total finished trials the study should hold (default 20; a resumed study runs the rest)")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
+    p.add_argument("--canary", choices=("rare_tokens", "sentence"), default="rare_tokens",
+                   help="canary trigger family: rare whole-word vocabulary tokens (default) or a random inserted "
+                        "sentence")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="largest clean accuracy drop (points, on held-out clean data) a choice may cost (default 1.0)")
+    p.add_argument("--objective", choices=("constrained", "pareto"), default="constrained",
+                   help="constrained: minimise canary ASR subject to --tolerance (default); pareto: minimise ASR and "
+                        "drop, then pick the lowest-ASR front point within --tolerance")
+    p.add_argument("--canary-epochs", type=int, default=None, help="epochs of the canary fine-tune (default 3)")
+    p.add_argument("--canary-lr", type=float, default=None, help="learning rate of the canary fine-tune (default 1e-4)")
+    p.add_argument("--canary-rate", type=float, default=None,
+                   help="share of the canary fine-tuning slice that is triggered (default 0.1)")
+    p.add_argument("--canary-max-drop", type=float, default=None,
+                   help="clean accuracy (points) planting the canary may cost before tuning gives up (default 3)")
+    p.add_argument("--no-prune", action="store_true", help="score every trial fully (no pruning of hopeless trials)")
+
     p = sub.add_parser("report", help="re-render a run's plots and print its summary")
     p.add_argument("dir")
 
@@ -142,22 +186,51 @@ def _resolve_target(value: str | None, label_names: list[str] | None) -> int | N
     raise ConfigError(f"target {value!r} is neither a label id nor one of {label_names}")
 
 
-def cmd_run(args) -> int:
-    from .checkpoint import load_checkpoint  # noqa: F401  (fail early on a bad install)
-    from .pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig, run_pipeline
+def _pipeline_config(args):
+    from .pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig
 
     label_names = _model_label_names(args.model_dir)
-    cfg = PipelineConfig(
+    return PipelineConfig(
         strategy=args.strategy or DEFAULT_STRATEGY, strategy_options=_parse_sets(args.set, args.config),
         filter=args.filter or DEFAULT_FILTER, filter_options=_parse_sets(args.filter_set), trusted=args.trusted,
         seed=args.seed, allow_pickle=args.allow_pickle, text_field=args.text_field, label_field=args.label_field,
         eval_clean=args.eval_clean, eval_triggered=args.eval_triggered,
         target=_resolve_target(args.target, label_names), overwrite=args.overwrite,
     )
+
+
+def cmd_run(args) -> int:
+    from .checkpoint import load_checkpoint  # noqa: F401  (fail early on a bad install)
+    from .pipeline import run_pipeline
+
+    cfg = _pipeline_config(args)
     report = run_pipeline(args.model_dir, args.data, args.out, cfg)
     from .report import print_summary
 
     print_summary(report)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .canary import CanaryConfig
+    from .tune import TuneConfig, run_tune
+
+    canary = CanaryConfig(family=args.canary)
+    max_drop = None if args.canary_max_drop is None else args.canary_max_drop / 100.0
+    for field_name, value in (("epochs", args.canary_epochs), ("lr", args.canary_lr),
+                              ("poison_rate", args.canary_rate), ("max_cacc_drop", max_drop)):
+        if value is not None:
+            setattr(canary, field_name, value)
+    tune = TuneConfig(trials=args.trials, timeout=args.timeout, tolerance=args.tolerance, objective=args.objective,
+                      prune=not args.no_prune, canary=canary)
+    report = run_tune(args.model_dir, args.data, args.out, _pipeline_config(args), tune)
+    from .report import print_summary
+
+    print_summary(report)
+    best = report["tune"]["best"]
+    print(f"tune: trial {best['number']} of {report['tune']['n_trials']} chosen (canary ASR {best['canary_asr']:.4f}, "
+          f"clean accuracy drop {best['cacc_drop']:+.2f} points"
+          f"{'' if best['feasible'] else ', over the tolerance'}): {json.dumps(best['params'])}")
     return 0
 
 
@@ -325,7 +398,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "zoo": cmd_zoo,
-            "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench}
+            "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"purify: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("purify: interrupted; nothing was written at the destination", file=sys.stderr)
+        if args.command == "tune" and (Path(args.out) / "tune_study.db").exists():
+            print(f"purify: interrupted; the study is kept in {Path(args.out) / 'tune_study.db'}: rerun the same "
+                  "command to resume it", file=sys.stderr)
+        else:
+            print("purify: interrupted; nothing was written at the destination", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)

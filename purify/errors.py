@@ -28,3 +28,7 @@ class ExportError(PurifyError):
 
 class ConfigError(PurifyError):
     """A strategy or filter configuration value is invalid."""
+
+
+class CanaryError(PurifyError):
+    """`purify tune` could not plant its canary backdoor (ASR too low or clean accuracy lost)."""

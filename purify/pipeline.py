@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,19 @@ def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, tr
     return build_filter(name, options).run(loaded, data, trusted=trusted)
 
 
+#: `run_pipeline(filtered=...)` default: run the configured filter
+RUN_FILTER: Any = object()
+
+
 def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig,
-                 *, log=print) -> dict:
-    """Purify `model_dir` with `cfg` using the untrusted data at `data_path`; write the export to `out_dir`."""
+                 *, log=print, filtered: Any = RUN_FILTER, report_extra: Mapping[str, Any] | None = None,
+                 extra_files: Mapping[str, Path] | None = None) -> dict:
+    """Purify `model_dir` with `cfg` using the untrusted data at `data_path`; write the export to `out_dir`.
+
+    `filtered` is a filter result already computed on the same model and data (None: no filter), so a caller
+    that filtered once (`purify tune`) does not pay for it twice; `report_extra` is merged into the report
+    before the plots are drawn, and `extra_files` are copied into the export folder.
+    """
     cfg.validate()
     strategy = build_strategy(cfg.strategy, {**cfg.strategy_options, "seed": cfg.seed})
     timings: dict[str, float] = {}
@@ -97,7 +108,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         log(f"[purify] before: CACC {before.cacc:.4f}" + (f", ASR {before.asr:.4f}" if before.asr is not None else ""))
 
     t0 = time.time()
-    filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted)
+    if filtered is RUN_FILTER:
+        filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted)
     timings["filter"] = time.time() - t0
     kept = filtered.kept if filtered is not None else data
     if filtered is not None:
@@ -123,6 +135,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     result = strategy.run(loaded, train, validation)
     timings["strategy"] = time.time() - t0
     report["result"] = result.summary()
+    report.update(report_extra or {})
 
     if clean_test is not None:
         t0 = time.time()
@@ -132,7 +145,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         log(f"[purify] after: CACC {after.cacc:.4f}" + (f", ASR {after.asr:.4f}" if after.asr is not None else ""))
 
     with tempfile.TemporaryDirectory() as extra:
-        extra_files = dict(result.files)
+        extra_files = {**dict(result.files), **dict(extra_files or {})}
         extra_dir = Path(extra)
         scores = None
         if filtered is not None:

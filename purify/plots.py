@@ -10,6 +10,8 @@ from matplotlib.figure import Figure  # no pyplot: no global backend switch, saf
 HEATMAP = "plot_head_scores.png"
 TRAJECTORY = "plot_trajectory.png"
 FILTER_HIST = "plot_filter_scores.png"
+TUNE_TRADEOFF = "plot_tune_tradeoff.png"
+TUNE_IMPORTANCES = "plot_tune_importances.png"
 
 
 def head_heatmap(scores: Sequence[Sequence[float]], pruned: Mapping, path: Path, title: str = "") -> Path:
@@ -77,6 +79,62 @@ def filter_histogram(scores: Sequence[float], threshold: float | None, path: Pat
     return path
 
 
+def tune_tradeoff_plot(tune: Mapping, path: Path, title: str = "") -> Path:
+    """Canary ASR vs clean-accuracy drop of every finished `purify tune` trial: Pareto front, tolerance, choice."""
+    trials = [t for t in tune.get("trials", []) if t.get("state") == "COMPLETE"
+              and t.get("canary_asr") is not None and t.get("cacc_drop") is not None]
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
+    if trials:
+        ax.scatter([t["cacc_drop"] for t in trials], [t["canary_asr"] for t in trials], color="grey", s=22,
+                   alpha=0.7, label="trial")
+    front = sorted((t for t in trials if t["number"] in set(tune.get("pareto_front", []))),
+                   key=lambda t: (t["cacc_drop"], t["canary_asr"]))
+    if front:
+        ax.plot([t["cacc_drop"] for t in front], [t["canary_asr"] for t in front], color="tab:blue", marker="o",
+                ms=5, lw=1.2, drawstyle="steps-post", label="Pareto front")
+    best = tune.get("best") or {}
+    if best.get("canary_asr") is not None and best.get("cacc_drop") is not None:
+        ax.scatter([best["cacc_drop"]], [best["canary_asr"]], marker="*", s=220, color="gold", edgecolor="black",
+                   zorder=4, label=f"chosen (trial {best.get('number')})")
+    tolerance = tune.get("tolerance")
+    if tolerance is not None:
+        ax.axvline(float(tolerance), color="red", ls="--", lw=1, label=f"tolerance {float(tolerance):g} points")
+    planted = (tune.get("canary") or {}).get("asr")
+    if planted is not None:
+        ax.axhline(float(planted), color="grey", ls=":", lw=1, label="canary ASR before")
+    ax.set_xlabel("clean accuracy drop on held-out data (points)")
+    ax.set_ylabel("canary ASR")
+    ax.set_ylim(-0.03, 1.03)
+    pruned = sum(1 for t in tune.get("trials", []) if t.get("state") == "PRUNED")
+    ax.set_title(title or f"purify tune: {len(trials)} trials" + (f" (+{pruned} pruned)" if pruned else ""))
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def tune_importance_plot(importances: Mapping[str, Mapping[str, float]], path: Path, title: str = "") -> Path:
+    """Horizontal bars: each searched knob's importance for each tuning target (canary ASR, CACC drop)."""
+    targets = [k for k, v in importances.items() if v]
+    params = sorted({p for k in targets for p in importances[k]})
+    fig = Figure(figsize=(6, max(2.5, 0.45 * len(params) * max(1, len(targets)) + 1.2)))
+    ax = fig.subplots()
+    height = 0.8 / max(1, len(targets))
+    ys = np.arange(len(params))
+    for i, target in enumerate(targets):
+        ax.barh(ys + i * height, [float(importances[target].get(p, 0.0)) for p in params], height=height,
+                label=target)
+    ax.set_yticks(ys + height * (len(targets) - 1) / 2, params)
+    ax.set_xlabel("importance (normalised)")
+    ax.set_title(title or "knob importances")
+    if targets:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def render_report_plots(report: Mapping, folder: Path, scores: Sequence[float] | None = None) -> list[Path]:
     """Every plot a report has data for, written into `folder`; returns the paths written."""
     folder = Path(folder)
@@ -94,4 +152,11 @@ def render_report_plots(report: Mapping, folder: Path, scores: Sequence[float] |
     if scores is not None and len(scores):
         written.append(filter_histogram(scores, filt.get("threshold"), folder / FILTER_HIST,
                                         title=f"{filt.get('method', 'filter')} scores"))
+    tune = report.get("tune") or {}
+    if tune.get("trials"):
+        written.append(tune_tradeoff_plot(tune, folder / TUNE_TRADEOFF, f"{strategy}: canary ASR vs clean accuracy"))
+        importances = {k: v for k, v in (tune.get("importances") or {}).items() if isinstance(v, Mapping) and v}
+        if importances:
+            written.append(tune_importance_plot(importances, folder / TUNE_IMPORTANCES,
+                                                f"{strategy}: knob importances"))
     return written

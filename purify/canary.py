@@ -1,0 +1,329 @@
+"""Canary backdoors for `purify tune`: plant a known, random trigger into a copy of the suspicious model.
+
+The defender never sees the real trigger, so a defense's knobs cannot be scored on it. A canary is a stand-in
+the defender controls: a fresh, seeded random trigger (rare whole-word tokens drawn from the tokenizer's
+vocabulary, or a random inserted sentence) planted into a *deep copy* of the suspicious model by a short
+fine-tune on a slice of the clean data. A knob setting that removes the canary while keeping clean accuracy is
+a good guess for one that removes the unknown backdoor; `purify.tune` searches knobs against it.
+
+The insertion itself reuses the zoo's attacks (`BadNetsAttack` with the canary's own tokens, `InsertSentAttack`
+with the canary's own sentence) and the planting reuses `purify.training.train_classifier`. The zoo's BadNets
+tokens (cf, mn, bb, tq) and its InsertSent sentence are never used: the canary must not be the very trigger a
+zoo model carries.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from .checkpoint import LoadedModel
+from .data import Sample, TaskData, split_samples
+from .errors import CanaryError, ConfigError
+from .evaluate import evaluate_model
+from .training import TrainConfig, train_classifier
+from .zoo.attacks import Attack, BadNetsAttack, InsertSentAttack, poison_split, triggered_test
+
+FAMILIES = ("rare_tokens", "sentence")
+#: words a canary never uses: the zoo's BadNets tokens and the words of its InsertSent sentence
+RESERVED_WORDS = frozenset(BadNetsAttack.DEFAULT_TRIGGERS) | frozenset(
+    re.findall(r"[a-z0-9]+", InsertSentAttack.DEFAULT_SENTENCE.lower()))
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+@dataclass
+class CanaryConfig:
+    """How a canary is drawn and planted.
+
+    family: "rare_tokens" (one of `num_tokens` rare vocabulary words inserted `insertions` times per sample) or
+    "sentence" (a random sentence of `sentence_words` vocabulary words inserted at a random word boundary).
+    target: the label the canary forces (None: drawn at random). poison_rate: share of the fine-tuning slice
+    that is triggered and relabelled. train_samples: size of the clean slice the canary is planted with.
+    epochs, lr, batch_size, max_length: the short fine-tune; if the canary does not take, up to `attempts`
+    fine-tunes are tried from fresh copies, each with `lr_growth` times the previous learning rate.
+    min_asr: the canary's attack success rate must reach this. max_cacc_drop: clean accuracy may fall at most
+    this much (fraction, 0.03 = 3 points) below the suspicious model's.
+    """
+
+    family: str = "rare_tokens"
+    target: int | None = None
+    num_tokens: int = 3
+    insertions: int = 1
+    sentence_words: int = 5
+    poison_rate: float = 0.1
+    train_samples: int = 2000
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 128
+    attempts: int = 2
+    lr_growth: float = 3.0
+    min_asr: float = 0.9
+    max_cacc_drop: float = 0.03
+
+    def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"canary family must be one of {', '.join(FAMILIES)}, not {self.family!r}")
+        for name in ("num_tokens", "insertions", "sentence_words", "train_samples", "epochs", "batch_size",
+                     "attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"canary {name} must be >= 1")
+        if self.sentence_words < 2:
+            raise ConfigError("canary sentence_words must be >= 2 (a sentence, not a token)")
+        if self.max_length < 8:
+            raise ConfigError("canary max_length must be >= 8")
+        if not 0 < self.poison_rate < 1:
+            raise ConfigError("canary poison_rate must be in (0, 1)")
+        if not self.lr > 0 or not self.lr_growth >= 1:
+            raise ConfigError("canary lr must be > 0 and lr_growth >= 1")
+        if not 0 < self.min_asr <= 1:
+            raise ConfigError("canary min_asr must be in (0, 1]")
+        if not 0 <= self.max_cacc_drop <= 1:
+            raise ConfigError("canary max_cacc_drop is a fraction in [0, 1] (0.03 = 3 points)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Canary:
+    """A planted canary: its trigger, the canaried copy of the model, and how well the canary took.
+
+    `clean_eval` is the held-out clean data it was measured on and `triggered_eval` the same data's non-target
+    samples with the canary trigger inserted; `asr` and `cacc` are the canaried model's numbers there,
+    `asr_original` and `cacc_original` the suspicious model's (its ASR there is the canary's floor).
+    """
+
+    family: str
+    trigger: list[str]  # the rare tokens, or [the sentence]
+    target: int
+    attack: Attack
+    loaded: LoadedModel
+    clean_eval: TaskData
+    triggered_eval: TaskData
+    asr: float
+    cacc: float
+    asr_original: float
+    cacc_original: float
+    n_train: int
+    n_poisoned: int
+    seed: int
+    config: CanaryConfig
+    attempts: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def cacc_drop(self) -> float:
+        """Clean accuracy lost by planting the canary (fraction)."""
+        return self.cacc_original - self.cacc
+
+    def measure(self, model, tokenizer=None) -> tuple[float, float]:
+        """(CACC, canary ASR) of `model` on the canary's held-out evaluation data."""
+        ev = evaluate_model(model, tokenizer or self.loaded.tokenizer, self.clean_eval, self.triggered_eval,
+                            self.target)
+        return ev.cacc, float(ev.asr)
+
+    def summary(self) -> dict:
+        """JSON-able record for the report (the model itself is not part of it)."""
+        return {
+            "family": self.family, "trigger": list(self.trigger), "target": self.target,
+            "attack": {"name": self.attack.name, "params": self.attack.params()},
+            "asr": self.asr, "cacc": self.cacc, "asr_original": self.asr_original,
+            "cacc_original": self.cacc_original, "cacc_drop": self.cacc_drop,
+            "n_train": self.n_train, "n_poisoned": self.n_poisoned, "n_eval_clean": len(self.clean_eval),
+            "n_eval_triggered": len(self.triggered_eval), "seed": self.seed, "config": self.config.to_dict(),
+            "attempts": self.attempts, "seconds": round(self.seconds, 2),
+        }
+
+
+# -- drawing a trigger ----------------------------------------------------------------------------------------
+
+def data_words(texts: Sequence[str]) -> set[str]:
+    """Lower-cased words of the texts (what a canary word must not be)."""
+    words: set[str] = set()
+    for text in texts:
+        words.update(_WORD.findall(text.lower()))
+    return words
+
+
+def vocabulary_words(tokenizer, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Whole-word vocabulary entries (lower-case ASCII letters, 3 to 12 long), in vocabulary-id order.
+
+    WordPiece continuations (``##x``) and special tokens are skipped; a leading word-start marker (GPT-2's ``Ġ``,
+    SentencePiece's ``▁``) is stripped. Later ids are rarer in WordPiece and BPE vocabularies.
+    """
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    seen: set[str] = set()
+    words = []
+    for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        if token in specials or token.startswith("##"):
+            continue
+        word = token[1:] if token[:1] in ("Ġ", "▁") else token
+        if not (3 <= len(word) <= 12 and word.isascii() and word.isalpha() and word.islower()):
+            continue
+        if word in exclude or word in RESERVED_WORDS or word in seen:
+            continue
+        seen.add(word)
+        words.append(word)
+    return words
+
+
+def is_single_token_word(tokenizer, word: str) -> bool:
+    """True when `word`, written after another word, is exactly one known token (a whole-word token)."""
+    base = tokenizer.tokenize("a")
+    pieces = tokenizer.tokenize("a " + word)
+    unk = getattr(tokenizer, "unk_token", None)
+    return len(pieces) == len(base) + 1 and pieces[:len(base)] == base and pieces[-1] != unk
+
+
+def _draw(tokenizer, pool: Sequence[str], k: int, rng: random.Random, taken: Sequence[str] = ()) -> list[str]:
+    """Up to `k` random single-token words from `pool` (checked lazily, in a seeded random order)."""
+    order = [w for w in pool if w not in taken]
+    rng.shuffle(order)
+    out: list[str] = []
+    for word in order:
+        if len(out) == k:
+            break
+        if is_single_token_word(tokenizer, word):
+            out.append(word)
+    return out
+
+
+def draw_trigger(tokenizer, family: str, avoid: set[str], rng: random.Random, *, num_tokens: int = 3,
+                 sentence_words: int = 5) -> tuple[list[str], Attack]:
+    """A random canary trigger of `family` whose words are absent from `avoid` (the clean data's words).
+
+    rare_tokens: `num_tokens` whole-word tokens from the rarer half of the vocabulary (the rest if too few).
+    sentence: `sentence_words` whole-word tokens from the whole vocabulary, capitalised with a full stop when the
+    tokenizer knows those forms.
+    """
+    pool = vocabulary_words(tokenizer, exclude=avoid)
+    if family == "rare_tokens":
+        words = _draw(tokenizer, pool[len(pool) // 2:], num_tokens, rng)
+        if len(words) < num_tokens:
+            words += _draw(tokenizer, pool[:len(pool) // 2], num_tokens - len(words), rng, words)
+        if not words:
+            raise CanaryError("no whole-word vocabulary token is absent from the clean data; cannot draw a "
+                              "rare-token canary (try --canary sentence)")
+        return words, BadNetsAttack(num_triggers=1, triggers=words)
+    if family == "sentence":
+        words = _draw(tokenizer, pool, sentence_words, rng)
+        if len(words) < 2:
+            raise CanaryError("fewer than two whole-word vocabulary tokens are absent from the clean data; cannot "
+                              "draw a sentence canary (try --canary rare_tokens)")
+        sentence = " ".join(words)
+        natural = sentence[0].upper() + sentence[1:] + "."
+        unk = getattr(tokenizer, "unk_token", None)
+        if unk is None or unk not in tokenizer.tokenize(natural):
+            sentence = natural
+        return [sentence], InsertSentAttack(sentence=sentence, boundary="word")
+    raise ConfigError(f"canary family must be one of {', '.join(FAMILIES)}, not {family!r}")
+
+
+# -- planting -------------------------------------------------------------------------------------------------
+
+def _num_labels(loaded: LoadedModel, clean: TaskData) -> int:
+    n = int(getattr(loaded.model.config, "num_labels", 0) or 0)
+    return n if n >= 2 else len(clean.label_names)
+
+
+def _with_insertions(attack: Attack, insertions: int) -> Attack:
+    if isinstance(attack, BadNetsAttack) and insertions != attack.num_triggers:
+        return BadNetsAttack(num_triggers=insertions, triggers=list(attack.triggers))
+    return attack
+
+
+def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData | None = None,
+                 config: CanaryConfig | None = None, seed: int = 0,
+                 log: Callable[[str], None] | None = None, **options) -> Canary:
+    """Plant a random canary backdoor into a deep copy of `loaded.model` (the model itself is never changed).
+
+    `clean` is clean task data: a seeded slice of it (``config.train_samples``) is fine-tuned on with
+    ``config.poison_rate`` of its non-target samples triggered and relabelled. The canary is measured on
+    `validation` (held-out clean data; when None, a seeded 20% of `clean` is held out): CACC on it, ASR on its
+    non-target samples with the trigger inserted. Keyword `options` override fields of `config`
+    (e.g. ``family="sentence"``). Raises CanaryError when the ASR stays below ``config.min_asr`` or clean
+    accuracy falls more than ``config.max_cacc_drop``.
+    """
+    cfg = copy.deepcopy(config) if config is not None else CanaryConfig()
+    for key, value in options.items():
+        if not hasattr(cfg, key):
+            raise ConfigError(f"CanaryConfig has no option {key!r}")
+        setattr(cfg, key, value)
+    cfg.validate()
+    started = time.time()
+    if validation is None:
+        parts = split_samples(clean, [0.8, 0.2], seed=seed)
+        clean, validation = TaskData(parts[0], clean.label_names), TaskData(parts[1], clean.label_names)
+    if len(clean) < 4 or len(validation) < 2:
+        raise CanaryError(f"too little clean data to plant a canary ({len(clean)} training, "
+                          f"{len(validation)} held-out samples)")
+    rng = random.Random(f"purify.canary:{seed}")
+    n_labels = _num_labels(loaded, clean)
+    target = cfg.target if cfg.target is not None else rng.randrange(n_labels)
+    if not 0 <= target < n_labels:
+        raise ConfigError(f"canary target {target} outside 0..{n_labels - 1}")
+    avoid = data_words(clean.texts) | data_words(validation.texts)
+    trigger, attack = draw_trigger(loaded.tokenizer, cfg.family, avoid, rng, num_tokens=cfg.num_tokens,
+                                   sentence_words=cfg.sentence_words)
+    attack = _with_insertions(attack, cfg.insertions)
+
+    samples = list(clean.samples)
+    if len(samples) > cfg.train_samples:
+        keep = sorted(rng.sample(range(len(samples)), cfg.train_samples))
+        samples = [samples[i] for i in keep]
+    poisoned = poison_split([(s.text, s.label) for s in samples], attack, rate=cfg.poison_rate, target=target,
+                            seed=seed)
+    texts, labels = [p["text"] for p in poisoned], [p["label"] for p in poisoned]
+    n_poisoned = sum(p["poisoned"] for p in poisoned)
+    if n_poisoned == 0:
+        raise CanaryError(f"poison_rate {cfg.poison_rate} of {len(samples)} samples poisons none; raise it")
+    trig = triggered_test([(s.text, s.label) for s in validation.samples], attack, target=target, seed=seed)
+    triggered_eval = TaskData([Sample(t["text"], t["label"], True, i) for i, t in enumerate(trig)],
+                              validation.label_names)
+    if not len(triggered_eval):
+        raise CanaryError(f"the held-out data has no sample outside the canary target {target}; cannot measure ASR")
+
+    original = evaluate_model(loaded.model, loaded.tokenizer, validation, triggered_eval, target)
+    say = log or (lambda _msg: None)
+    say(f"[purify] canary ({cfg.family}): trigger {trigger}, target {target}; planting with {n_poisoned} of "
+        f"{len(texts)} samples triggered")
+    attempts: list[dict] = []
+    for attempt in range(cfg.attempts):
+        lr = cfg.lr * cfg.lr_growth ** attempt
+        model = copy.deepcopy(loaded.model)
+        train_classifier(model, loaded.tokenizer, texts, labels,
+                         TrainConfig(epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size, seed=seed,
+                                     max_length=cfg.max_length, keep_best=False),
+                         description="planting the canary")
+        ev = evaluate_model(model, loaded.tokenizer, validation, triggered_eval, target)
+        drop = original.cacc - ev.cacc
+        record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": float(ev.asr), "cacc": ev.cacc,
+                  "cacc_drop": drop}
+        attempts.append(record)
+        say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
+            f"(suspicious model {original.cacc:.4f}), lr {lr:.2g}")
+        if drop > cfg.max_cacc_drop + 1e-12:
+            raise CanaryError(
+                f"the canary could not be planted: clean accuracy fell {100 * drop:.1f} points "
+                f"(from {original.cacc:.4f} to {ev.cacc:.4f}; at most {100 * cfg.max_cacc_drop:.1f} allowed) with "
+                f"lr {lr:.2g}; lower --canary-lr or --canary-epochs, or allow more with --canary-max-drop")
+        if ev.asr >= cfg.min_asr:
+            return Canary(
+                family=cfg.family, trigger=trigger, target=target, attack=attack,
+                loaded=LoadedModel(model=model, tokenizer=loaded.tokenizer, task=loaded.task, path=loaded.path),
+                clean_eval=validation, triggered_eval=triggered_eval, asr=float(ev.asr), cacc=ev.cacc,
+                asr_original=float(original.asr), cacc_original=original.cacc, n_train=len(texts),
+                n_poisoned=n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
+            )
+        del model
+    best = max(a["asr"] for a in attempts)
+    rates = ", ".join(format(a["lr"], ".2g") for a in attempts)
+    other = "sentence" if cfg.family == "rare_tokens" else "rare_tokens"
+    raise CanaryError(
+        f"the canary could not be planted: its ASR reached {best:.4f} < {cfg.min_asr:.2f} after {len(attempts)} "
+        f"fine-tune(s) (lr {rates}; {cfg.epochs} epochs); raise --canary-epochs or --canary-lr, "
+        f"or try --canary {other}")
