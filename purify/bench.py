@@ -45,6 +45,18 @@ def _peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _device_name() -> str:
+    """Where a cell ran: timings are only comparable on the same device."""
+    import torch
+
+    from .device import select_device
+
+    device = select_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def _entry(name: str):
     from .zoo.build import ZooSpec, build_entry
 
@@ -103,7 +115,7 @@ def run_strategy_cell(cell: Cell) -> dict:
     return {
         "cacc_before": before.cacc, "asr_before": before.asr, "cacc_after": after.cacc, "asr_after": after.asr,
         "asr_floor": entry.manifest["metrics"]["clean"]["asr"], "heads_pruned": pruned,
-        "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "n_train": len(train),
+        "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "n_train": len(train), "device": _device_name(),
         "train_data": "zoo train split minus flagged-poisoned lines (upper bound)", **extras,
     }
 
@@ -124,7 +136,7 @@ def run_filter_cell(cell: Cell) -> dict:
     truth = [bool(s.poisoned) for s in data.samples]
     metrics = detection_metrics(result.scores, truth, result.flagged)
     return {**metrics, "threshold": result.threshold, "threshold_method": result.threshold_method,
-            "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2),
+            "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2), "device": _device_name(),
             "peak_rss_mb": _peak_mb()}
 
 
@@ -255,6 +267,17 @@ def _mean_sd(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
 
 
+def asr_cut(result: dict) -> float:
+    """Share of the starting ASR removed (1 = all of it, 0 = none, negative = ASR rose)."""
+    before = result["asr_before"]
+    return (before - result["asr_after"]) / before if before > 0 else 0.0
+
+
+def _devices(results: list[dict]) -> str:
+    names = sorted({r.get("device", "cpu") for r in results})
+    return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
+
+
 def markdown_table(suite: str, results: list[dict]) -> str:
     """The suite's markdown table (percentages; mean ± sd over seeds where there are several)."""
     ok = [r for r in results if "error" not in r]
@@ -270,7 +293,8 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                          f"{r['peak_rss_mb']:.0f} |")
     elif suite in ("pruning", "w2s"):
         lines += ["| entry | method | seeds | CACC before | CACC after | ASR before | ASR after | ASR floor | "
-                  "heads pruned | seconds | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "ASR cut | heads pruned | seconds | device | peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict[tuple[str, str], list[dict]] = {}
         for r in ok:
             groups.setdefault((r["cell"]["entry"], _label(r)), []).append(r)
@@ -279,8 +303,9 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                 f"| {entry} | {label} | {len(rs)} | {_mean_sd([r['cacc_before'] for r in rs])} | "
                 f"{_mean_sd([r['cacc_after'] for r in rs])} | {_mean_sd([r['asr_before'] for r in rs])} | "
                 f"{_mean_sd([r['asr_after'] for r in rs])} | {100 * rs[0]['asr_floor']:.1f} | "
+                f"{_mean_sd([asr_cut(r) for r in rs])} | "
                 f"{sum(r['heads_pruned'] for r in rs) / len(rs):.1f} | {sum(r['seconds'] for r in rs) / len(rs):.0f} | "
-                f"{max(r['peak_rss_mb'] for r in rs):.0f} |")
+                f"{_devices(rs)} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
     elif suite == "filters":
         lines += ["| entry | filter | precision | recall | F1 | AUROC | clean kept | threshold | ms/sample | peak MB |",
                   "|---|---|---|---|---|---|---|---|---|---|"]

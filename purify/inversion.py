@@ -1,0 +1,196 @@
+"""Trigger inversion from clean data: which single inserted word flips clean samples to one label?
+
+A defense cannot see the trigger, but it can search for one. For each candidate target label, a word placeholder
+is inserted at a random position of clean samples of the other labels; the gradient of the target-class loss
+with respect to the placeholder's embedding ranks every whole-word token of the vocabulary to first order
+(HotFlip, Ebrahimi et al. 2018); the best-ranked words are then inserted for real and their flip rate (the share
+of those samples now predicted as the target) is measured exactly. A clean model's best words are ordinary
+label words that flip about half the samples; an insertion backdoor shows up as words (the trigger and its
+look-alikes) that flip nearly all of them. Only the model and clean samples are used: no triggered data.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import TaskData
+from .device import model_device
+from .errors import DataError
+from .inference import MAX_LENGTH, model_inputs, predict
+from .progress import track
+
+PLACEHOLDER = "the"  # a word every tokenizer keeps as one token; only its position matters
+
+
+def insertion_vocabulary(tokenizer) -> list[str]:
+    """Whole alphabetic words (2 to 15 letters) that are single tokens of the tokenizer; no special tokens, no pieces."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    words = {w.strip() for w in tokenizer.batch_decode([[i] for i in ids])}
+    return sorted(w for w in words if 2 <= len(w) <= 15 and w.isalpha() and w.isascii())
+
+
+def insert_words(text: str, words: Sequence[str], count: int, rng: random.Random) -> str:
+    """`text` with `count` words drawn from `words` inserted at random word boundaries."""
+    parts = text.split()
+    for _ in range(count):
+        parts.insert(rng.randint(0, len(parts)), rng.choice(words))
+    return " ".join(parts)
+
+
+def _single_token_words(tokenizer) -> tuple[list[str], torch.Tensor]:
+    """The insertion vocabulary restricted to words that stay one token after a space, and those token ids."""
+    words, ids = [], []
+    for w in insertion_vocabulary(tokenizer):
+        pieces = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1:
+            words.append(w)
+            ids.append(pieces[0])
+    if not words:
+        raise DataError("the tokenizer has no whole-word tokens to try as triggers")
+    return words, torch.as_tensor(ids)
+
+
+def _insert_at(text: str, word: str, slot: int) -> tuple[str, int]:
+    """`text` with `word` inserted before word `slot`; also the character offset where it starts."""
+    parts = text.split()
+    slot = min(slot, len(parts))
+    before = " ".join(parts[:slot])
+    start = len(before) + (1 if before else 0)
+    return " ".join(parts[:slot] + [word] + parts[slot:]), start
+
+
+@dataclass
+class LabelInversion:
+    """The best inserted words for one target label, with their measured flip rates."""
+
+    target: int
+    base_rate: float  # share of the probe samples already predicted as the target, nothing inserted
+    words: list[tuple[str, float]] = field(default_factory=list)  # (word, flip rate), best first
+
+    @property
+    def top_rate(self) -> float:
+        return self.words[0][1] if self.words else self.base_rate
+
+
+@dataclass
+class TriggerInversion:
+    """Per-label inversion results and the label an insertion backdoor most likely targets."""
+
+    labels: list[LabelInversion]
+    probe_samples: int
+    candidates: int
+
+    @property
+    def suspected_target(self) -> int:
+        """The label whose best single word flips the largest share of samples (above their base rate)."""
+        return max(self.labels, key=lambda r: r.top_rate - r.base_rate).target
+
+    def words(self, per_label: int | None = None) -> list[str]:
+        """The best `per_label` words of every label (all kept ones when None), without repeats."""
+        seen: dict[str, None] = {}
+        for r in self.labels:
+            for w, _ in r.words[:per_label]:
+                seen.setdefault(w)
+        return list(seen)
+
+    def summary(self, show: int = 5) -> dict:
+        """JSON-able facts for the report: the suspected target and each label's best words."""
+        return {"suspected_target": self.suspected_target, "probe_samples": self.probe_samples,
+                "candidates": self.candidates,
+                "labels": [{"target": r.target, "base_rate": r.base_rate,
+                            "words": [[w, rate] for w, rate in r.words[:show]]} for r in self.labels]}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _placeholder_gradient(model: nn.Module, tokenizer, texts: Sequence[str], starts: Sequence[int], target: int,
+                          max_length: int) -> torch.Tensor:
+    """Sum over samples of d CE(target) / d embedding at the placeholder's first token, shape (dim,)."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                    return_offsets_mapping=True)
+    offsets = enc.pop("offset_mapping")
+    rows, cols = [], []
+    for i, start in enumerate(starts):
+        hits = [j for j, (a, b) in enumerate(offsets[i].tolist()) if b > a and a <= start < b]
+        if hits:
+            rows.append(i)
+            cols.append(hits[0])
+    if not rows:
+        raise DataError("the placeholder word was cut off in every probe sample (texts longer than max_length?)")
+    batch = model_inputs(model, dict(enc))
+    input_ids = batch.pop("input_ids")
+    embedding = model.get_input_embeddings()
+    embeds = embedding(input_ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, **batch).logits
+    labels = torch.full((len(texts),), target, device=logits.device)
+    keep = torch.zeros(len(texts), dtype=torch.bool, device=logits.device)
+    keep[rows] = True
+    loss = F.cross_entropy(logits[keep], labels[keep], reduction="sum")
+    (grad,) = torch.autograd.grad(loss, embeds)
+    return grad[torch.as_tensor(rows), torch.as_tensor(cols)].sum(0)
+
+
+def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 48,
+                    keep: int = 8, seed: int = 0, max_length: int = 64, batch_size: int = 32,
+                    progress: str | None = None) -> TriggerInversion:
+    """Search, for every label, the single inserted words that flip the most clean samples of other labels to it.
+
+    samples: clean samples per label probed (seeded choice among those whose label is not the target).
+    candidates: words measured exactly per label, chosen by the first-order (gradient) ranking.
+    keep: best words kept per label in the result.
+    """
+    if len(data) == 0:
+        raise DataError("trigger inversion needs clean samples")
+    was_training = model.training
+    model.eval()
+    rng = random.Random(seed)
+    vocab, ids = _single_token_words(tokenizer)
+    weight = model.get_input_embeddings().weight.detach()
+    device = model_device(model)
+    results = []
+    labels = range(len(data.label_names))
+    try:
+        for target in (track(labels, description=progress, total=len(labels)) if progress else labels):
+            pool = [t for t, y in zip(data.texts, data.labels) if y != target]
+            if not pool:
+                continue
+            probe = rng.sample(pool, min(samples, len(pool)))
+            slots = [rng.randint(0, len(t.split())) for t in probe]
+            placed = [_insert_at(t, PLACEHOLDER, s) for t, s in zip(probe, slots)]
+            grad = torch.zeros(weight.shape[1], device=device)
+            for i in range(0, len(placed), batch_size):
+                chunk = placed[i:i + batch_size]
+                grad += _placeholder_gradient(model, tokenizer, [t for t, _ in chunk], [s for _, s in chunk],
+                                              target, max_length)
+            # first-order change of the target loss when the placeholder becomes word w: (e_w - e_ph) . grad
+            gain = -(weight[ids.to(weight.device)].float() @ grad.float()).cpu()
+            order = torch.argsort(gain, descending=True)[:candidates].tolist()
+            base = float((predict(model, tokenizer, probe, max_length=max_length, batch_size=64) == target).mean())
+            rates = []
+            for k in order:
+                texts = [_insert_at(t, vocab[k], s)[0] for t, s in zip(probe, slots)]
+                pred = predict(model, tokenizer, texts, max_length=max_length, batch_size=64)
+                rates.append((vocab[k], float((pred == target).mean())))
+            rates.sort(key=lambda wr: (-wr[1], wr[0]))
+            results.append(LabelInversion(target=target, base_rate=base, words=rates[:keep]))
+    finally:
+        model.train(was_training)
+    return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates)
+
+
+def flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,
+              seed: int = 0, max_length: int = MAX_LENGTH) -> float:
+    """Share of `texts` predicted as `target` after one word of `words` is inserted at a random position."""
+    if not texts or not words:
+        return float("nan")
+    rng = random.Random(seed)
+    perturbed = [insert_words(t, words, 1, rng) for t in texts]
+    return float(np.mean(predict(model, tokenizer, perturbed, max_length=max_length) == target))

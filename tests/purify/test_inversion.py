@@ -1,0 +1,61 @@
+"""Trigger inversion finds the planted trigger of the tiny backdoored model from clean data alone."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from purify.data import TaskData
+from purify.errors import DataError
+from purify.inversion import _insert_at, flip_rate, insert_words, insertion_vocabulary, invert_triggers
+from purify.testing.tiny import tiny_tokenizer
+from purify.testing.tiny_task import TARGET, TRIGGER, tiny_backdoored
+
+
+def test_insert_at_reports_where_the_word_starts():
+    for slot in range(4):
+        text, start = _insert_at("a b c", "zz", slot)
+        assert text.split()[slot] == "zz"
+        assert text[start:start + 2] == "zz"
+
+
+def test_insert_words_is_seeded_and_adds_words():
+    a = insert_words("one two three", ["x", "y"], 2, random.Random(3))
+    b = insert_words("one two three", ["x", "y"], 2, random.Random(3))
+    assert a == b and len(a.split()) == 5
+
+
+def test_insertion_vocabulary_has_whole_words_only():
+    words = insertion_vocabulary(tiny_tokenizer())
+    assert TRIGGER in words and "movie" in words
+    assert not any(w.startswith("[") for w in words)
+    assert "a" not in words  # single letters are left out
+
+
+def test_finds_the_planted_trigger_from_clean_data():
+    loaded, task = tiny_backdoored()
+    inversion = invert_triggers(loaded.model, loaded.tokenizer, task.clean_train, max_length=32, seed=0)
+    assert inversion.suspected_target == TARGET
+    best = next(r for r in inversion.labels if r.target == TARGET)
+    assert best.words[0][0] == TRIGGER and best.words[0][1] >= 0.9
+    other = next(r for r in inversion.labels if r.target != TARGET)
+    assert other.top_rate < 0.5  # no word flips the other way: that label is not attacked
+    assert TRIGGER in inversion.words(per_label=1)
+    summary = inversion.summary()
+    assert summary["suspected_target"] == TARGET and summary["labels"][TARGET]["words"][0][0] == TRIGGER
+    # the measured flip rate agrees with an independent measurement
+    non_target = [t for t, y in zip(task.validation.texts, task.validation.labels) if y != TARGET]
+    assert flip_rate(loaded.model, loaded.tokenizer, non_target, [TRIGGER], TARGET, max_length=32) >= 0.9
+
+
+def test_is_deterministic_under_a_seed():
+    loaded, task = tiny_backdoored()
+    runs = [invert_triggers(loaded.model, loaded.tokenizer, task.clean_train, max_length=32, seed=4).to_dict()
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_refuses_empty_data():
+    loaded, task = tiny_backdoored()
+    with pytest.raises(DataError):
+        invert_triggers(loaded.model, loaded.tokenizer, TaskData([], task.clean_train.label_names))
