@@ -60,6 +60,17 @@ def _read(path: str, loaded: LoadedModel, cfg: PipelineConfig) -> TaskData:
                           label_names=_label_names(loaded))
 
 
+def load_inputs(model_dir: str | Path, data_path: str | Path, cfg: PipelineConfig
+                ) -> tuple[LoadedModel, TaskData, TaskData | None]:
+    """The suspicious classifier, its untrusted task data and the optional trusted data (labels by the model)."""
+    loaded = load_checkpoint(model_dir, allow_pickle=cfg.allow_pickle)
+    if loaded.task != "classification":
+        raise ConfigError("purify purifies sequence classifiers; this checkpoint is a causal LM")
+    data = _read(str(data_path), loaded, cfg)
+    trusted = _read(cfg.trusted, loaded, cfg) if cfg.trusted else None
+    return loaded, data, trusted
+
+
 def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, trusted: TaskData | None):
     """Run filter `name` (None for "none"); imported lazily so the pipeline works while filters load."""
     if name == "none":
@@ -87,11 +98,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     timings: dict[str, float] = {}
     started = time.time()
     seed_everything(cfg.seed)
-    loaded = load_checkpoint(model_dir, allow_pickle=cfg.allow_pickle)
-    if loaded.task != "classification":
-        raise ConfigError("the pipeline purifies sequence classifiers; this checkpoint is a causal LM")
-    data = _read(str(data_path), loaded, cfg)
-    trusted = _read(cfg.trusted, loaded, cfg) if cfg.trusted else None
+    loaded, data, trusted = load_inputs(model_dir, data_path, cfg)
     clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
     triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
     timings["load"] = time.time() - started

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from .canary import CanaryConfig, plant_canary
-from .checkpoint import LoadedModel, load_checkpoint
+from .checkpoint import LoadedModel
 from .data import TaskData, split_samples
 from .device import seed_everything
 from .errors import ConfigError, PurifyError
 from .export import REPORT_FILE
 from .inference import predict
-from .pipeline import PipelineConfig, _read, run_filter, run_pipeline
+from .pipeline import PipelineConfig, load_inputs, run_filter, run_pipeline
 from .registry import StrategyConfig, build_strategy, get_strategy
 
 TUNE_DB = "tune_study.db"
@@ -302,11 +302,7 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
 
     # 1. data and canary
     seed_everything(cfg.seed)
-    loaded = load_checkpoint(model_dir, allow_pickle=cfg.allow_pickle)
-    if loaded.task != "classification":
-        raise ConfigError("purify tune purifies sequence classifiers; this checkpoint is a causal LM")
-    data = _read(str(data_path), loaded, cfg)
-    trusted = _read(cfg.trusted, loaded, cfg) if cfg.trusted else None
+    loaded, data, trusted = load_inputs(model_dir, data_path, cfg)
     t0 = time.time()
     filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted)
     filter_seconds = time.time() - t0
