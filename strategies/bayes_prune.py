@@ -64,8 +64,8 @@ class BayesPruneConfig(PruneConfig):
     svi_batch_size: minibatch size of an SVI step.
     """
 
-    svi_steps: int = 300
-    lr: float = 0.05
+    svi_steps: int = 150
+    lr: float = 0.1
     prior_inclusion: float = 0.3
     prior_scale: float = 1.0
     sparsity_weight: float = 1.0

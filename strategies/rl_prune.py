@@ -76,7 +76,7 @@ class RLPruneConfig(PruneConfig):
     importance order so that the engine's guard alone decides where to stop (False).
     """
 
-    total_timesteps: int = 512
+    total_timesteps: int = 384
     learning_rate: float = 3e-3
     n_steps: int = 64
     ppo_batch_size: int = 32
@@ -435,20 +435,13 @@ class RLPrune(PruningStrategy):
         return result
 
     def _rl_evaluator(self, gates: HeadGates, tokenizer, evaluate: MaskEvaluator) -> MaskEvaluator:
-        """The engine's evaluator when its subset is no larger, else one on `rl_val_samples` validation samples.
-
-        The subset is batched in order of text length (accuracy does not depend on the order), so batches carry
-        little padding: the environment evaluates hundreds of masks, and this is where its time goes.
-        """
+        """The engine's evaluator when its subset is no larger, else one on `rl_val_samples` validation samples."""
         cfg = self.config
         n = cfg.rl_val_samples
         if self._validation is None or n is None or len(self._validation) <= n or (
                 cfg.val_samples is not None and n >= cfg.val_samples):
             return evaluate
-        data = subsample(self._validation, n, cfg.seed)
-        texts = data.texts
-        by_length = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-        return MaskEvaluator(gates, tokenizer, data.subset(by_length), batch_size=cfg.batch_size)
+        return MaskEvaluator(gates, tokenizer, subsample(self._validation, n, cfg.seed), batch_size=cfg.batch_size)
 
     def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
                     evaluate: MaskEvaluator) -> torch.Tensor:
