@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import TaskData
-from .device import model_device
 from .errors import DataError
 from .inference import MAX_LENGTH, model_inputs, predict
 from .progress import track
@@ -100,6 +99,17 @@ class TriggerInversion:
                 seen.setdefault(w)
         return list(seen)
 
+    def weighted_words(self, per_label: int | None = None) -> dict[str, float]:
+        """The best `per_label` words of every label with their flip rate (the highest where a word repeats).
+
+        Used as sampling weights: the more samples a word flips, the more often it is worth unlearning.
+        """
+        out: dict[str, float] = {}
+        for r in self.labels:
+            for w, rate in r.words[:per_label]:
+                out[w] = max(out.get(w, 0.0), rate)
+        return out
+
     def summary(self, show: int = 5) -> dict:
         """JSON-able facts for the report: the suspected target and each label's best words."""
         return {"suspected_target": self.suspected_target, "probe_samples": self.probe_samples,
@@ -138,13 +148,27 @@ def _placeholder_gradient(model: nn.Module, tokenizer, texts: Sequence[str], sta
     return grad[torch.as_tensor(rows), torch.as_tensor(cols)].sum(0)
 
 
-def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 48,
-                    keep: int = 8, seed: int = 0, max_length: int = 64, batch_size: int = 32,
+def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: Sequence[int], placeholder: str,
+                     target: int, max_length: int, batch_size: int) -> torch.Tensor:
+    """Target-loss gradient at `placeholder` inserted at `slots` of the probe texts, summed over the probe."""
+    placed = [_insert_at(t, placeholder, s) for t, s in zip(probe, slots)]
+    grad = None
+    for i in range(0, len(placed), batch_size):
+        chunk = placed[i:i + batch_size]
+        g = _placeholder_gradient(model, tokenizer, [t for t, _ in chunk], [s for _, s in chunk], target, max_length)
+        grad = g if grad is None else grad + g
+    return grad
+
+
+def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
+                    rounds: int = 2, keep: int = 8, seed: int = 0, max_length: int = 64, batch_size: int = 32,
                     progress: str | None = None) -> TriggerInversion:
     """Search, for every label, the single inserted words that flip the most clean samples of other labels to it.
 
     samples: clean samples per label probed (seeded choice among those whose label is not the target).
-    candidates: words measured exactly per label, chosen by the first-order (gradient) ranking.
+    candidates: words measured exactly per label and round, chosen by the first-order (gradient) ranking.
+    rounds: ranking rounds; the first ranks around a neutral placeholder word, each later one around the best word
+        found so far (a trigger's look-alikes sit near it), so a backdoor shows more of its trigger family.
     keep: best words kept per label in the result.
     """
     if len(data) == 0:
@@ -154,7 +178,6 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     rng = random.Random(seed)
     vocab, ids = _single_token_words(tokenizer)
     weight = model.get_input_embeddings().weight.detach()
-    device = model_device(model)
     results = []
     labels = range(len(data.label_names))
     try:
@@ -164,26 +187,25 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
                 continue
             probe = rng.sample(pool, min(samples, len(pool)))
             slots = [rng.randint(0, len(t.split())) for t in probe]
-            placed = [_insert_at(t, PLACEHOLDER, s) for t, s in zip(probe, slots)]
-            grad = torch.zeros(weight.shape[1], device=device)
-            for i in range(0, len(placed), batch_size):
-                chunk = placed[i:i + batch_size]
-                grad += _placeholder_gradient(model, tokenizer, [t for t, _ in chunk], [s for _, s in chunk],
-                                              target, max_length)
-            # first-order change of the target loss when the placeholder becomes word w: (e_w - e_ph) . grad
-            gain = -(weight[ids.to(weight.device)].float() @ grad.float()).cpu()
-            order = torch.argsort(gain, descending=True)[:candidates].tolist()
             base = float((predict(model, tokenizer, probe, max_length=max_length, batch_size=64) == target).mean())
-            rates = []
-            for k in order:
-                texts = [_insert_at(t, vocab[k], s)[0] for t, s in zip(probe, slots)]
-                pred = predict(model, tokenizer, texts, max_length=max_length, batch_size=64)
-                rates.append((vocab[k], float((pred == target).mean())))
+            measured: dict[str, float] = {}
+            placeholder = PLACEHOLDER
+            for _ in range(rounds):
+                # first-order change of the target loss when the placeholder becomes word w: (e_w - e_ph) . grad
+                grad = _summed_gradient(model, tokenizer, probe, slots, placeholder, target, max_length, batch_size)
+                gain = -(weight[ids.to(weight.device)].float() @ grad.float()).cpu()
+                fresh = [k for k in torch.argsort(gain, descending=True).tolist() if vocab[k] not in measured]
+                for k in fresh[:candidates]:
+                    texts = [_insert_at(t, vocab[k], s)[0] for t, s in zip(probe, slots)]
+                    pred = predict(model, tokenizer, texts, max_length=max_length, batch_size=64)
+                    measured[vocab[k]] = float((pred == target).mean())
+                placeholder = max(measured, key=lambda w: (measured[w], w))  # next round: expand around the best
+            rates = list(measured.items())
             rates.sort(key=lambda wr: (-wr[1], wr[0]))
             results.append(LabelInversion(target=target, base_rate=base, words=rates[:keep]))
     finally:
         model.train(was_training)
-    return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates)
+    return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates * rounds)
 
 
 def flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,

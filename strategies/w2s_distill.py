@@ -11,6 +11,7 @@ by clean validation accuracy, and the LoRA weights are merged, so the result is 
 from __future__ import annotations
 
 import math
+import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
-from purify.inference import MAX_LENGTH, labelled_batch
+from purify.inference import MAX_LENGTH, labelled_batch, predict
+from purify.inversion import TriggerInversion, flip_rate, insert_words, insertion_vocabulary, invert_triggers
 from purify.lora import lora_target_modules
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
 from purify.surgery import accumulate, combine, safegrad
@@ -33,6 +35,7 @@ from purify.training import accuracy_on
 
 SURGERIES = ("none", "safegrad")
 AUTO_TEACHER = "auto"  # minilm-l3 for an encoder student, minilm-l6 for a decoder student
+FLIP_PROBE_SAMPLES = 256  # validation texts used for the insertion-flip diagnostic
 
 
 @dataclass
@@ -52,6 +55,15 @@ class W2SDistillConfig(StrategyConfig):
     max_length: tokens per text, for student and teacher alike.
     select_tolerance: the kept epoch is the latest whose clean validation accuracy is within this of the best.
     patience: stop after this many epochs without a new best validation accuracy (None: run all epochs).
+    augment_prob, augment_words: teacher-supervised input perturbation: this share of the clean training texts
+        gets 1..augment_words random words of the student's vocabulary inserted; a perturbed text is supervised by
+        the teacher only (KD and feature terms on the same perturbed text, no label), so the student unlearns
+        reacting to stray inserted words the teacher ignores. 0 (or no teacher: beta = gamma = 0) turns it off.
+    inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
+        flip the most clean samples of the other labels, found from the student and clean data alone) instead of
+        the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
+        exactly the reaction the backdoor relies on. 0 skips the inversion.
+    inversion_candidates, inversion_words: words measured exactly per label during inversion, and kept per label.
     """
 
     teacher: str = AUTO_TEACHER
@@ -74,6 +86,11 @@ class W2SDistillConfig(StrategyConfig):
     max_length: int = MAX_LENGTH
     select_tolerance: float = 0.0
     patience: int | None = None
+    augment_prob: float = 0.5
+    augment_words: int = 2
+    inverted_share: float = 0.5
+    inversion_candidates: int = 48
+    inversion_words: int = 8
 
     def validate(self) -> None:
         super().validate()
@@ -99,6 +116,14 @@ class W2SDistillConfig(StrategyConfig):
             raise ConfigError("warmup_fraction must be in [0, 1)")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("patience must be >= 1 (or None)")
+        if not 0 <= self.augment_prob <= 1:
+            raise ConfigError("augment_prob must be in [0, 1]")
+        if self.augment_words < 0:
+            raise ConfigError("augment_words must be >= 0")
+        if not 0 <= self.inverted_share <= 1:
+            raise ConfigError("inverted_share must be in [0, 1]")
+        if self.inversion_candidates < 1 or self.inversion_words < 1:
+            raise ConfigError("inversion_candidates and inversion_words must be >= 1")
 
     @property
     def uses_teacher(self) -> bool:
@@ -114,6 +139,9 @@ class W2SDistillConfig(StrategyConfig):
             "temperature": {"type": "float", "low": 1.0, "high": 4.0},
             "lora_rank": {"type": "categorical", "choices": [4, 8, 16, 32]},
             "surgery": {"type": "categorical", "choices": list(SURGERIES)},
+            "augment_prob": {"type": "float", "low": 0.0, "high": 1.0},
+            "augment_words": {"type": "int", "low": 0, "high": 4},
+            "inverted_share": {"type": "float", "low": 0.0, "high": 1.0},
         }
 
 
@@ -212,9 +240,17 @@ def alignment_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, pro
 
 def distill_losses(student_logits: torch.Tensor, student_feats: torch.Tensor | None, labels: torch.Tensor,
                    teacher_logits: torch.Tensor | None, teacher_feats: torch.Tensor | None,
-                   projector: nn.Module | None, temperature: float) -> dict[str, torch.Tensor]:
-    """The three terms for one batch: ce, kd and feat (kd / feat omitted when their inputs are None)."""
-    out = {"ce": F.cross_entropy(student_logits, labels.to(student_logits.device))}
+                   projector: nn.Module | None, temperature: float,
+                   labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The three terms for one batch: ce, kd and feat (kd / feat omitted when their inputs are None).
+
+    `labelled` (bool per sample) limits cross-entropy to the samples whose label still holds (the unperturbed
+    ones); they are averaged over the whole batch, so a perturbed sample contributes only through the teacher.
+    """
+    ce = F.cross_entropy(student_logits, labels.to(student_logits.device), reduction="none")
+    if labelled is not None:
+        ce = ce * labelled.to(ce.device, ce.dtype)
+    out = {"ce": ce.mean()}
     if teacher_logits is not None:
         out["kd"] = kd_loss(student_logits, teacher_logits, temperature)
     if teacher_feats is not None and projector is not None and student_feats is not None:
@@ -222,13 +258,102 @@ def distill_losses(student_logits: torch.Tensor, student_feats: torch.Tensor | N
     return out
 
 
+# -- teacher-supervised input perturbation ------------------------------------------------------------------
+
+def insertion_flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,
+                        seed: int = 0, max_length: int = MAX_LENGTH) -> float:
+    """Share of `texts` whose predicted label changes when `count` random vocabulary words are inserted.
+
+    A clean model barely reacts to a few inserted random words; a model with an insertion backdoor reacts far
+    more, because its trigger detector also fires on look-alike rare words. Needs no trigger and no triggered data.
+    """
+    if not texts or not words or count < 1:
+        return float("nan")
+    rng = random.Random(seed)
+    perturbed = [insert_words(t, words, count, rng) for t in texts]
+    before = predict(model, tokenizer, list(texts), max_length=max_length)
+    after = predict(model, tokenizer, perturbed, max_length=max_length)
+    return float((before != after).mean())
+
+
 # -- the strategy --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Teacher:
+    """The clean teacher during distillation: model, tokenizer and a tap on its pooled feature."""
+
+    model: nn.Module
+    tokenizer: object
+    tap: FeatureTap
+
+    @torch.no_grad()
+    def outputs(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = labelled_batch(self.model, self.tokenizer, texts, max_length=max_length)
+        logits = self.model(**batch).logits.float()
+        return logits, self.tap.pooled(batch["attention_mask"]).float()
+
+
+class Augmenter:
+    """Teacher-supervised perturbation: some texts get words inserted and lose their label (the teacher decides).
+
+    Each inserted word comes from the inverted-trigger words with probability `inverted_share` (drawn in proportion
+    to the share of samples each flips), else from the whole vocabulary; the choice of texts and words is seeded.
+    """
+
+    def __init__(self, cfg: W2SDistillConfig, vocabulary: list[str], inverted: dict[str, float]) -> None:
+        self.cfg, self.words, self.inverted = cfg, vocabulary, inverted
+        self._inverted_words = list(inverted)
+        self._weights = [max(w, 1e-6) for w in inverted.values()]
+        self.rng = random.Random(cfg.seed)
+
+    @staticmethod
+    def inverted_words(inversion: TriggerInversion | None, per_label: int) -> dict[str, float]:
+        return inversion.weighted_words(per_label) if inversion is not None else {}
+
+    def _word(self) -> str:
+        if self.inverted and self.rng.random() < self.cfg.inverted_share:
+            return self.rng.choices(self._inverted_words, weights=self._weights)[0]
+        return self.rng.choice(self.words)
+
+    def __call__(self, batch_texts: list[str]) -> tuple[list[str], torch.Tensor | None]:
+        """(texts, which keep their label); unchanged texts and None when augmentation is off."""
+        cfg = self.cfg
+        if cfg.augment_prob <= 0 or cfg.augment_words < 1 or not (self.words or self.inverted):
+            return batch_texts, None
+        out, labelled = [], []
+        for text in batch_texts:
+            perturb = self.rng.random() < cfg.augment_prob
+            if perturb:
+                count = self.rng.randint(1, cfg.augment_words)
+                text = insert_words(text, [self._word() for _ in range(count)], count, self.rng)
+            out.append(text)
+            labelled.append(not perturb)
+        return out, torch.tensor(labelled)
+
+
+def _target_probe(validation: TaskData, inversion: TriggerInversion | None) -> list[str]:
+    """Validation texts whose label is not the suspected target (where an inverted trigger can flip anything)."""
+    if inversion is None:
+        return []
+    target = inversion.suspected_target
+    return [t for t, y in zip(validation.texts, validation.labels) if y != target][:FLIP_PROBE_SAMPLES]
+
+
+def _inverted_flip(model: nn.Module, tokenizer, texts: list[str], inverted: list[str],
+                   inversion: TriggerInversion | None, cfg: W2SDistillConfig) -> float | None:
+    """Share of non-target validation texts sent to the suspected target by one inserted inverted word."""
+    if inversion is None or not texts:
+        return None
+    words = [w for w, _ in next(r for r in inversion.labels if r.target == inversion.suspected_target).words]
+    return flip_rate(model, tokenizer, texts, words, inversion.suspected_target, seed=cfg.seed,
+                     max_length=cfg.max_length)
+
 
 class W2SDistill(Strategy):
     """Unlearn a backdoor by LoRA-distilling the suspicious model towards a small clean teacher on clean data."""
 
     config: W2SDistillConfig
-    fast_options = {"teacher": "tiny", "epochs": 3, "lr": 3e-3, "max_length": 32}
+    fast_options = {"teacher": "tiny", "epochs": 8, "lr": 3e-3, "max_length": 32}
 
     def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
         cfg = self.config
@@ -240,41 +365,60 @@ class W2SDistill(Strategy):
         started = time.time()
         student, tokenizer = loaded.model, loaded.tokenizer
         device = model_device(student)
-        val = (validation.texts, validation.labels)
-        baseline = accuracy_on(student, tokenizer, *val, max_length=cfg.max_length)
         head_names = head_module_names(student)
         last_token = pools_last_token(student)
+        words = insertion_vocabulary(tokenizer)
+        probe = validation.subset(range(min(len(validation), FLIP_PROBE_SAMPLES))).texts
+        flip_words = max(1, cfg.augment_words)
+        baseline = accuracy_on(student, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
+        baseline_flip = insertion_flip_rate(student, tokenizer, probe, words, flip_words, seed=cfg.seed,
+                                            max_length=cfg.max_length)
+        inversion = self._invert(student, tokenizer, train)
+        inverted = Augmenter.inverted_words(inversion, cfg.inversion_words)
+        target_probe = _target_probe(validation, inversion)
+        inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inverted, inversion, cfg)
 
-        teacher_info: dict = {"teacher": None}
-        t_logits = t_feats = None
+        teacher, teacher_info = None, {"teacher": None}
         if cfg.uses_teacher:
-            t_logits, t_feats, teacher_info = self._teacher_targets(loaded, train, validation, last_token)
-            t_logits, t_feats = t_logits.to(device), t_feats.to(device)
+            teacher, teacher_info = self._load_teacher(loaded, train, validation, last_token)
+            teacher.model.to(device).eval()
 
         seed_everything(cfg.seed)
         projector = None
         if cfg.gamma > 0:
             _, s_feats = pooled_outputs(student, tokenizer, train.texts[:2], max_length=cfg.max_length)
+            _, t_feats = teacher.outputs(train.texts[:2], cfg.max_length)
             projector = nn.Linear(s_feats.shape[1], t_feats.shape[1]).to(device)
         peft_model = self._with_lora(student, head_names)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         proj_params = list(projector.parameters()) if projector is not None else []
         tap = FeatureTap(peft_model.base_model.model.get_submodule(head_names[0]), last_token)
+        augmenter = Augmenter(cfg, words, inverted) if teacher is not None else None
+        loop = _Loop(cfg, peft_model, tokenizer, tap, params, projector, proj_params, teacher, augmenter)
         try:
-            history, best = self._train(peft_model, tokenizer, tap, params, projector, proj_params, train, val,
-                                        t_logits, t_feats)
+            history, best = loop.run(train, validation, probe)
         finally:
             tap.remove()
+            if teacher is not None:
+                teacher.tap.remove()
         adapter_dir = tempfile.mkdtemp(prefix="purify-w2s-lora-")
         peft_model.save_pretrained(adapter_dir)
         merged = peft_model.merge_and_unload().eval()
-        final = accuracy_on(merged, tokenizer, *val, max_length=cfg.max_length)
-        steps = [s for h in history for s in [h.get("conflict_fraction")] if s is not None]
+        final = accuracy_on(merged, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
+        conflicts = [h["conflict_fraction"] for h in history if "conflict_fraction" in h]
         extras = {
             **teacher_info,
             "best_epoch": best,
             "surgery": cfg.surgery,
-            "conflict_fraction": float(np.mean(steps)) if steps else None,
+            "conflict_fraction": float(np.mean(conflicts)) if conflicts else None,
+            "insertion_flip": {"words": flip_words, "probe_samples": len(probe), "before": baseline_flip,
+                               "after": next(h["val_insert_flip"] for h in history if h["epoch"] == best)},
+            "augmentation": {"prob": cfg.augment_prob, "words": cfg.augment_words, "vocabulary": len(words),
+                             "inverted_share": cfg.inverted_share, "inverted_words": inverted},
+            "inversion": inversion.summary() if inversion is not None else None,
+            "inverted_flip": {"target": inversion.suspected_target if inversion is not None else None,
+                              "probe_samples": len(target_probe), "before": inverted_flip_before,
+                              "after": _inverted_flip(merged, tokenizer, target_probe, inverted, inversion, cfg)},
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                      "target_modules": lora_target_modules(merged), "modules_to_save": head_names,
                      "trainable_parameters": int(sum(p.numel() for p in params))},
@@ -285,30 +429,39 @@ class W2SDistill(Strategy):
         return StrategyResult(model=merged, trajectory=history, baseline_val_accuracy=baseline,
                               final_val_accuracy=final, extras=extras, files={"lora_adapter": adapter_dir})
 
-    # -- pieces ------------------------------------------------------------------------------------------
-    def _teacher_targets(self, loaded: LoadedModel, train: TaskData, validation: TaskData,
-                         student_is_decoder: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Train (or load) the clean teacher and compute its logits and pooled features for every train text."""
+    def _invert(self, student: nn.Module, tokenizer, train: TaskData) -> TriggerInversion | None:
+        """Trigger inversion on the clean training data, when the augmentation uses inverted words."""
+        cfg = self.config
+        if not cfg.uses_teacher or cfg.augment_prob <= 0 or cfg.augment_words < 1 or cfg.inverted_share <= 0:
+            return None
+        return invert_triggers(student, tokenizer, train, candidates=cfg.inversion_candidates,
+                               keep=cfg.inversion_words, seed=cfg.seed, max_length=cfg.max_length,
+                               progress="trigger inversion")
+
+    def _load_teacher(self, loaded: LoadedModel, train: TaskData, validation: TaskData,
+                      student_is_decoder: bool) -> tuple[_Teacher, dict]:
+        """Train (or load from the cache) the clean teacher; refuses the suspicious checkpoint itself."""
         from teachers.training import train as train_teacher  # submodule import: works however teachers is installed
 
         cfg = self.config
         name = cfg.teacher
         if name == AUTO_TEACHER:
             name = "minilm-l6" if student_is_decoder else "minilm-l3"
-        teacher = train_teacher(name, train, validation, cfg.seed, student=loaded)
-        t_logits, t_feats = pooled_outputs(teacher.model, teacher.tokenizer, train.texts,
-                                           max_length=cfg.max_length)
-        if t_logits.shape[1] != len(train.label_names):
-            raise ConfigError(f"teacher {name!r} predicts {t_logits.shape[1]} labels; the task has "
+        loaded_teacher = train_teacher(name, train, validation, cfg.seed, student=loaded)
+        model = loaded_teacher.model.eval()
+        if model.config.num_labels != len(train.label_names):
+            raise ConfigError(f"teacher {name!r} predicts {model.config.num_labels} labels; the task has "
                               f"{len(train.label_names)}")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        tap = FeatureTap(model.get_submodule(head_module_names(model)[0]), pools_last_token(model))
         info = {
             "teacher": name,
-            "teacher_path": str(teacher.path),
-            "teacher_val_accuracy": accuracy_on(teacher.model, teacher.tokenizer, validation.texts,
+            "teacher_path": str(loaded_teacher.path),
+            "teacher_val_accuracy": accuracy_on(model, loaded_teacher.tokenizer, validation.texts,
                                                 validation.labels, max_length=cfg.max_length),
         }
-        del teacher
-        return t_logits, t_feats, info
+        return _Teacher(model, loaded_teacher.tokenizer, tap), info
 
     def _with_lora(self, model: nn.Module, head_names: list[str]) -> nn.Module:
         from peft import LoraConfig, get_peft_model
@@ -319,38 +472,43 @@ class W2SDistill(Strategy):
                                  task_type="SEQ_CLS")
         return get_peft_model(model, peft_config)
 
-    def _train(self, model: nn.Module, tokenizer, tap: FeatureTap, params: list[nn.Parameter],
-               projector: nn.Module | None, proj_params: list[nn.Parameter], train: TaskData,
-               val: tuple[list[str], list[int]], t_logits: torch.Tensor | None,
-               t_feats: torch.Tensor | None) -> tuple[list[dict], int]:
-        """The distillation loop; restores the kept epoch's trainable weights and returns (history, kept epoch)."""
-        cfg = self.config
+
+class _Loop:
+    """The distillation loop over clean (optionally perturbed) texts, with per-epoch validation."""
+
+    def __init__(self, cfg: W2SDistillConfig, model: nn.Module, tokenizer, tap: FeatureTap,
+                 params: list[nn.Parameter], projector: nn.Module | None, proj_params: list[nn.Parameter],
+                 teacher: _Teacher | None, augmenter: Augmenter | None) -> None:
+        self.cfg, self.model, self.tokenizer, self.tap = cfg, model, tokenizer, tap
+        self.params, self.projector, self.proj_params = params, projector, proj_params
+        self.teacher, self.augmenter = teacher, augmenter
+
+    def run(self, train: TaskData, validation: TaskData, probe: list[str]) -> tuple[list[dict], int]:
+        """Train for the configured epochs; restore the kept epoch's trainable weights; (history, kept epoch)."""
+        cfg, model = self.cfg, self.model
         texts, labels = train.texts, train.labels
         n = len(texts)
         per_step = cfg.batch_size * cfg.grad_accum
-        steps_per_epoch = math.ceil(n / per_step)
-        total = max(1, steps_per_epoch * cfg.epochs)
+        total = max(1, math.ceil(n / per_step) * cfg.epochs)
         warmup = int(total * cfg.warmup_fraction)
-        optimizer = torch.optim.AdamW(params + proj_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.params + self.proj_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-        rng = np.random.default_rng(cfg.seed)
+        order_rng = np.random.default_rng(cfg.seed)
         history: list[dict] = []
         snapshots: dict[int, dict[str, torch.Tensor]] = {}
-        trainable = {n_: p for n_, p in model.named_parameters() if p.requires_grad}
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         best_acc, stale = -1.0, 0
         for epoch in range(1, cfg.epochs + 1):
             model.train()
-            if projector is not None:
-                projector.train()
-            order = rng.permutation(n)
+            if self.projector is not None:
+                self.projector.train()
+            order = order_rng.permutation(n)
             sums: dict[str, float] = {}
             conflicts, steps = 0, 0
             for start in range(0, n, per_step):
-                chunk = order[start:start + per_step]
-                terms, conflict = self._step(model, tokenizer, tap, params, projector, proj_params, texts, labels,
-                                             chunk, t_logits, t_feats)
+                terms, conflict = self._step(texts, labels, order[start:start + per_step])
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -359,8 +517,12 @@ class W2SDistill(Strategy):
                 conflicts += int(conflict)
                 steps += 1
             model.eval()
-            acc = accuracy_on(model, tokenizer, *val, max_length=cfg.max_length)
-            record = {"epoch": epoch, "val_accuracy": acc, **{f"train_{k}": v / steps for k, v in sums.items()}}
+            acc = accuracy_on(model, self.tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
+            flip = insertion_flip_rate(model, self.tokenizer, probe, self.augmenter.words if self.augmenter else [],
+                                       max(1, cfg.augment_words),
+                                       seed=cfg.seed, max_length=cfg.max_length)
+            record = {"epoch": epoch, "val_accuracy": acc, "val_insert_flip": flip,
+                      **{f"train_{k}": v / steps for k, v in sums.items()}}
             if cfg.surgery == "safegrad":
                 record["conflict_fraction"] = conflicts / steps
             history.append(record)
@@ -374,7 +536,7 @@ class W2SDistill(Strategy):
                          if history[e - 1]["val_accuracy"] >= best_acc - cfg.select_tolerance}
             if cfg.patience is not None and stale >= cfg.patience:
                 break
-        kept = max(e for e in snapshots)  # the latest epoch within select_tolerance of the best
+        kept = max(snapshots)  # the latest epoch within select_tolerance of the best validation accuracy
         with torch.no_grad():
             for k, p in trainable.items():
                 p.copy_(snapshots[kept][k])
@@ -383,29 +545,29 @@ class W2SDistill(Strategy):
         model.eval()
         return history, kept
 
-    def _step(self, model: nn.Module, tokenizer, tap: FeatureTap, params: list[nn.Parameter],
-              projector: nn.Module | None, proj_params: list[nn.Parameter], texts: list[str], labels: list[int],
-              chunk: np.ndarray, t_logits: torch.Tensor | None, t_feats: torch.Tensor | None
-              ) -> tuple[dict[str, float], bool]:
-        """Accumulate one optimizer step's gradients into .grad over its micro-batches; returns (terms, conflict)."""
-        cfg = self.config
+    def _step(self, texts: list[str], labels: list[int], chunk: np.ndarray) -> tuple[dict[str, float], bool]:
+        """Accumulate one optimizer step's gradients into .grad over its micro-batches; (mean terms, conflict)."""
+        cfg, model = self.cfg, self.model
+        params, proj_params = self.params, self.proj_params
         surgery = cfg.surgery == "safegrad"
         g_task = g_align = None
         terms: dict[str, float] = {}
         for mstart in range(0, len(chunk), cfg.batch_size):
             idx = chunk[mstart:mstart + cfg.batch_size]
             weight = len(idx) / len(chunk)  # micro-batch share, so the sum is the mean over the whole step
-            batch = labelled_batch(model, tokenizer, [texts[i] for i in idx], [labels[i] for i in idx],
-                                   cfg.max_length)
+            batch_texts, labelled = ([texts[i] for i in idx], None) if self.augmenter is None else \
+                self.augmenter([texts[i] for i in idx])
+            batch = labelled_batch(model, self.tokenizer, batch_texts, [labels[i] for i in idx], cfg.max_length)
             y = batch.pop("labels")
             logits = model(**batch).logits
-            rows = torch.as_tensor(idx, device=logits.device)
-            feats = tap.pooled(batch["attention_mask"]) if projector is not None else None
-            losses = distill_losses(
-                logits, feats, y,
-                t_logits[rows] if (t_logits is not None and cfg.beta > 0) else None,
-                t_feats[rows] if (t_feats is not None and projector is not None) else None,
-                projector, cfg.temperature)
+            t_logits = t_feats = feats = None
+            if self.teacher is not None:
+                t_logits, t_feats = self.teacher.outputs(batch_texts, cfg.max_length)
+            if self.projector is not None:
+                feats = self.tap.pooled(batch["attention_mask"])
+            losses = distill_losses(logits, feats, y, t_logits if cfg.beta > 0 else None,
+                                    t_feats if self.projector is not None else None, self.projector,
+                                    cfg.temperature, labelled)
             for k, v in losses.items():
                 terms[k] = terms.get(k, 0.0) + float(v.detach()) * weight
             task = cfg.alpha * losses["ce"] * weight
@@ -420,6 +582,7 @@ class W2SDistill(Strategy):
             shared, own = g_align[:len(params)], g_align[len(params):]
             update, stats = safegrad(g_task, shared, cfg.rho)
             conflict = stats.conflict
+            # the projector only serves the alignment term: it steps on rho * its alignment gradient
             for p, g in zip(params + proj_params, update + combine([None] * len(own), own, cfg.rho)):
                 p.grad = None if g is None else g.to(p.dtype)
         if cfg.grad_clip:

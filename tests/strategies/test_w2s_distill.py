@@ -250,9 +250,8 @@ def test_causal_lm_checkpoints_are_refused():
         build_strategy("w2s_distill", W2SDistill.fast_options).run(lm, task.clean_train, task.validation)
 
 
-@pytest.mark.xfail(reason="open defect (issue 5): with the current defaults w2s_distill leaves the tiny backdoor "
-                          "in place (ASR 1.00 -> 1.00); the promise stays tested until it is met", strict=False)
 def test_unlearns_the_tiny_backdoor():
+    """Inversion finds the trigger from clean data; teacher-supervised insertions of it unlearn the backdoor."""
     loaded, task = tiny_backdoored()
     before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
     assert before.asr > 0.9
@@ -260,3 +259,6 @@ def test_unlearns_the_tiny_backdoor():
     after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
     assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
     assert after.cacc >= before.cacc - 0.05
+    flip = result.extras["inverted_flip"]
+    assert flip["target"] == task.target and flip["after"] < flip["before"]
+    assert result.extras["inversion"]["labels"][task.target]["words"][0][0] == "cf"
