@@ -185,6 +185,20 @@ def prune_by_scores(
     return EngineResult(mask=mask, baseline_accuracy=baseline, final_accuracy=current, trajectory=trajectory)
 
 
+def order_to_scores(order: Sequence[tuple[int, int]], shape: tuple[int, int],
+                    rest: torch.Tensor | None = None) -> torch.Tensor:
+    """Engine scores (low = prune first) that follow `order`: its k-th head scores k / N.
+
+    Heads missing from `order` score 1 + `rest` (a tensor of `shape` in [0, 1]; 0 when None), so they come after
+    every ordered head, ranked among themselves by `rest`.
+    """
+    n = shape[0] * shape[1]
+    scores = torch.ones(shape) if rest is None else 1.0 + rest.float()
+    for rank, (layer, head) in enumerate(order):
+        scores[layer, head] = rank / n
+    return scores
+
+
 def batches_for(model, tokenizer, data: TaskData, batch_size: int, max_length: int = MAX_LENGTH) -> list[dict]:
     """Labelled, tokenized batches of `data` on the model's device (in order)."""
     return [labelled_batch(model, tokenizer, data.texts[i:i + batch_size], data.labels[i:i + batch_size], max_length)

@@ -37,7 +37,7 @@ from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.progress import track
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
 from purify.registry import register_strategy
 
 #: names of the guide's parameters in pyro's parameter store
@@ -199,11 +199,7 @@ def posterior_order(inclusion: torch.Tensor, uncertainty: torch.Tensor) -> list[
 
 def order_scores(order: list[tuple[int, int]], shape: tuple[int, int]) -> torch.Tensor:
     """Scores in [0, 1) that follow `order` (the k-th head scores k / N), so low = prune first."""
-    scores = torch.zeros(shape)
-    n = shape[0] * shape[1]
-    for rank, (layer, head) in enumerate(order):
-        scores[layer, head] = rank / n
-    return scores
+    return order_to_scores(order, shape)
 
 
 class BayesPrune(PruningStrategy):

@@ -40,7 +40,7 @@ from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.progress import enabled as progress_enabled
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
 from purify.registry import StrategyResult, register_strategy
 
 #: per-head signals in the observation, in this order (each scaled to [0, 1])
@@ -400,12 +400,7 @@ def rollout(model: MaskablePPO, env: HeadPruningEnv, seed: int) -> tuple[list[tu
 
 def rollout_scores(order: list[tuple[int, int]], fallback: torch.Tensor) -> torch.Tensor:
     """Scores (low = prune first): the k-th head of the rollout gets k / N; the rest 1 + `fallback` (in [0, 1])."""
-    num_layers, num_heads = fallback.shape
-    n = num_layers * num_heads
-    scores = 1.0 + _unit(fallback)
-    for rank, (layer, head) in enumerate(order):
-        scores[layer, head] = rank / n
-    return scores
+    return order_to_scores(order, tuple(fallback.shape), _unit(fallback))
 
 
 class RLPrune(PruningStrategy):
