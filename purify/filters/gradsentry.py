@@ -23,8 +23,9 @@ from .base import DataFilter, FilterConfig, register_filter
 from .per_sample import PerSampleGradients, gaussian_sketch, iter_gradients, resolve_matrix, sample_objective
 from .thresholds import ThresholdDecision, gmm_threshold, kde_valley_threshold, mean_std_threshold
 
-#: the default target matrix per architecture family, as "L<layer>.<module>" (chosen by measurement, see
-#: DEFAULT_TARGET_EVIDENCE); families map model types with the same module names
+#: the default target matrix per architecture family, as "L<layer>.<module>": the feed-forward output of the
+#: second-to-last layer. A design choice, not yet a measured one: benchmarks/filters.md holds what it gives on the
+#: zoo, and a per-matrix comparison is still open (issue 6). Families map model types with the same module names.
 DEFAULT_TARGETS: dict[str, str] = {
     "bert": "L-2.output.dense",
     "distilbert": "L-2.ffn.lin2",
@@ -36,7 +37,6 @@ _FAMILIES = {
     "bert": "bert", "roberta": "bert", "electra": "bert", "xlm-roberta": "bert", "camembert": "bert",
     "distilbert": "distilbert", "gpt2": "gpt2", "opt": "opt",
 }
-DEFAULT_TARGET_EVIDENCE = "see the filters section of the design notes"
 
 
 def architecture_family(model: torch.nn.Module) -> str:

@@ -44,7 +44,8 @@ from .thresholds import ThresholdDecision, gmm_threshold, kde_valley_threshold, 
 
 OBJECTIVES = ("trusted_loss", "safety")
 
-#: default parameter subsets per architecture family (chosen by measurement); "L-1" is the whole last layer
+#: default parameter subsets per architecture family (a design choice, not yet compared by measurement: see
+#: benchmarks/filters.md); "L-1" is the whole last layer
 DEFAULT_PARAMETERS: dict[str, list[str]] = {
     "bert": ["L-1"],
     "distilbert": ["L-1"],
