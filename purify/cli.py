@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ConfigError, PurifyError
 
-SUBCOMMANDS = ("run", "ls", "verify", "eval", "filter", "zoo", "demo", "report", "bench", "tune")
+SUBCOMMANDS = ("run", "ls", "verify", "eval", "invert", "filter", "zoo", "demo", "report", "bench", "tune")
 
 
 def _parse_sets(pairs: list[str] | None, config_file: str | None = None) -> dict:
@@ -83,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="reload an export with vanilla transformers and check its logits")
     p.add_argument("dir", help="a folder written by purify")
     p.add_argument("--atol", type=float, default=1e-4)
+
+    p = sub.add_parser(
+        "invert", help="search the single inserted words that flip samples to one label (trigger inversion)",
+        description="Trigger inversion from the model and task data alone: for every label, rank the whole-word "
+                    "vocabulary by the gradient of that label's loss at an inserted placeholder (HotFlip), then "
+                    "insert the best candidates for real and measure how many samples of the other labels they "
+                    "flip. An insertion backdoor shows as words flipping nearly all samples to one label; a clean "
+                    "model's best words are ordinary label words that flip far fewer.")
+    p.add_argument("model_dir")
+    p.add_argument("--data", required=True, help="task data (.jsonl, .csv or .tsv with text and label)")
+    p.add_argument("--samples", type=int, default=64, help="probe samples per label (default 64)")
+    p.add_argument("--candidates", type=int, default=32, help="words measured per label and round (default 32)")
+    p.add_argument("--rounds", type=int, default=2, help="ranking rounds (default 2)")
+    p.add_argument("--show", type=int, default=8, help="words shown per label (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickle checkpoint (weights only)")
+    p.add_argument("--out", help="write the result as JSON here")
 
     p = sub.add_parser("eval", help="CACC and ASR of a model on a clean and a triggered file")
     p.add_argument("model_dir")
@@ -315,6 +332,25 @@ def cmd_verify(args) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_invert(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_task_data
+    from .inversion import invert_triggers
+
+    loaded = load_checkpoint(args.model_dir, allow_pickle=args.allow_pickle)
+    data = load_task_data(args.data, label_names=_model_label_names(args.model_dir))
+    inversion = invert_triggers(loaded.model, loaded.tokenizer, data, samples=args.samples,
+                                candidates=args.candidates, rounds=args.rounds, keep=args.show, seed=args.seed,
+                                progress="trigger inversion")
+    for r in inversion.labels:
+        words = ", ".join(f"{w} {100 * rate:.0f}%" for w, rate in r.words)
+        print(f"label {data.label_names[r.target]} (base rate {100 * r.base_rate:.0f}%): {words}")
+    print(f"suspected target: {data.label_names[inversion.suspected_target]}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(inversion.summary(args.show), indent=2) + "\n")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_task_data
@@ -397,8 +433,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "zoo": cmd_zoo,
-            "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench, "tune": cmd_tune}
+COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "invert": cmd_invert,
+            "zoo": cmd_zoo, "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,3 +59,24 @@ def test_refuses_empty_data():
     loaded, task = tiny_backdoored()
     with pytest.raises(DataError):
         invert_triggers(loaded.model, loaded.tokenizer, TaskData([], task.clean_train.label_names))
+
+
+def test_invert_command_names_the_trigger(tmp_path, capsys):
+    import json
+
+    from purify.cli import main
+    from purify.data import write_jsonl
+
+    loaded, task = tiny_backdoored()
+    model_dir = tmp_path / "model"
+    loaded.model.save_pretrained(str(model_dir))
+    loaded.tokenizer.save_pretrained(str(model_dir))
+    data = tmp_path / "task.jsonl"
+    write_jsonl(data, task.clean_train.samples)
+    out = tmp_path / "inversion.json"
+    assert main(["invert", str(model_dir), "--data", str(data), "--show", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "suspected target: 1" in printed or f"suspected target: {task.clean_train.label_names[TARGET]}" in printed
+    summary = json.loads(out.read_text())
+    assert summary["suspected_target"] == TARGET
+    assert summary["labels"][TARGET]["words"][0][0] == TRIGGER
