@@ -128,7 +128,7 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
 def test_cli_tune(tiny_files, capsys):
     out = tiny_files / "cli"
     args = ["tune", str(tiny_files / "model"), "--data", str(tiny_files / "data.jsonl"), "--out", str(out),
-            "--filter", "none", "--set", "val_samples=64", "--set", "score_samples=64", "--trials", "2",
+            "--strategy", "gradient_prune", "--filter", "none", "--set", "val_samples=64", "--set", "score_samples=64", "--trials", "2",
             "--tolerance", "5", "--canary", "sentence", "--canary-max-drop", "10"]
     # a canary that cannot be planted: one line, status 2, nothing left at --out
     assert main(args + ["--canary-lr", "1e-7", "--canary-epochs", "1"]) == 2
