@@ -14,6 +14,7 @@ import math
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -470,7 +471,9 @@ class W2SDistill(Strategy):
         peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                  target_modules=lora_target_modules(model), modules_to_save=list(head_names),
                                  task_type="SEQ_CLS")
-        return get_peft_model(model, peft_config)
+        with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, peft_config)
 
 
 class _Loop:
