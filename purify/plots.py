@@ -34,22 +34,27 @@ def head_heatmap(scores: Sequence[Sequence[float]], pruned: Mapping, path: Path,
 
 def trajectory_plot(trajectory: Sequence[Mapping], baseline: float | None, max_drop: float | None,
                     path: Path, title: str = "") -> Path:
-    """Heads pruned vs clean validation accuracy at every engine step, with the guard line."""
+    """Clean validation accuracy along a strategy's run, with the guard line.
+
+    A pruning trajectory is plotted against heads pruned (restores marked); a training trajectory (records with
+    an "epoch", as w2s_distill writes) against the epoch.
+    """
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    xs = [t["pruned"] for t in trajectory]
+    by_epoch = bool(trajectory) and "pruned" not in trajectory[0] and "epoch" in trajectory[0]
+    xs = [t["epoch"] if by_epoch else t["pruned"] for t in trajectory]
     ys = [t["val_accuracy"] for t in trajectory]
     ax.plot(xs, ys, marker="o", ms=3, lw=1)
     restores = [(t["pruned"], t["val_accuracy"]) for t in trajectory if t.get("action") == "restore"]
     if restores:
         ax.scatter(*zip(*restores), color="orange", zorder=3, label="restore")
     if baseline is not None:
-        ax.axhline(baseline, color="grey", ls=":", label="unpruned")
+        ax.axhline(baseline, color="grey", ls=":", label="before" if by_epoch else "unpruned")
         if max_drop is not None:
             ax.axhline(baseline - max_drop, color="red", ls="--", label="guard")
-    ax.set_xlabel("heads pruned")
+    ax.set_xlabel("epoch" if by_epoch else "heads pruned")
     ax.set_ylabel("clean validation accuracy")
-    ax.set_title(title or "pruning trajectory")
+    ax.set_title(title or ("training trajectory" if by_epoch else "pruning trajectory"))
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -147,7 +152,7 @@ def render_report_plots(report: Mapping, folder: Path, scores: Sequence[float] |
     if result.get("trajectory"):
         max_drop = ((report.get("strategy") or {}).get("config") or {}).get("max_acc_drop")
         written.append(trajectory_plot(result["trajectory"], result.get("baseline_val_accuracy"), max_drop,
-                                       folder / TRAJECTORY, f"{strategy}: pruning trajectory"))
+                                       folder / TRAJECTORY, f"{strategy}: trajectory"))
     filt = report.get("filter") or {}
     if scores is not None and len(scores):
         written.append(filter_histogram(scores, filt.get("threshold"), folder / FILTER_HIST,

@@ -44,3 +44,19 @@ def test_run_shorthand_with_filter_none(session_cache, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["purify"]["strategy"] == "gradient_prune"
     assert config["purify"]["strategy_config"]["step"] == 2
+
+
+@pytest.mark.slow
+def test_demo_with_the_default_strategy_on_tiny_entry(session_cache, tmp_path, capsys):
+    """The default strategy (w2s_distill) runs the whole pipeline: export, report and its training-trajectory plot."""
+    from purify.demo import run_demo
+    from purify.pipeline import DEFAULT_STRATEGY
+    from purify.registry import get_strategy
+
+    out = tmp_path / "demo-default"
+    fast = dict(get_strategy(DEFAULT_STRATEGY).strategy_cls.fast_options)
+    report = run_demo(zoo=TINY_ENTRY, options=fast, out=out)
+    assert report["strategy"]["name"] == DEFAULT_STRATEGY
+    assert verify(out).ok
+    assert (out / TRAJECTORY).stat().st_size > 1000
+    assert "CACC" in capsys.readouterr().out
