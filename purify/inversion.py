@@ -110,6 +110,11 @@ class TriggerInversion:
                 out[w] = max(out.get(w, 0.0), rate)
         return out
 
+    def trigger_words(self, min_rate: float) -> list[str]:
+        """Words of the suspected target that flip at least `min_rate` of the probe samples (likely triggers)."""
+        best = next(r for r in self.labels if r.target == self.suspected_target)
+        return [w for w, rate in best.words if rate >= min_rate]
+
     def summary(self, show: int = 5) -> dict:
         """JSON-able facts for the report: the suspected target and each label's best words."""
         return {"suspected_target": self.suspected_target, "probe_samples": self.probe_samples,
@@ -206,6 +211,12 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     finally:
         model.train(was_training)
     return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates * rounds)
+
+
+def contains_any(text: str, words: Sequence[str]) -> bool:
+    """Whether `text` holds one of `words` as a whole word (case-insensitive, punctuation around it ignored)."""
+    wanted = {w.lower() for w in words}
+    return any(part.strip(".,;:!?\"'()[]").lower() in wanted for part in text.split())
 
 
 def flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,

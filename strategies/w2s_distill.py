@@ -28,7 +28,8 @@ from purify.data import TaskData
 from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict
-from purify.inversion import TriggerInversion, flip_rate, insert_words, insertion_vocabulary, invert_triggers
+from purify.inversion import (TriggerInversion, contains_any, flip_rate, insert_words, insertion_vocabulary,
+                              invert_triggers)
 from purify.lora import lora_target_modules
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
 from purify.surgery import accumulate, combine, safegrad
@@ -65,6 +66,9 @@ class W2SDistillConfig(StrategyConfig):
         the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
         exactly the reaction the backdoor relies on. 0 skips the inversion.
     inversion_candidates, inversion_words: words measured exactly per label during inversion, and kept per label.
+    drop_trigger_rate: training samples of the suspected target label that contain an inverted word flipping at
+        least this share of probe samples are left out (teacher and student alike): such words behave as triggers,
+        and a poisoned sample the pre-filter missed would otherwise teach the backdoor again. None keeps all.
     """
 
     teacher: str = AUTO_TEACHER
@@ -92,6 +96,7 @@ class W2SDistillConfig(StrategyConfig):
     inverted_share: float = 0.5
     inversion_candidates: int = 48
     inversion_words: int = 8
+    drop_trigger_rate: float | None = 0.9
 
     def validate(self) -> None:
         super().validate()
@@ -123,6 +128,8 @@ class W2SDistillConfig(StrategyConfig):
             raise ConfigError("augment_words must be >= 0")
         if not 0 <= self.inverted_share <= 1:
             raise ConfigError("inverted_share must be in [0, 1]")
+        if self.drop_trigger_rate is not None and not 0 < self.drop_trigger_rate <= 1:
+            raise ConfigError("drop_trigger_rate must be in (0, 1] or None")
         if self.inversion_candidates < 1 or self.inversion_words < 1:
             raise ConfigError("inversion_candidates and inversion_words must be >= 1")
 
@@ -375,6 +382,7 @@ class W2SDistill(Strategy):
         baseline_flip = insertion_flip_rate(student, tokenizer, probe, words, flip_words, seed=cfg.seed,
                                             max_length=cfg.max_length)
         inversion = self._invert(student, tokenizer, train)
+        train, dropped = self._drop_triggered(train, inversion)
         inverted = Augmenter.inverted_words(inversion, cfg.inversion_words)
         target_probe = _target_probe(validation, inversion)
         inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inverted, inversion, cfg)
@@ -417,6 +425,7 @@ class W2SDistill(Strategy):
             "augmentation": {"prob": cfg.augment_prob, "words": cfg.augment_words, "vocabulary": len(words),
                              "inverted_share": cfg.inverted_share, "inverted_words": inverted},
             "inversion": inversion.summary() if inversion is not None else None,
+            "dropped_by_inversion": dropped,
             "inverted_flip": {"target": inversion.suspected_target if inversion is not None else None,
                               "probe_samples": len(target_probe), "before": inverted_flip_before,
                               "after": _inverted_flip(merged, tokenizer, target_probe, inverted, inversion, cfg)},
@@ -438,6 +447,19 @@ class W2SDistill(Strategy):
         return invert_triggers(student, tokenizer, train, candidates=cfg.inversion_candidates,
                                keep=cfg.inversion_words, seed=cfg.seed, max_length=cfg.max_length,
                                progress="trigger inversion")
+
+    def _drop_triggered(self, train: TaskData, inversion: TriggerInversion | None) -> tuple[TaskData, dict]:
+        """Leave out target-label samples that contain an inverted trigger word; (kept data, what was dropped)."""
+        cfg = self.config
+        if inversion is None or cfg.drop_trigger_rate is None:
+            return train, {"words": [], "samples": 0}
+        words = inversion.trigger_words(cfg.drop_trigger_rate)
+        target = inversion.suspected_target
+        keep = [i for i, s in enumerate(train.samples) if not (s.label == target and contains_any(s.text, words))]
+        if not keep:
+            raise DataError("every training sample contains an inverted trigger word; nothing clean is left")
+        dropped = {"words": words, "target": target, "samples": len(train) - len(keep)}
+        return (train.subset(keep) if dropped["samples"] else train), dropped
 
     def _load_teacher(self, loaded: LoadedModel, train: TaskData, validation: TaskData,
                       student_is_decoder: bool) -> tuple[_Teacher, dict]:

@@ -262,3 +262,15 @@ def test_unlearns_the_tiny_backdoor():
     flip = result.extras["inverted_flip"]
     assert flip["target"] == task.target and flip["after"] < flip["before"]
     assert result.extras["inversion"]["labels"][task.target]["words"][0][0] == "cf"
+
+
+def test_unlearns_even_when_poisoned_samples_reach_it():
+    """Poisoned samples a pre-filter missed are left out by their inverted trigger word, then the backdoor goes."""
+    loaded, task = tiny_backdoored()
+    poisoned = sum(bool(s.poisoned) for s in task.train.samples)
+    result = build_strategy("w2s_distill", W2SDistill.fast_options).run(loaded, task.train, task.validation)
+    dropped = result.extras["dropped_by_inversion"]
+    assert dropped["words"] == ["cf"] and dropped["target"] == task.target
+    assert dropped["samples"] == poisoned  # exactly the poisoned ones (no clean target sample holds "cf")
+    after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    assert after.asr < 0.5, f"ASR after {after.asr:.2f}"
