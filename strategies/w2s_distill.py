@@ -332,8 +332,8 @@ class Augmenter:
         for text in batch_texts:
             perturb = self.rng.random() < cfg.augment_prob
             if perturb:
-                count = self.rng.randint(1, cfg.augment_words)
-                text = insert_words(text, [self._word() for _ in range(count)], count, self.rng)
+                for _ in range(self.rng.randint(1, cfg.augment_words)):
+                    text = insert_words(text, [self._word()], 1, self.rng)
             out.append(text)
             labelled.append(not perturb)
         return out, torch.tensor(labelled)
