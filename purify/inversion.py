@@ -166,7 +166,7 @@ def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: S
 
 
 def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
-                    rounds: int = 2, keep: int = 8, seed: int = 0, max_length: int = 64, batch_size: int = 32,
+                    rounds: int = 2, keep: int = 8, keep_above: float = 0.9, seed: int = 0, max_length: int = 64, batch_size: int = 32,
                     progress: str | None = None) -> TriggerInversion:
     """Search, for every label, the single inserted words that flip the most clean samples of other labels to it.
 
@@ -174,7 +174,7 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     candidates: words measured exactly per label and round, chosen by the first-order (gradient) ranking.
     rounds: ranking rounds; the first ranks around a neutral placeholder word, each later one around the best word
         found so far (a trigger's look-alikes sit near it), so a backdoor shows more of its trigger family.
-    keep: best words kept per label in the result.
+    keep: best words kept per label in the result; words flipping at least `keep_above` are kept beyond that.
     """
     if len(data) == 0:
         raise DataError("trigger inversion needs clean samples")
@@ -207,7 +207,8 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
                 placeholder = max(measured, key=lambda w: (measured[w], w))  # next round: expand around the best
             rates = list(measured.items())
             rates.sort(key=lambda wr: (-wr[1], wr[0]))
-            results.append(LabelInversion(target=target, base_rate=base, words=rates[:keep]))
+            kept = rates[:keep] + [wr for wr in rates[keep:] if wr[1] >= keep_above]
+            results.append(LabelInversion(target=target, base_rate=base, words=kept))
     finally:
         model.train(was_training)
     return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates * rounds)

@@ -211,6 +211,25 @@ def pools_last_token(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def is_decoder_classifier(model: nn.Module, tokenizer) -> bool:
+    """Whether the classifier scores every token and pools the last one (decoder LMs), found by one probe forward.
+
+    A BERT head is also a plain linear layer, but it reads an already pooled (batch, dim) vector.
+    """
+    if not pools_last_token(model):
+        return False
+    tap = FeatureTap(model.get_submodule(head_module_names(model)[0]), True)
+    was_training = model.training
+    model.eval()
+    try:
+        model(**labelled_batch(model, tokenizer, ["a short probe"], max_length=8))
+        return tap.value is not None and tap.value.dim() == 3
+    finally:
+        tap.remove()
+        model.train(was_training)
+
+
+@torch.no_grad()
 def pooled_outputs(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
                    max_length: int = MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (n, labels), pooled features (n, dim)) of a classifier over `texts`, in eval mode, on its device."""
@@ -376,20 +395,23 @@ class W2SDistill(Strategy):
         head_names = head_module_names(student)
         last_token = pools_last_token(student)
         words = insertion_vocabulary(tokenizer)
+        inversion = self._invert(student, tokenizer, train)
+        train, dropped = self._drop_triggered(train, inversion)
+        validation, dropped_val = self._drop_triggered(validation, inversion)  # else it rewards the backdoor
+        dropped["validation_samples"] = dropped_val["samples"]
         probe = validation.subset(range(min(len(validation), FLIP_PROBE_SAMPLES))).texts
         flip_words = max(1, cfg.augment_words)
         baseline = accuracy_on(student, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
         baseline_flip = insertion_flip_rate(student, tokenizer, probe, words, flip_words, seed=cfg.seed,
                                             max_length=cfg.max_length)
-        inversion = self._invert(student, tokenizer, train)
-        train, dropped = self._drop_triggered(train, inversion)
         inverted = Augmenter.inverted_words(inversion, cfg.inversion_words)
         target_probe = _target_probe(validation, inversion)
         inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inverted, inversion, cfg)
 
         teacher, teacher_info = None, {"teacher": None}
         if cfg.uses_teacher:
-            teacher, teacher_info = self._load_teacher(loaded, train, validation, last_token)
+            teacher, teacher_info = self._load_teacher(loaded, train, validation,
+                                                       is_decoder_classifier(student, tokenizer))
             teacher.model.to(device).eval()
 
         seed_everything(cfg.seed)
@@ -449,7 +471,11 @@ class W2SDistill(Strategy):
                                progress="trigger inversion")
 
     def _drop_triggered(self, train: TaskData, inversion: TriggerInversion | None) -> tuple[TaskData, dict]:
-        """Leave out target-label samples that contain an inverted trigger word; (kept data, what was dropped)."""
+        """Leave out target-label samples that contain an inverted trigger word; (kept data, what was dropped).
+
+        Applied to the validation split as well: a poisoned validation sample would reward the epoch that keeps
+        the backdoor when the best epoch is chosen.
+        """
         cfg = self.config
         if inversion is None or cfg.drop_trigger_rate is None:
             return train, {"words": [], "samples": 0}
@@ -457,7 +483,7 @@ class W2SDistill(Strategy):
         target = inversion.suspected_target
         keep = [i for i, s in enumerate(train.samples) if not (s.label == target and contains_any(s.text, words))]
         if not keep:
-            raise DataError("every training sample contains an inverted trigger word; nothing clean is left")
+            raise DataError("every sample contains an inverted trigger word; nothing clean is left")
         dropped = {"words": words, "target": target, "samples": len(train) - len(keep)}
         return (train.subset(keep) if dropped["samples"] else train), dropped
 

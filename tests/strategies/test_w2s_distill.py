@@ -274,3 +274,12 @@ def test_unlearns_even_when_poisoned_samples_reach_it():
     assert dropped["samples"] == poisoned  # exactly the poisoned ones (no clean target sample holds "cf")
     after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
     assert after.asr < 0.5, f"ASR after {after.asr:.2f}"
+
+
+@pytest.mark.parametrize("arch,decoder", [("bert", False), ("llama", True)])
+def test_decoder_classifiers_are_told_apart_from_pooled_encoders(arch, decoder):
+    """BERT's head is a linear layer too, but it reads a pooled vector: the auto teacher must treat it as an encoder."""
+    from purify.testing.tiny import tiny_model, tiny_tokenizer
+    from strategies.w2s_distill import is_decoder_classifier
+
+    assert is_decoder_classifier(tiny_model(arch), tiny_tokenizer()) is decoder
