@@ -37,7 +37,8 @@ def summary_rows(report: Mapping) -> list[tuple[str, str, str]]:
     rows.append(("heads pruned", "0", str(result.get("num_pruned", 0))))
     timings = report.get("timings") or {}
     if timings:
-        rows.append(("time (s)", "", _fmt(timings.get("total_before_export"))))
+        seconds = timings.get("total_before_export")
+        rows.append(("time (s)", "", "-" if seconds is None else f"{seconds:.0f}"))
     return rows
 
 
