@@ -19,7 +19,7 @@ from .plots import render_report_plots
 from .registry import build_strategy
 
 #: chosen from the benchmarks (best ASR at a CACC drop <= 1 point on the default zoo entry): w2s_distill took movie
-#: badnets from 100% to 18.3% ASR at +0.1 CACC; every pruning strategy left ASR at 100% (benchmarks/*.md)
+#: badnets from 100% to 22.4% ASR at +0.5 CACC; every pruning strategy left ASR at 100% (benchmarks/*.md)
 DEFAULT_STRATEGY = "w2s_distill"
 DEFAULT_FILTER = "gradsentry"
 FILTER_SCORES_FILE = "filter_scores.jsonl"
