@@ -136,7 +136,8 @@ def run_filter_cell(cell: Cell) -> dict:
     truth = [bool(s.poisoned) for s in data.samples]
     metrics = detection_metrics(result.scores, truth, result.flagged)
     return {**metrics, "threshold": result.threshold, "threshold_method": result.threshold_method,
-            "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2), "device": _device_name(),
+            "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2),
+            "device": _device_name(),
             "peak_rss_mb": _peak_mb()}
 
 

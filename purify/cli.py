@@ -433,8 +433,9 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "invert": cmd_invert,
-            "zoo": cmd_zoo, "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench, "tune": cmd_tune}
+COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval,
+            "invert": cmd_invert, "zoo": cmd_zoo, "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench,
+            "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ PLACEHOLDER = "the"  # a word every tokenizer keeps as one token; only its posit
 
 
 def insertion_vocabulary(tokenizer) -> list[str]:
-    """Whole alphabetic words (2 to 15 letters) that are single tokens of the tokenizer; no special tokens, no pieces."""
+    """Whole alphabetic words (2 to 15 letters) among the tokenizer's tokens; no special tokens, no word pieces."""
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
     ids = [i for i in range(len(tokenizer)) if i not in special]
     words = {w.strip() for w in tokenizer.batch_decode([[i] for i in ids])}
@@ -166,8 +166,8 @@ def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: S
 
 
 def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
-                    rounds: int = 2, keep: int = 8, keep_above: float = 0.9, seed: int = 0, max_length: int = 64, batch_size: int = 32,
-                    progress: str | None = None) -> TriggerInversion:
+                    rounds: int = 2, keep: int = 8, keep_above: float = 0.9, seed: int = 0, max_length: int = 64,
+                    batch_size: int = 32, progress: str | None = None) -> TriggerInversion:
     """Search, for every label, the single inserted words that flip the most clean samples of other labels to it.
 
     samples: clean samples per label probed (seeded choice among those whose label is not the target).
