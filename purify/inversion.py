@@ -91,13 +91,14 @@ class TriggerInversion:
         """The label whose best single word flips the largest share of samples (above their base rate)."""
         return max(self.labels, key=lambda r: r.top_rate - r.base_rate).target
 
+    @property
+    def suspect(self) -> LabelInversion:
+        """The inversion result of the suspected target label."""
+        return next(r for r in self.labels if r.target == self.suspected_target)
+
     def words(self, per_label: int | None = None) -> list[str]:
         """The best `per_label` words of every label (all kept ones when None), without repeats."""
-        seen: dict[str, None] = {}
-        for r in self.labels:
-            for w, _ in r.words[:per_label]:
-                seen.setdefault(w)
-        return list(seen)
+        return list(self.weighted_words(per_label))
 
     def weighted_words(self, per_label: int | None = None) -> dict[str, float]:
         """The best `per_label` words of every label with their flip rate (the highest where a word repeats).
@@ -112,8 +113,7 @@ class TriggerInversion:
 
     def trigger_words(self, min_rate: float) -> list[str]:
         """Words of the suspected target that flip at least `min_rate` of the probe samples (likely triggers)."""
-        best = next(r for r in self.labels if r.target == self.suspected_target)
-        return [w for w, rate in best.words if rate >= min_rate]
+        return [w for w, rate in self.suspect.words if rate >= min_rate]
 
     def summary(self, show: int = 5) -> dict:
         """JSON-able facts for the report: the suspected target and each label's best words."""
@@ -220,11 +220,17 @@ def contains_any(text: str, words: Sequence[str]) -> bool:
     return any(part.strip(".,;:!?\"'()[]").lower() in wanted for part in text.split())
 
 
+def predict_inserted(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,
+                     seed: int = 0, max_length: int = MAX_LENGTH) -> np.ndarray:
+    """Predicted labels of `texts` after `count` words of `words` are inserted into each at random (seeded)."""
+    rng = random.Random(seed)
+    return predict(model, tokenizer, [insert_words(t, words, count, rng) for t in texts], max_length=max_length)
+
+
 def flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,
               seed: int = 0, max_length: int = MAX_LENGTH) -> float:
     """Share of `texts` predicted as `target` after one word of `words` is inserted at a random position."""
     if not texts or not words:
         return float("nan")
-    rng = random.Random(seed)
-    perturbed = [insert_words(t, words, 1, rng) for t in texts]
-    return float(np.mean(predict(model, tokenizer, perturbed, max_length=max_length) == target))
+    pred = predict_inserted(model, tokenizer, texts, words, 1, seed=seed, max_length=max_length)
+    return float(np.mean(pred == target))

@@ -29,7 +29,7 @@ from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict
 from purify.inversion import (TriggerInversion, contains_any, flip_rate, insert_words, insertion_vocabulary,
-                              invert_triggers)
+                              invert_triggers, predict_inserted)
 from purify.lora import lora_target_modules
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
 from purify.surgery import accumulate, combine, safegrad
@@ -296,10 +296,8 @@ def insertion_flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words
     """
     if not texts or not words or count < 1:
         return float("nan")
-    rng = random.Random(seed)
-    perturbed = [insert_words(t, words, count, rng) for t in texts]
     before = predict(model, tokenizer, list(texts), max_length=max_length)
-    after = predict(model, tokenizer, perturbed, max_length=max_length)
+    after = predict_inserted(model, tokenizer, texts, words, count, seed=seed, max_length=max_length)
     return float((before != after).mean())
 
 
@@ -333,10 +331,6 @@ class Augmenter:
         self._weights = [max(w, 1e-6) for w in inverted.values()]
         self.rng = random.Random(cfg.seed)
 
-    @staticmethod
-    def inverted_words(inversion: TriggerInversion | None, per_label: int) -> dict[str, float]:
-        return inversion.weighted_words(per_label) if inversion is not None else {}
-
     def _word(self) -> str:
         if self.inverted and self.rng.random() < self.cfg.inverted_share:
             return self.rng.choices(self._inverted_words, weights=self._weights)[0]
@@ -366,12 +360,12 @@ def _target_probe(validation: TaskData, inversion: TriggerInversion | None) -> l
     return [t for t, y in zip(validation.texts, validation.labels) if y != target][:FLIP_PROBE_SAMPLES]
 
 
-def _inverted_flip(model: nn.Module, tokenizer, texts: list[str], inverted: list[str],
-                   inversion: TriggerInversion | None, cfg: W2SDistillConfig) -> float | None:
+def _inverted_flip(model: nn.Module, tokenizer, texts: list[str], inversion: TriggerInversion | None,
+                   cfg: W2SDistillConfig) -> float | None:
     """Share of non-target validation texts sent to the suspected target by one inserted inverted word."""
     if inversion is None or not texts:
         return None
-    words = [w for w, _ in next(r for r in inversion.labels if r.target == inversion.suspected_target).words]
+    words = [w for w, _ in inversion.suspect.words]
     return flip_rate(model, tokenizer, texts, words, inversion.suspected_target, seed=cfg.seed,
                      max_length=cfg.max_length)
 
@@ -404,9 +398,9 @@ class W2SDistill(Strategy):
         baseline = accuracy_on(student, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
         baseline_flip = insertion_flip_rate(student, tokenizer, probe, words, flip_words, seed=cfg.seed,
                                             max_length=cfg.max_length)
-        inverted = Augmenter.inverted_words(inversion, cfg.inversion_words)
+        inverted = inversion.weighted_words(cfg.inversion_words) if inversion is not None else {}
         target_probe = _target_probe(validation, inversion)
-        inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inverted, inversion, cfg)
+        inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inversion, cfg)
 
         teacher, teacher_info = None, {"teacher": None}
         if cfg.uses_teacher:
@@ -450,7 +444,7 @@ class W2SDistill(Strategy):
             "dropped_by_inversion": dropped,
             "inverted_flip": {"target": inversion.suspected_target if inversion is not None else None,
                               "probe_samples": len(target_probe), "before": inverted_flip_before,
-                              "after": _inverted_flip(merged, tokenizer, target_probe, inverted, inversion, cfg)},
+                              "after": _inverted_flip(merged, tokenizer, target_probe, inversion, cfg)},
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                      "target_modules": lora_target_modules(merged), "modules_to_save": head_names,
                      "trainable_parameters": int(sum(p.numel() for p in params))},
