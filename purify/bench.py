@@ -124,7 +124,8 @@ def run_filter_cell(cell: Cell) -> dict:
     """Score an entry's poisoned training set with a filter; detection metrics against the ground-truth flags."""
     from .checkpoint import load_checkpoint
     from .filters import build_filter
-    from .metrics import detection_metrics
+    from .filters.per_sample import gradient_timings, token_lengths
+    from .metrics import auroc, detection_metrics, length_matched_auroc
 
     entry = _entry(cell.entry)
     loaded = load_checkpoint(entry.model_dir)
@@ -135,14 +136,62 @@ def run_filter_cell(cell: Cell) -> dict:
     seconds = time.time() - started
     truth = [bool(s.poisoned) for s in data.samples]
     metrics = detection_metrics(result.scores, truth, result.flagged)
-    return {**metrics, "threshold": result.threshold, "threshold_method": result.threshold_method,
-            "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2),
-            "device": _device_name(),
-            "peak_rss_mb": _peak_mb()}
+    record = {**metrics, "threshold": result.threshold, "threshold_method": result.threshold_method,
+              "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2),
+              "device": _device_name(), "peak_rss_mb": _peak_mb(), "details": result.summary()["details"]}
+    # the length-matched control: how well token length alone would separate (a score that is only length)
+    record["length_auroc"] = auroc(token_lengths(loaded, data).astype(float), truth)
+    record["length_matched_auroc"] = length_matched_auroc(result.scores, token_lengths(loaded, data), truth)
+    targets = [result.details["target"]] if "target" in result.details else result.details.get("parameters", [])
+    if targets and "..." not in targets and result.details.get("gradient_model") != "reference":
+        sample = data.subset(range(0, len(data), max(1, len(data) // 256)))  # ~256 samples, spread evenly
+        record["speed"] = gradient_timings(loaded, sample, targets)
+    return record
+
+
+def run_tune_cell(cell: Cell) -> dict:
+    """`purify tune` (canary calibration) on an entry, then the chosen knobs on the real model: real CACC/ASR.
+
+    Same data as the strategy cells (training split minus flagged lines, validation split as trusted data), so the
+    row compares with the strategy's default-knob row of the pruning / w2s suites. The triggered test file is read
+    only by the final before/after evaluation, never by the study.
+    """
+    import tempfile
+
+    from .data import write_jsonl
+    from .pipeline import PipelineConfig
+    from .tune import TuneConfig, run_tune
+
+    entry = _entry(cell.entry)
+    train, _ = _clean_training_data(entry, cell.seed)
+    options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
+    trials = int(options.pop("trials", 12))
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = Path(tmp) / "train.jsonl"
+        write_jsonl(data_path, train.samples, include_poisoned=False)
+        cfg = PipelineConfig(strategy=cell.method, strategy_options=options, filter="none",
+                             trusted=str(entry.data_file("validation")), seed=cell.seed,
+                             eval_clean=str(entry.data_file("test_clean")),
+                             eval_triggered=str(entry.data_file("test_triggered")), target=entry.target)
+        started = time.time()
+        report = run_tune(entry.model_dir, data_path, Path(tmp) / "out", cfg, TuneConfig(trials=trials))
+        seconds = time.time() - started
+    metrics, study = report["metrics"], report["tune"]
+    return {
+        "cacc_before": metrics["before"]["cacc"], "asr_before": metrics["before"]["asr"],
+        "cacc_after": metrics["after"]["cacc"], "asr_after": metrics["after"]["asr"],
+        "asr_floor": entry.manifest["metrics"]["clean"]["asr"],
+        "heads_pruned": sum(len(v) for v in report["result"].get("pruned_heads", {}).values()),
+        "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "device": _device_name(), "trials": trials,
+        "best_params": study["best_params"], "canary": study["canary"], "chosen": study["best"],
+        "feasible": study["feasible"], "tune_seconds": study["seconds"], "n_complete": study["n_complete"],
+        "n_pruned": study["n_pruned"], "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
+    }
 
 
 RUNNERS: dict[str, Callable[[Cell], dict]] = {"zoo": run_zoo_cell, "pruning": run_strategy_cell,
-                                              "w2s": run_strategy_cell, "filters": run_filter_cell}
+                                              "w2s": run_strategy_cell, "filters": run_filter_cell,
+                                              "tune": run_tune_cell}
 
 
 # -- the matrix, resumable ---------------------------------------------------------------------------------------
@@ -212,6 +261,8 @@ ZOO_ENTRIES = (
 )
 PRUNING_STRATEGIES = ("gradient_prune", "variance_prune", "sparse_prune", "ensemble_prune", "rl_prune", "bayes_prune")
 MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
+#: trials per tuned strategy in the tune suite (a w2s_distill trial costs ten gradient_prune trials on the CPU)
+TUNE_TRIALS = {"gradient_prune": 12, "w2s_distill": 4}
 
 
 def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[str] | None = None,
@@ -250,7 +301,11 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
                    + [f"minilm-movie-{a}-p10-s0" for a in ("syntactic", "style", "clean_label")]
                    + ["smollm2-movie-badnets-p10-s0"])
         return [Cell("filters", e, m) for e in entries or default for m in (methods or ("gradsentry", "gradshield"))]
-    raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s or filters")
+    if suite == "tune":
+        default = [f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "style")]
+        return [Cell("tune", e, m, 0, {"trials": TUNE_TRIALS.get(m, 12)})
+                for e in entries or default for m in (methods or ("gradient_prune", "w2s_distill"))]
+    raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s, filters or tune")
 
 
 def _label(cell: dict) -> str:
@@ -292,7 +347,7 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                          f"{100 * r['asr']:.1f} | {100 * r['clean_asr']:.1f} | "
                          f"{100 * (r['clean_cacc'] - r['cacc']):.1f} | {r['build_seconds']:.0f} | "
                          f"{r['peak_rss_mb']:.0f} |")
-    elif suite in ("pruning", "w2s"):
+    elif suite in ("pruning", "w2s", "tune"):
         lines += ["| entry | method | seeds | CACC before | CACC after | ASR before | ASR after | ASR floor | "
                   "ASR cut | heads pruned | seconds | device | peak MB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -308,12 +363,18 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                 f"{sum(r['heads_pruned'] for r in rs) / len(rs):.1f} | {sum(r['seconds'] for r in rs) / len(rs):.0f} | "
                 f"{_devices(rs)} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
     elif suite == "filters":
-        lines += ["| entry | filter | precision | recall | F1 | AUROC | clean kept | threshold | ms/sample | peak MB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| entry | filter | options | precision | recall | F1 | AUROC | length-matched AUROC | "
+                  "length AUROC | clean kept | threshold | ms/sample | vmap / floor | loop / vmap | peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in ok:
-            lines.append(f"| {r['cell']['entry']} | {r['cell']['method']} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                         f"{r['f1']:.3f} | {r['auroc']:.3f} | {r['clean_kept']:.3f} | {r['threshold']:.4g} "
-                         f"({r['threshold_method']}) | {r['ms_per_sample']:.1f} | {r['peak_rss_mb']:.0f} |")
+            speed = r.get("speed") or {}
+            ratios = (f"{speed['vmap_over_floor']:.2f} | {speed['loop_over_vmap']:.1f}" if speed else "- | -")
+            options = ", ".join(f"{k}={v}" for k, v in sorted(r["cell"]["options"].items()) if k != "_label") or "-"
+            lines.append(f"| {r['cell']['entry']} | {r['cell']['method']} | {options} | {r['precision']:.3f} | "
+                         f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auroc']:.3f} | "
+                         f"{r.get('length_matched_auroc', float('nan')):.3f} | {r.get('length_auroc', float('nan')):.3f} "
+                         f"| {r['clean_kept']:.3f} | {r['threshold']:.4g} ({r['threshold_method']}) | "
+                         f"{r['ms_per_sample']:.1f} | {ratios} | {r['peak_rss_mb']:.0f} |")
     for r in failed:
         lines.append(f"\nFAILED {r['cell']['entry']} / {_label(r)}: {r['error']}")
     return "\n".join(lines) + "\n"
@@ -329,7 +390,7 @@ def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> P
                   f"Machine: {os.cpu_count()} CPU cores; figures are percentages unless a column says otherwise. "
                   f"git {provenance()['git_hash']}.\n\n{table}")
     _plot(suite, results, out / f"{suite}.png")
-    update_readme(suite, table, Path("README.md"))
+    update_readme(suite, table, out.resolve().parent / "README.md")  # benchmarks/ -> the repository's README
     return md
 
 
@@ -361,7 +422,7 @@ def _plot(suite: str, results: list[dict], path: Path) -> None:
             ax.annotate(r["cell"]["entry"].replace("-p10-s0", ""), (100 * r["cacc"], 100 * r["asr"]), fontsize=6)
         ax.set_xlabel("backdoored CACC (%)")
         ax.set_ylabel("ASR (%)")
-    elif suite in ("pruning", "w2s"):
+    elif suite in ("pruning", "w2s", "tune"):
         for label in sorted({_label(r) for r in ok}):
             rs = [r for r in ok if _label(r) == label]
             ax.scatter([100 * (r["cacc_before"] - r["cacc_after"]) for r in rs], [100 * r["asr_after"] for r in rs],
@@ -382,9 +443,14 @@ def _plot(suite: str, results: list[dict], path: Path) -> None:
 
 
 def run_suite(suite: str, out: Path, *, entries: list[str] | None = None, methods: list[str] | None = None,
-              seeds: int = 3, command: str | None = None, log=print) -> Path:
-    """Run (or resume) a suite and write its outputs; returns the markdown path."""
+              seeds: int = 3, command: str | None = None, options: dict | None = None, log=print) -> Path:
+    """Run (or resume) a suite and write its outputs; returns the markdown path.
+
+    `options` go to every cell's method on top of the suite's own (cells with other options are cached apart).
+    """
     cells = suite_cells(suite, entries=entries, methods=methods, seeds=seeds)
+    if options:
+        cells = [Cell(c.suite, c.entry, c.method, c.seed, {**c.options, **options}) for c in cells]
     results = run_matrix(cells, out, log=log)
     return write_outputs(suite, results, out, command or f"purify bench --suite {suite} --out {out}")
 

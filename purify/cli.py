@@ -183,11 +183,14 @@ clean data: no triggered test data is looked at.""",
     p.add_argument("dir")
 
     p = sub.add_parser("bench", help="run a benchmark matrix (resumable; finished cells are cached)")
-    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters"))
+    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters", "tune"))
     p.add_argument("--zoo", help="comma-separated zoo entries (default: the suite's matrix)")
     p.add_argument("--strategies", default="all", help="comma-separated methods, or all (default)")
     p.add_argument("--filters", help="comma-separated filters for --suite filters (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds on the multi-seed entries (default 3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="option given to every cell's method (a filter's target matrix, a strategy knob), "
+                        "repeatable; cells with other options are cached apart")
     p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
 
     return parser
@@ -428,7 +431,8 @@ def cmd_bench(args) -> int:
         methods = args.strategies.split(",")
     entries = args.zoo.split(",") if args.zoo else None
     command = "purify bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
-    md = run_suite(args.suite, Path(args.out), entries=entries, methods=methods, seeds=args.seeds, command=command)
+    md = run_suite(args.suite, Path(args.out), entries=entries, methods=methods, seeds=args.seeds, command=command,
+                   options=_parse_sets(args.set))
     print(md.read_text())
     return 0
 

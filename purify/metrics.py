@@ -132,3 +132,25 @@ def detection_metrics(scores: Any, is_poisoned: Any, flagged: Any) -> dict[str, 
         "n_poisoned": n_poisoned,
         "n_flagged": n_flagged,
     }
+
+
+def length_matched_auroc(scores: Any, lengths: Any, is_positive: Any, bins: int = 10) -> float:
+    """AUROC counting only pairs of a positive and a negative sample in the same length bin (length quantiles).
+
+    A score that separates only because poisoned samples are longer or shorter gets 0.5 here: the control for
+    gradient statistics whose rank is bounded by the token count. NaN when no bin holds both classes.
+    """
+    s = _as_1d(scores, "scores").astype(np.float64)
+    n = _as_1d(lengths, "lengths").astype(np.float64)
+    pos = _as_bool(is_positive, "is_positive")
+    _check_lengths("length_matched_auroc", scores=s, lengths=n, is_positive=pos)
+    edges = np.unique(np.quantile(n, np.linspace(0, 1, bins + 1)[1:-1]))
+    group = np.searchsorted(edges, n, side="right")
+    total = pairs = 0.0
+    for g in np.unique(group):
+        inside = group == g
+        k_pos, k_neg = int(pos[inside].sum()), int((~pos[inside]).sum())
+        if k_pos and k_neg:
+            total += auroc(s[inside], pos[inside]) * k_pos * k_neg
+            pairs += k_pos * k_neg
+    return float(total / pairs) if pairs else math.nan

@@ -18,6 +18,7 @@ from purify.filters.per_sample import (
     CountSketch,
     PerSampleGradients,
     flatten,
+    gradient_timings,
     resolve_matrix,
     resolve_parameters,
     sample_batch,
@@ -114,6 +115,20 @@ def test_vmap_per_sample_gradients_equal_loop_gradients(arch, task):
         assert grads[n].shape == (8, *dict(loaded.model.named_parameters())[n].shape)
         assert torch.allclose(grads[n], reference[n], rtol=1e-4, atol=1e-6), n
         assert torch.allclose(chunked[n], grads[n], rtol=1e-5, atol=1e-7), n
+
+
+@pytest.mark.parametrize("arch,task", [("bert", "classification"), ("llama", "causal_lm")])
+def test_gradient_timings_leave_the_model_as_it_was(arch, task):
+    loaded = tiny_loaded(arch, task)
+    names = resolve_parameters(loaded.model, ["L-1"])
+    flags = {n: p.requires_grad for n, p in loaded.model.named_parameters()}
+    loaded.model.train()
+    timings = gradient_timings(loaded, tiny_data(8), names[:1], batch_size=4, loop_samples=3)
+    assert timings["samples"] == 8 and timings["loop_samples"] == 3
+    assert all(timings[k] > 0 for k in ("vmap_ms", "floor_ms", "loop_ms", "vmap_over_floor", "loop_over_vmap"))
+    assert {n: p.requires_grad for n, p in loaded.model.named_parameters()} == flags
+    assert all(p.grad is None for p in loaded.model.parameters())
+    assert loaded.model.training
 
 
 def test_parameter_names():

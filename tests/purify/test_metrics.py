@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from purify.errors import DataError
-from purify.metrics import accuracy, attack_success_rate, auroc, average_ranks, detection_metrics
+from purify.metrics import (
+    accuracy,
+    attack_success_rate,
+    auroc,
+    average_ranks,
+    detection_metrics,
+    length_matched_auroc,
+)
 
 
 def _brute_auroc(scores: np.ndarray, pos: np.ndarray) -> float:
@@ -142,3 +149,14 @@ def test_detection_metrics_one_class_gives_nan_auroc() -> None:
 def test_detection_metrics_length_mismatch() -> None:
     with pytest.raises(DataError, match="length mismatch"):
         detection_metrics([0.1, 0.2], [True, False], [True])
+
+
+def test_length_matched_auroc_removes_what_length_explains() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=400).astype(float)
+    poisoned = rng.random(400) < 1 / (1 + np.exp(-(lengths - 40) / 4))  # poisoned samples tend to be long
+    assert auroc(lengths, poisoned) > 0.85
+    assert length_matched_auroc(lengths + rng.normal(0, 1e-3, 400), lengths, poisoned) < 0.7
+    signal = poisoned + rng.normal(0, 0.1, 400)  # separates whatever the length
+    assert length_matched_auroc(signal, lengths, poisoned) > 0.95
+    assert np.isnan(length_matched_auroc(signal, lengths, np.zeros(400, dtype=bool)))

@@ -1,0 +1,52 @@
+"""`purify bench`: the matrices it runs, its table on a tiny selection, and its cache of finished cells."""
+import json
+
+import pytest
+
+from purify.bench import Cell, cell_path, markdown_table, suite_cells
+from purify.cli import main
+from purify.errors import ConfigError
+
+TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
+
+
+def test_suites_name_their_cells():
+    tune = suite_cells("tune")
+    assert {c.entry for c in tune} == {f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "style")}
+    assert {c.method for c in tune} == {"gradient_prune", "w2s_distill"}
+    assert all(c.options["trials"] >= 1 for c in tune)
+    filters = suite_cells("filters", entries=[TINY_ENTRY], methods=["gradsentry"])
+    assert filters == [Cell("filters", TINY_ENTRY, "gradsentry")]
+    with pytest.raises(ConfigError, match="choose zoo, pruning, w2s, filters or tune"):
+        suite_cells("nope")
+
+
+def test_cells_with_other_options_are_cached_apart():
+    a, b = Cell("filters", TINY_ENTRY, "gradsentry"), Cell("filters", TINY_ENTRY, "gradsentry", 0, {"top_k": 8})
+    assert a.key != b.key and a.key == Cell("filters", TINY_ENTRY, "gradsentry").key
+
+
+def test_failed_cells_are_listed_under_the_table():
+    table = markdown_table("filters", [{"cell": {"entry": "x", "method": "gradsentry", "options": {}},
+                                        "error": "boom"}])
+    assert "FAILED x / gradsentry: boom" in table
+
+
+@pytest.mark.slow
+def test_filters_suite_on_a_tiny_entry_writes_its_table_and_reuses_the_cache(session_cache, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--suite", "filters", "--zoo", TINY_ENTRY, "--filters", "gradsentry",
+            "--set", "batch_size=32", "--out", str(out)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert f"| {TINY_ENTRY} | gradsentry | batch_size=32 |" in first
+    record = json.loads((out / "filters.json").read_text())["cells"][0]
+    assert 0 <= record["recall"] <= 1 and 0 <= record["clean_kept"] <= 1
+    assert record["speed"]["loop_over_vmap"] > 0 and record["speed"]["vmap_over_floor"] > 0
+    assert 0 <= record["length_matched_auroc"] <= 1
+    assert (out / "filters.md").exists() and (out / "filters.png").stat().st_size > 1000
+    cached = cell_path(out, Cell("filters", TINY_ENTRY, "gradsentry", 0, {"batch_size": "32"}))
+    assert cached.exists()
+    stamp = cached.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert "cached" in capsys.readouterr().out and cached.stat().st_mtime_ns == stamp
