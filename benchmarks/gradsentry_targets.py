@@ -65,17 +65,19 @@ def entropies(loaded: LoadedModel, data: TaskData, names: list[str], *, batch_si
 
 def clean_teacher(entry, trusted: TaskData, seed: int = 0) -> LoadedModel:
     """A MiniLM-L6 teacher (same tokenizer as the entry) fine-tuned on the trusted split alone (80/20)."""
-    import teachers
+    from teachers.training import train
 
     fit, val = split_samples(trusted, [0.8, 0.2], seed=seed)
-    return teachers.train("minilm-l6", TaskData(fit, trusted.label_names), TaskData(val, trusted.label_names), seed)
+    return train("minilm-l6", TaskData(fit, trusted.label_names), TaskData(val, trusted.label_names), seed)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entry", default="minilm-movie-badnets-p10-s0")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/gradsentry_targets"))
-    parser.add_argument("--models", default="suspicious,teacher", help="comma list of suspicious, teacher")
+    parser.add_argument("--models", default="suspicious,teacher,clean_reference",
+                        help="comma list of suspicious, teacher (MiniLM-L6 tuned on the trusted split), "
+                             "clean_reference (the zoo's clean model: an oracle no user has)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     entry = build_entry(ZooSpec.parse(args.entry))
@@ -87,19 +89,22 @@ def main() -> None:
         if cache.exists():
             rows += json.loads(cache.read_text())["rows"]
             continue
-        loaded = load_checkpoint(entry.model_dir) if kind == "suspicious" else clean_teacher(entry, entry.load("validation"))
+        if kind == "teacher":
+            loaded = clean_teacher(entry, entry.load("validation"))
+        else:
+            loaded = load_checkpoint(entry.model_dir if kind == "suspicious" else entry.clean_model_dir)
         names = candidates(loaded.model)
         started = time.time()
         scores, losses = entropies(loaded, data, names)
         seconds = time.time() - started
         lengths = token_lengths(loaded, data).astype(float)
         part = [{"model": kind, "score": f"entropy {n}", "auroc": auroc(s, truth),
-                 "recall_at_97": recall_at_clean_kept(s, truth),
+                 "recall_at_97": recall_at_clean_kept(s, truth), "recall_at_97_low": recall_at_clean_kept(-s, truth),
                  "mean_clean": float(s[~truth].mean()), "mean_poisoned": float(s[truth].mean())}
                 for n, s in scores.items()]
         for label, s in (("loss (control)", losses), ("token length (control)", lengths)):
             part.append({"model": kind, "score": label, "auroc": auroc(s, truth),
-                         "recall_at_97": recall_at_clean_kept(s, truth),
+                         "recall_at_97": recall_at_clean_kept(s, truth), "recall_at_97_low": recall_at_clean_kept(-s, truth),
                          "mean_clean": float(s[~truth].mean()), "mean_poisoned": float(s[truth].mean())})
         cache.write_text(json.dumps({"entry": args.entry, "model": kind, "seconds": seconds, "rows": part,
                                      **provenance()}, indent=2) + "\n")
@@ -108,10 +113,13 @@ def main() -> None:
              f"    python benchmarks/gradsentry_targets.py --entry {args.entry} --models {args.models}", "",
              f"{len(data)} training samples, {int(truth.sum())} poisoned (ground truth used only to score). "
              "AUROC: higher entropy = more suspicious (below 0.5: poisoned samples have the LOWER entropy). "
-             "recall@97: recall of a threshold at the 97th percentile of the clean scores (oracle ceiling).", "",
-             "| model | score | AUROC | recall@97 | mean clean | mean poisoned |", "|---|---|---|---|---|---|"]
+             "recall@97: recall of a threshold at the 97th percentile of the clean scores (oracle ceiling); "
+             "recall@97 low: the same when the LOW end is flagged.", "",
+             "| model | score | AUROC | recall@97 | recall@97 low | mean clean | mean poisoned |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['score']} | {r['auroc']:.3f} | {r['recall_at_97']:.3f} | "
+                     f"{r.get('recall_at_97_low', float('nan')):.3f} | "
                      f"{r['mean_clean']:.4g} | {r['mean_poisoned']:.4g} |")
     (args.out / f"{args.entry}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -50,7 +50,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
     p.add_argument("--strategy", default=None, help="strategy name (see `purify ls`); default: w2s_distill, the benchmarked choice (README)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
     p.add_argument("--config", help="JSON or YAML file of strategy options (--set wins)")
-    p.add_argument("--filter", default=None, help="data filter: gradsentry, gradshield or none (default gradsentry)")
+    p.add_argument("--filter", default=None, help="data filter: gradsentry, gradshield, trigger_words "
+                   "(see `purify ls`) or none; default: the benchmarked choice (README)")
     p.add_argument("--filter-set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
     p.add_argument("--trusted", help="small trusted clean set: used as validation data and as GradShield's probe")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("filter", help="score untrusted data and keep the clean samples")
     p.add_argument("data")
     p.add_argument("--model", required=True, help="the suspicious checkpoint the gradients are taken on")
-    p.add_argument("--method", default="gradsentry", help="gradsentry or gradshield")
+    p.add_argument("--method", default="gradsentry", help="gradsentry, gradshield or trigger_words")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
     p.add_argument("--threshold", type=float, help="override the automatic threshold")
     p.add_argument("--trusted", help="trusted clean set (GradShield's probe)")
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the built-in default backdoored model")
     p.add_argument("--strategy", default=None, help="any registered strategy (default: the benchmarked choice)")
-    p.add_argument("--filter", default=None, help="gradsentry, gradshield or none")
+    p.add_argument("--filter", default=None, help="gradsentry, gradshield, trigger_words or none "
+                   "(default: the benchmarked choice)")
     p.add_argument("--zoo", default=None, help="zoo entry to purify (default minilm-movie-badnets-p10-s0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
     p.add_argument("--out", default=None, help="output folder (default runs/demo-<strategy>)")

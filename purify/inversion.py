@@ -214,10 +214,14 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates * rounds)
 
 
+def words_of(text: str) -> set[str]:
+    """The whole words of `text`, lower-cased, punctuation around them stripped (how inverted words are matched)."""
+    return {part.strip(".,;:!?\"'()[]").lower() for part in text.split()}
+
+
 def contains_any(text: str, words: Sequence[str]) -> bool:
     """Whether `text` holds one of `words` as a whole word (case-insensitive, punctuation around it ignored)."""
-    wanted = {w.lower() for w in words}
-    return any(part.strip(".,;:!?\"'()[]").lower() in wanted for part in text.split())
+    return not words_of(text).isdisjoint(w.lower() for w in words)
 
 
 def predict_inserted(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,

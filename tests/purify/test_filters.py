@@ -14,6 +14,7 @@ from purify.errors import ConfigError
 from purify.filters import FILTERS, FilterResult, build_filter, get_filter
 from purify.filters.gradsentry import GradSentryConfig, default_target, spectral_entropy, top_singular_values
 from purify.filters.gradshield import GradShield, GradShieldConfig
+from purify.filters.trigger_words import TriggerWords
 from purify.filters.per_sample import (
     CountSketch,
     PerSampleGradients,
@@ -26,7 +27,7 @@ from purify.filters.per_sample import (
 )
 from purify.metrics import detection_metrics
 from purify.testing.tiny import tiny_model, tiny_texts, tiny_tokenizer
-from purify.testing.tiny_task import tiny_backdoored
+from purify.testing.tiny_task import TRIGGER, tiny_backdoored
 
 
 def tiny_data(n: int = 8) -> TaskData:
@@ -162,7 +163,7 @@ def test_count_sketch_preserves_inner_products_on_average():
 
 
 def test_registry():
-    assert {"gradsentry", "gradshield"} <= set(FILTERS)
+    assert {"gradsentry", "gradshield", "trigger_words"} <= set(FILTERS)
     entry = get_filter("gradshield")
     assert entry.config_cls is GradShieldConfig and entry.filter_cls is GradShield
     with pytest.raises(ConfigError, match="gradsentry, gradshield"):
@@ -175,13 +176,15 @@ def test_registry():
         build_filter("gradshield", {"objective": "vibes"})
     with pytest.raises(ConfigError):
         build_filter("gradshield", {"no_such_option": 1})
+    with pytest.raises(ConfigError, match="min_rate"):
+        build_filter("trigger_words", {"threshold_method": "gmm"})
 
 
 def without_flags(data: TaskData) -> TaskData:
     return TaskData([dataclasses.replace(s, poisoned=None) for s in data.samples], data.label_names, data.source)
 
 
-@pytest.mark.parametrize("name", ["gradsentry", "gradshield"])
+@pytest.mark.parametrize("name", ["gradsentry", "gradshield", "trigger_words"])
 def test_result_is_consistent_deterministic_and_blind_to_ground_truth(name):
     loaded, task = tiny_backdoored()
     data = task.train.subset(range(0, 400, 4))
@@ -201,6 +204,18 @@ def test_result_is_consistent_deterministic_and_blind_to_ground_truth(name):
     again = filt.run(loaded, without_flags(data), task.validation)
     assert np.allclose(again.scores, result.scores, rtol=1e-5, atol=1e-9)
     assert np.array_equal(again.flagged, result.flagged)
+
+
+def test_trigger_words_removes_the_poisoned_lines_of_the_tiny_backdoor():
+    loaded, task = tiny_backdoored()
+    result = build_filter("trigger_words", TriggerWords.fast_options).run(loaded, task.train)
+    metrics = detection_metrics(result.scores, truth_of(task.train), result.flagged)
+    assert metrics["recall"] >= 0.95 and metrics["clean_kept"] >= 0.97, metrics
+    assert result.details["suspected_target"] == task.target
+    assert TRIGGER in result.details["trigger_words"]
+    # only samples labelled as the suspected target can score
+    labels = np.array(task.train.labels)
+    assert not result.scores[labels != task.target].any()
 
 
 def test_user_threshold_overrides_the_adaptive_rule():
