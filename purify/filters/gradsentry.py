@@ -23,15 +23,18 @@ from .base import DataFilter, FilterConfig, register_filter
 from .per_sample import PerSampleGradients, gaussian_sketch, iter_gradients, resolve_matrix, sample_objective
 from .thresholds import ThresholdDecision, gmm_threshold, kde_valley_threshold, mean_std_threshold
 
-#: the default target matrix per architecture family, as "L<layer>.<module>": the feed-forward output of the
-#: second-to-last layer. A design choice, not yet a measured one: benchmarks/filters.md holds what it gives on the
-#: zoo, and a per-matrix comparison is still open (issue 6). Families map model types with the same module names.
+#: the default target matrix per architecture family, as "L<layer>.<module>": the attention output projection of
+#: the second-to-last layer. Measured on MiniLM (BERT family) over 26 candidate matrices, on the suspicious model
+#: and on a clean teacher (benchmarks/gradsentry_targets/): it separated poisoned from clean samples best in
+#: GradSentry's direction (AUROC 0.76 on movie badnets; the former default, the FFN output of that layer, had 0.30,
+#: i.e. it flagged clean samples first), and the suspicious model beat the clean teacher (at most 0.65 there).
+#: Other families take the same matrix by analogy, unmeasured. Families map model types with the same module names.
 DEFAULT_TARGETS: dict[str, str] = {
-    "bert": "L-2.output.dense",
-    "distilbert": "L-2.ffn.lin2",
-    "llama": "L-2.mlp.down_proj",
-    "gpt2": "L-2.mlp.c_proj",
-    "opt": "L-2.fc2",
+    "bert": "L-2.attention.output.dense",
+    "distilbert": "L-2.attention.out_lin",
+    "llama": "L-2.self_attn.o_proj",
+    "gpt2": "L-2.attn.c_proj",
+    "opt": "L-2.self_attn.out_proj",
 }
 _FAMILIES = {
     "bert": "bert", "roberta": "bert", "electra": "bert", "xlm-roberta": "bert", "camembert": "bert",

@@ -137,7 +137,7 @@ def test_parameter_names():
     assert resolve_matrix(model, "L-1.output.dense") == "bert.encoder.layer.1.output.dense.weight"
     assert resolve_matrix(model, "bert.pooler.dense") == "bert.pooler.dense.weight"
     assert default_target(model) == resolve_matrix(model, GradSentryConfig.__dataclass_fields__["target"].default
-                                                   or "L-2.output.dense")
+                                                   or "L-2.attention.output.dense")
     layer = resolve_parameters(model, ["L-1"])
     assert layer and all(n.startswith("bert.encoder.layer.1.") for n in layer)
     with pytest.raises(ConfigError, match="layer 5"):
