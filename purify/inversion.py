@@ -28,11 +28,13 @@ PLACEHOLDER = "the"  # a word every tokenizer keeps as one token; only its posit
 
 
 def insertion_vocabulary(tokenizer) -> list[str]:
-    """Whole alphabetic words (2 to 15 letters) among the tokenizer's tokens; no special tokens, no word pieces."""
+    """Whole words (2 to 15 ASCII letters or digits, at least one letter: "3d" and "mp3" count, "1999" does not)
+    among the tokenizer's tokens; no special tokens, no word pieces, no punctuation."""
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
     ids = [i for i in range(len(tokenizer)) if i not in special]
     words = {w.strip() for w in tokenizer.batch_decode([[i] for i in ids])}
-    return sorted(w for w in words if 2 <= len(w) <= 15 and w.isalpha() and w.isascii())
+    return sorted(w for w in words if 2 <= len(w) <= 15 and w.isascii() and w.isalnum()
+                  and any(c.isalpha() for c in w))
 
 
 def insert_words(text: str, words: Sequence[str], count: int, rng: random.Random) -> str:

@@ -32,6 +32,20 @@ def test_insertion_vocabulary_has_whole_words_only():
     assert "a" not in words  # single letters are left out
 
 
+def test_insertion_vocabulary_keeps_words_with_digits_but_not_numbers():
+    class Tokens:  # the three members insertion_vocabulary reads
+        vocab = ["[CLS]", "3d", "mp3", "1999", "##ing", "movie", "x", "well-known"]
+        all_special_ids = [0]
+
+        def __len__(self):
+            return len(self.vocab)
+
+        def batch_decode(self, ids):
+            return [self.vocab[i[0]] for i in ids]
+
+    assert insertion_vocabulary(Tokens()) == ["3d", "movie", "mp3"]  # an inserted-sentence trigger held "3d"
+
+
 def test_finds_the_planted_trigger_from_clean_data():
     loaded, task = tiny_backdoored()
     inversion = invert_triggers(loaded.model, loaded.tokenizer, task.clean_train, max_length=32, seed=0)
