@@ -154,10 +154,12 @@ def run_tune_cell(cell: Cell) -> dict:
 
     Same data as the strategy cells (training split minus flagged lines, validation split as trusted data), so the
     row compares with the strategy's default-knob row of the pruning / w2s suites. The triggered test file is read
-    only by the final before/after evaluation, never by the study.
+    only by the final before/after evaluation, never by the study. Options "trials" and "canary_<field>" go to the
+    tune and canary configs, the rest to the strategy.
     """
     import tempfile
 
+    from .canary import CanaryConfig
     from .data import write_jsonl
     from .pipeline import PipelineConfig
     from .tune import TuneConfig, run_tune
@@ -166,6 +168,13 @@ def run_tune_cell(cell: Cell) -> dict:
     train, _ = _clean_training_data(entry, cell.seed)
     options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
     trials = int(options.pop("trials", 12))
+    canary = {k[len("canary_"):]: options.pop(k) for k in list(options) if k.startswith("canary_")}
+    defaults = CanaryConfig()
+    unknown = sorted(set(canary) - set(vars(defaults)))
+    if unknown:
+        raise ConfigError(f"unknown canary options {unknown}; known: {sorted(vars(defaults))}")
+    canary_config = CanaryConfig(**{k: type(getattr(defaults, k) if getattr(defaults, k) is not None else 0)(v)
+                                    for k, v in canary.items()})
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "train.jsonl"
         write_jsonl(data_path, train.samples, include_poisoned=False)
@@ -174,7 +183,8 @@ def run_tune_cell(cell: Cell) -> dict:
                              eval_clean=str(entry.data_file("test_clean")),
                              eval_triggered=str(entry.data_file("test_triggered")), target=entry.target)
         started = time.time()
-        report = run_tune(entry.model_dir, data_path, Path(tmp) / "out", cfg, TuneConfig(trials=trials))
+        report = run_tune(entry.model_dir, data_path, Path(tmp) / "out", cfg,
+                          TuneConfig(trials=trials, canary=canary_config))
         seconds = time.time() - started
     metrics, study = report["metrics"], report["tune"]
     return {
@@ -376,6 +386,14 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                          f"{r.get('length_matched_auroc', float('nan')):.3f} | {r.get('length_auroc', float('nan')):.3f} "
                          f"| {r['clean_kept']:.3f} | {r['threshold']:.4g} ({r['threshold_method']}) | "
                          f"{r['ms_per_sample']:.1f} | {ratios} | {r['peak_rss_mb']:.0f} |")
+    if suite == "tune" and ok:
+        lines.append("\nKnobs chosen on the canary (then applied to the real model):\n")
+        for r in ok:
+            canary = r["canary"]
+            lines.append(f"- {r['cell']['entry']} / {_label(r)}: {r['best_params']} (canary ASR "
+                         f"{100 * r['chosen']['canary_asr']:.1f}, canary CACC drop {r['chosen']['cacc_drop']:.2f} "
+                         f"points, {r['n_complete']} complete + {r['n_pruned']} pruned trials; canary planted at ASR "
+                         f"{100 * canary['asr']:.1f})")
     for r in failed:
         lines.append(f"\nFAILED {r['cell']['entry']} / {_label(r)}: {r['error']}")
     return "\n".join(lines) + "\n"
