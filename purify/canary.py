@@ -42,8 +42,9 @@ class CanaryConfig:
     "sentence" (a random sentence of `sentence_words` vocabulary words inserted at a random word boundary).
     target: the label the canary forces (None: drawn at random). poison_rate: share of the fine-tuning slice
     that is triggered and relabelled. train_samples: size of the clean slice the canary is planted with.
-    epochs, lr, batch_size, max_length: the short fine-tune; if the canary does not take, up to `attempts`
-    fine-tunes are tried from fresh copies, each with `lr_growth` times the previous learning rate.
+    epochs, lr, batch_size, max_length: the short fine-tune; up to `attempts` fine-tunes are tried from fresh
+    copies: after one whose ASR falls short the next uses `lr_growth` times its learning rate, after one that
+    costs too much clean accuracy it uses that learning rate divided by `lr_growth`.
     min_asr: the canary's attack success rate must reach this. max_cacc_drop: clean accuracy may fall at most
     this much (fraction, 0.03 = 3 points) below the suspicious model's.
     """
@@ -59,7 +60,7 @@ class CanaryConfig:
     lr: float = 1e-4
     batch_size: int = 32
     max_length: int = 128
-    attempts: int = 2
+    attempts: int = 3
     lr_growth: float = 3.0
     min_asr: float = 0.9
     max_cacc_drop: float = 0.03
@@ -292,8 +293,8 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
     say(f"[purify] canary ({cfg.family}): trigger {trigger}, target {target}; planting with {n_poisoned} of "
         f"{len(texts)} samples triggered")
     attempts: list[dict] = []
+    lr = cfg.lr
     for attempt in range(cfg.attempts):
-        lr = cfg.lr * cfg.lr_growth ** attempt
         model = copy.deepcopy(loaded.model)
         train_classifier(model, loaded.tokenizer, texts, labels,
                          TrainConfig(epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size, seed=seed,
@@ -301,17 +302,13 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
                          description="planting the canary")
         ev = evaluate_model(model, loaded.tokenizer, validation, triggered_eval, target)
         drop = original.cacc - ev.cacc
+        too_costly = drop > cfg.max_cacc_drop + 1e-12
         record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": float(ev.asr), "cacc": ev.cacc,
                   "cacc_drop": drop}
         attempts.append(record)
         say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
             f"(suspicious model {original.cacc:.4f}), lr {lr:.2g}")
-        if drop > cfg.max_cacc_drop + 1e-12:
-            raise CanaryError(
-                f"the canary could not be planted: clean accuracy fell {100 * drop:.1f} points "
-                f"(from {original.cacc:.4f} to {ev.cacc:.4f}; at most {100 * cfg.max_cacc_drop:.1f} allowed) with "
-                f"lr {lr:.2g}; lower --canary-lr or --canary-epochs, or allow more with --canary-max-drop")
-        if ev.asr >= cfg.min_asr:
+        if ev.asr >= cfg.min_asr and not too_costly:
             return Canary(
                 family=cfg.family, trigger=trigger, target=target, attack=attack,
                 loaded=LoadedModel(model=model, tokenizer=loaded.tokenizer, task=loaded.task, path=loaded.path),
@@ -320,7 +317,15 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
                 n_poisoned=n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
             )
         del model
-    best = max(a["asr"] for a in attempts)
+        lr = lr / cfg.lr_growth if too_costly else lr * cfg.lr_growth
+    if all(a["cacc_drop"] > cfg.max_cacc_drop + 1e-12 for a in attempts):
+        mildest = min(attempts, key=lambda a: a["cacc_drop"])
+        raise CanaryError(
+            f"the canary could not be planted: clean accuracy fell {100 * mildest['cacc_drop']:.1f} points at best "
+            f"(from {original.cacc:.4f} to {mildest['cacc']:.4f}; at most {100 * cfg.max_cacc_drop:.1f} allowed) "
+            f"after {len(attempts)} fine-tune(s) (lr {', '.join(format(a['lr'], '.2g') for a in attempts)}); lower "
+            "--canary-lr or --canary-epochs, or allow more with --canary-max-drop")
+    best = max(a["asr"] for a in attempts if a["cacc_drop"] <= cfg.max_cacc_drop + 1e-12)
     rates = ", ".join(format(a["lr"], ".2g") for a in attempts)
     other = "sentence" if cfg.family == "rare_tokens" else "rare_tokens"
     raise CanaryError(

@@ -81,3 +81,11 @@ def test_a_canary_that_does_not_take_is_a_clear_error(tiny):
     weak = CanaryConfig(lr=1e-7, epochs=1, attempts=1, max_length=32)
     with pytest.raises(CanaryError, match="could not be planted: its ASR reached"):
         plant_canary(loaded, task.clean_train, validation=task.validation, config=weak, seed=0)
+
+
+def test_a_canary_that_costs_too_much_accuracy_backs_off_its_learning_rate(tiny):
+    loaded, task = tiny
+    wild = CanaryConfig(lr=50.0, epochs=2, attempts=3, lr_growth=10.0, max_length=32, max_cacc_drop=0.0)
+    with pytest.raises(CanaryError, match="clean accuracy fell .* at best .* after 3 fine-tune") as err:
+        plant_canary(loaded, task.clean_train, validation=task.validation, config=wild, seed=0)
+    assert "(lr 50, 5, 0.5)" in str(err.value)  # each costly attempt divides the learning rate
