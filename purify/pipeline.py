@@ -21,7 +21,9 @@ from .registry import build_strategy
 #: chosen from the benchmarks (best ASR at a CACC drop <= 1 point on the default zoo entry): w2s_distill took movie
 #: badnets from 100% to 22.4% ASR at +0.5 CACC; every pruning strategy left ASR at 100% (benchmarks/*.md)
 DEFAULT_STRATEGY = "w2s_distill"
-DEFAULT_FILTER = "gradsentry"
+#: chosen from benchmarks/filters.md: trigger_words removed every poisoned sample of movie badnets and insertsent
+#: (10%) while keeping >= 99.9% of the clean ones; GradSentry and GradShield removed none at their adaptive thresholds
+DEFAULT_FILTER = "trigger_words"
 FILTER_SCORES_FILE = "filter_scores.jsonl"
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from purify.cli import main
 from purify.export import REPORT_FILE, verify
+from purify.pipeline import DEFAULT_FILTER
 from purify.plots import FILTER_HIST, HEATMAP, TRAJECTORY
 
 TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
@@ -19,7 +20,7 @@ def test_demo_on_tiny_entry(session_cache, tmp_path, capsys):
     assert verify(out).ok
     report = json.loads((out / REPORT_FILE).read_text())
     assert report["strategy"]["name"] == "gradient_prune"
-    assert report["filter"]["method"] == "gradsentry"
+    assert report["filter"]["method"] == DEFAULT_FILTER
     assert report["filter"]["ground_truth"]["poisoned"] > 0
     assert set(report["metrics"]) >= {"before", "after", "asr_floor"}
     assert report["git_hash"] is None or len(report["git_hash"]) >= 40
