@@ -140,8 +140,9 @@ def run_filter_cell(cell: Cell) -> dict:
               "seconds": round(seconds, 1), "ms_per_sample": round(1000 * seconds / len(data), 2),
               "device": _device_name(), "peak_rss_mb": _peak_mb(), "details": result.summary()["details"]}
     # the length-matched control: how well token length alone would separate (a score that is only length)
-    record["length_auroc"] = auroc(token_lengths(loaded, data).astype(float), truth)
-    record["length_matched_auroc"] = length_matched_auroc(result.scores, token_lengths(loaded, data), truth)
+    lengths = token_lengths(loaded, data).astype(float)
+    record["length_auroc"] = auroc(lengths, truth)
+    record["length_matched_auroc"] = length_matched_auroc(result.scores, lengths, truth)
     targets = [result.details["target"]] if "target" in result.details else result.details.get("parameters", [])
     if targets and "..." not in targets and result.details.get("gradient_model") != "reference":
         sample = data.subset(range(0, len(data), max(1, len(data) // 256)))  # ~256 samples, spread evenly
