@@ -407,7 +407,8 @@ def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> P
     table = markdown_table(suite, results)
     md = out / f"{suite}.md"
     md.write_text(f"# Benchmark: {suite}\n\nProduced by:\n\n    {command}\n\n"
-                  f"Machine: {os.cpu_count()} CPU cores; figures are percentages unless a column says otherwise. "
+                  f"Machine: {os.cpu_count()} CPU cores; "
+                  f"{'rates are fractions' if suite == 'filters' else 'figures are percentages unless a column says otherwise'}. "
                   f"git {provenance()['git_hash']}.\n\n{table}")
     _plot(suite, results, out / f"{suite}.png")
     update_readme(suite, table, out.resolve().parent / "README.md")  # benchmarks/ -> the repository's README
