@@ -391,7 +391,9 @@ def markdown_table(suite: str, results: list[dict]) -> str:
         lines.append("\nKnobs chosen on the canary (then applied to the real model):\n")
         for r in ok:
             canary = r["canary"]
-            lines.append(f"- {r['cell']['entry']} / {_label(r)}: {r['best_params']} (canary ASR "
+            knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in sorted(r["best_params"].items()))
+            lines.append(f"- {r['cell']['entry']} / {_label(r)}: {knobs} (canary ASR "
                          f"{100 * r['chosen']['canary_asr']:.1f}, canary CACC drop {r['chosen']['cacc_drop']:.2f} "
                          f"points, {r['n_complete']} complete + {r['n_pruned']} pruned trials; canary planted at ASR "
                          f"{100 * canary['asr']:.1f})")
