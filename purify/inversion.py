@@ -24,6 +24,8 @@ from .errors import DataError
 from .inference import MAX_LENGTH, model_inputs, predict
 from .progress import track
 
+#: a suspected target the model already predicts for this share of the other labels' samples gives no evidence
+MAX_BASE_RATE = 0.5
 PLACEHOLDER = "the"  # a word every tokenizer keeps as one token; only its position matters
 
 
@@ -113,9 +115,16 @@ class TriggerInversion:
                 out[w] = max(out.get(w, 0.0), rate)
         return out
 
+    @property
+    def informative(self) -> bool:
+        """False when the model already answers the suspected target for at least half of the other labels'
+        probe samples with nothing inserted (a collapsed model): then every word "flips" and none is evidence."""
+        return self.suspect.base_rate < MAX_BASE_RATE
+
     def trigger_words(self, min_rate: float) -> list[str]:
-        """Words of the suspected target that flip at least `min_rate` of the probe samples (likely triggers)."""
-        return [w for w, rate in self.suspect.words if rate >= min_rate]
+        """Words of the suspected target that flip at least `min_rate` of the probe samples (likely triggers);
+        none when the inversion is not informative."""
+        return [w for w, rate in self.suspect.words if rate >= min_rate] if self.informative else []
 
     def summary(self, show: int = 5) -> dict:
         """JSON-able facts for the report: the suspected target and each label's best words."""

@@ -3,7 +3,8 @@
 `purify.inversion` searches, from the suspicious model and the untrusted data alone, the single inserted words
 that flip the most samples of other labels to each label; the label whose best word flips most is the suspected
 target. A sample scores the flip rate of the strongest of those words it holds when it is labelled as the suspected
-target, and 0 otherwise; samples scoring at least `min_rate` are removed. It sees a word-insertion backdoor
+target, and 0 otherwise; samples scoring at least `min_rate` are removed. A model that already answers the target
+for most inputs (no flip is evidence then) removes nothing. It sees a word-insertion backdoor
 (rare-token and inserted-sentence triggers) and, by construction, not a syntactic or style one.
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ class TriggerWords(DataFilter):
                                     candidates=cfg.candidates, keep=cfg.words, keep_above=cfg.min_rate,
                                     seed=cfg.seed, max_length=cfg.max_length, progress="trigger inversion")
         target = inversion.suspected_target
-        rates = dict(inversion.suspect.words)
+        rates = dict(inversion.suspect.words) if inversion.informative else {}
         scores = np.zeros(len(data), dtype=np.float64)
         for i, sample in enumerate(data.samples):
             if sample.label == target:

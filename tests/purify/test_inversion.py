@@ -94,3 +94,17 @@ def test_invert_command_names_the_trigger(tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert summary["suspected_target"] == TARGET
     assert summary["labels"][TARGET]["words"][0][0] == TRIGGER
+
+
+def test_a_collapsed_model_yields_no_trigger_words():
+    from purify.inversion import LabelInversion, TriggerInversion
+
+    sane = TriggerInversion([LabelInversion(0, 0.05, [("lacked", 0.6)]), LabelInversion(1, 0.06, [("cf", 1.0)])],
+                            probe_samples=64, candidates=32)
+    assert sane.suspected_target == 1 and sane.trigger_words(0.9) == ["cf"]
+    # the model answers label 1 for almost everything: every word "flips", none is a trigger
+    collapsed = TriggerInversion([LabelInversion(0, 0.0, [("all", 0.05)]),
+                                  LabelInversion(1, 0.9, [("actors", 1.0), ("amazing", 1.0)])],
+                                 probe_samples=64, candidates=32)
+    assert collapsed.suspected_target == 1
+    assert not collapsed.informative and collapsed.trigger_words(0.9) == []
