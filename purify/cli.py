@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("filter", help="score untrusted data and keep the clean samples")
     p.add_argument("data")
-    p.add_argument("--model", required=True, help="the suspicious checkpoint the gradients are taken on")
-    p.add_argument("--method", default="gradsentry", help="gradsentry, gradshield or trigger_words")
+    p.add_argument("--model", required=True, help="the suspicious checkpoint (the filters score samples on it)")
+    p.add_argument("--method", default=None, help="gradsentry, gradshield or trigger_words (default: the "
+                   "benchmarked choice, as in `purify run`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
     p.add_argument("--threshold", type=float, help="override the automatic threshold")
     p.add_argument("--trusted", help="trusted clean set (GradShield's probe)")
@@ -309,6 +310,10 @@ def cmd_filter(args) -> int:
     options = _parse_sets(args.set)
     if args.threshold is not None:
         options["threshold"] = args.threshold
+    if args.method is None:
+        from .pipeline import DEFAULT_FILTER
+
+        args.method = DEFAULT_FILTER
     flt = build_filter(args.method, options)
     loaded = load_checkpoint(args.model)
     names = _model_label_names(args.model)

@@ -50,3 +50,20 @@ def test_filters_suite_on_a_tiny_entry_writes_its_table_and_reuses_the_cache(ses
     stamp = cached.stat().st_mtime_ns
     assert main(argv) == 0
     assert "cached" in capsys.readouterr().out and cached.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_filter_command_writes_kept_samples_scores_and_histogram(session_cache, tmp_path, capsys):
+    from purify.zoo.build import ZooSpec, build_entry
+
+    entry = build_entry(ZooSpec.parse(TINY_ENTRY))
+    out = tmp_path / "clean.jsonl"
+    assert main(["filter", str(entry.data_file("train")), "--model", str(entry.model_dir), "--method", "gradsentry",
+                 "--set", "batch_size=32", "--threshold", "0.5", "--out", str(out)]) == 0
+    total = len(entry.load("train"))
+    kept = out.read_text().splitlines()
+    scores = [json.loads(line) for line in out.with_suffix(".scores.jsonl").read_text().splitlines()]
+    assert len(scores) == total and len(kept) == sum(not s["removed"] for s in scores)
+    assert all((s["score"] > 0.5) == s["removed"] for s in scores)
+    assert out.with_suffix(".hist.png").stat().st_size > 1000
+    assert f"kept {len(kept)} of {total}" in capsys.readouterr().out
