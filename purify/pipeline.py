@@ -22,7 +22,8 @@ from .registry import build_strategy
 #: badnets from 100% to 22.4% ASR at +0.5 CACC; every pruning strategy left ASR at 100% (benchmarks/*.md)
 DEFAULT_STRATEGY = "w2s_distill"
 #: chosen from benchmarks/filters.md: trigger_words removed every poisoned sample of movie badnets and insertsent
-#: (10%) while keeping >= 99.9% of the clean ones; GradSentry and GradShield removed none at their adaptive thresholds
+#: (10%) while keeping >= 99.9% of the clean ones; GradSentry removed no poisoned sample anywhere, GradShield some
+#: only where it also removed most clean samples or few poisoned ones
 DEFAULT_FILTER = "trigger_words"
 FILTER_SCORES_FILE = "filter_scores.jsonl"
 
