@@ -126,6 +126,17 @@ class TriggerInversion:
         none when the inversion is not informative."""
         return [w for w, rate in self.suspect.words if rate >= min_rate] if self.informative else []
 
+    def carrier_rates(self, data: TaskData) -> np.ndarray:
+        """Per sample of `data`: the flip rate of the strongest suspected-target word it holds when it is labelled
+        as the suspected target, else 0 (0 everywhere when the inversion is not informative). Samples at or above
+        a trigger rate are the ones a trigger-word filter or w2s_distill's drop step leaves out."""
+        rates: dict[str, float] = {}
+        for w, rate in (self.suspect.words if self.informative else []):  # matched case-insensitively
+            rates[w.lower()] = max(rate, rates.get(w.lower(), 0.0))
+        target = self.suspected_target
+        return np.array([max((rates[w] for w in words_of(s.text) & rates.keys()), default=0.0)
+                         if s.label == target else 0.0 for s in data.samples], dtype=np.float64)
+
     def summary(self, show: int = 5) -> dict:
         """JSON-able facts for the report: the suspected target and each label's best words."""
         return {"suspected_target": self.suspected_target, "probe_samples": self.probe_samples,
@@ -228,11 +239,6 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
 def words_of(text: str) -> set[str]:
     """The whole words of `text`, lower-cased, punctuation around them stripped (how inverted words are matched)."""
     return {part.strip(".,;:!?\"'()[]").lower() for part in text.split()}
-
-
-def contains_any(text: str, words: Sequence[str]) -> bool:
-    """Whether `text` holds one of `words` as a whole word (case-insensitive, punctuation around it ignored)."""
-    return not words_of(text).isdisjoint(w.lower() for w in words)
 
 
 def predict_inserted(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,

@@ -28,7 +28,7 @@ from purify.data import TaskData
 from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict
-from purify.inversion import (TriggerInversion, contains_any, flip_rate, insert_words, insertion_vocabulary,
+from purify.inversion import (TriggerInversion, flip_rate, insert_words, insertion_vocabulary,
                               invert_triggers, predict_inserted)
 from purify.lora import lora_target_modules
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
@@ -475,7 +475,7 @@ class W2SDistill(Strategy):
             return train, {"words": [], "samples": 0}
         words = inversion.trigger_words(cfg.drop_trigger_rate)
         target = inversion.suspected_target
-        keep = [i for i, s in enumerate(train.samples) if not (s.label == target and contains_any(s.text, words))]
+        keep = np.flatnonzero(inversion.carrier_rates(train) < cfg.drop_trigger_rate).tolist()
         if not keep:
             raise DataError("every sample contains an inverted trigger word; nothing clean is left")
         dropped = {"words": words, "target": target, "samples": len(train) - len(keep)}

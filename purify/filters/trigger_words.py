@@ -17,7 +17,7 @@ import numpy as np
 from ..checkpoint import LoadedModel
 from ..data import TaskData
 from ..errors import ConfigError
-from ..inversion import invert_triggers, words_of
+from ..inversion import invert_triggers
 from .base import DataFilter, FilterConfig, register_filter
 from .thresholds import ThresholdDecision
 
@@ -62,14 +62,9 @@ class TriggerWords(DataFilter):
         inversion = invert_triggers(loaded.model, loaded.tokenizer, data, samples=cfg.probe_samples,
                                     candidates=cfg.candidates, keep=cfg.words, keep_above=cfg.min_rate,
                                     seed=cfg.seed, max_length=cfg.max_length, progress="trigger inversion")
-        target = inversion.suspected_target
-        rates = dict(inversion.suspect.words) if inversion.informative else {}
-        scores = np.zeros(len(data), dtype=np.float64)
-        for i, sample in enumerate(data.samples):
-            if sample.label == target:
-                scores[i] = max((rates[w] for w in words_of(sample.text) & rates.keys()), default=0.0)
-        return scores, {"suspected_target": target, "inversion": inversion.summary(show=cfg.words),
-                        "trigger_words": inversion.trigger_words(cfg.min_rate)}
+        details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
+                   "trigger_words": inversion.trigger_words(cfg.min_rate)}
+        return inversion.carrier_rates(data), details
 
     def adaptive_threshold(self, scores: np.ndarray) -> ThresholdDecision:
         """Flag scores >= min_rate (the threshold sits just below it, as every rule flags strictly above)."""
