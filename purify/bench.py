@@ -71,7 +71,8 @@ def run_zoo_cell(cell: Cell) -> dict:
         "clean_cacc": m["metrics"]["clean"]["cacc"], "clean_asr": m["metrics"]["clean"]["asr"],
         "cacc": m["metrics"]["backdoored"]["cacc"], "asr": m["metrics"]["backdoored"]["asr"],
         "build_seconds": m["build_seconds"], "peak_rss_mb": m["peak_rss_mb"], "counts": m["counts"],
-        "attack": m["attack"],
+        "attack": m["attack"], "clean_train_seconds": m["metrics"]["clean"].get("train_seconds"),
+        "clean_reused_from": m["metrics"]["clean"].get("reused_from"),
     }
 
 
@@ -353,11 +354,14 @@ def markdown_table(suite: str, results: list[dict]) -> str:
     lines = []
     if suite == "zoo":
         lines += ["| entry | clean ref CACC | backdoored CACC | ASR | ASR floor (clean ref) | CACC drop | "
-                  "build s | peak MB |", "|---|---|---|---|---|---|---|---|"]
+                  "build s | clean ref train s | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in ok:
+            clean_s = r.get("clean_train_seconds")
+            clean_s = "?" if clean_s is None else f"{clean_s:.0f}" + (" (shared)" if r.get("clean_reused_from")
+                                                                      else "")
             lines.append(f"| {r['cell']['entry']} | {100 * r['clean_cacc']:.1f} | {100 * r['cacc']:.1f} | "
                          f"{100 * r['asr']:.1f} | {100 * r['clean_asr']:.1f} | "
-                         f"{100 * (r['clean_cacc'] - r['cacc']):.1f} | {r['build_seconds']:.0f} | "
+                         f"{100 * (r['clean_cacc'] - r['cacc']):.1f} | {r['build_seconds']:.0f} | {clean_s} | "
                          f"{r['peak_rss_mb']:.0f} |")
     elif suite in ("pruning", "w2s", "tune"):
         lines += ["| entry | method | seeds | CACC before | CACC after | ASR before | ASR after | ASR floor | "

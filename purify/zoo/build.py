@@ -2,9 +2,12 @@
 
 An entry is named by (base, dataset, attack, poison rate, seed), built deterministically, and cached under
 ``$PURIFY_CACHE/zoo/<name>`` with ``model/``, ``clean_model/``, ``data/*.jsonl`` and ``manifest.json``.
+The clean reference depends only on (base, dataset, seed, recipe), not on the attack, so it is trained once and
+kept under ``$PURIFY_CACHE/zoo/.clean/``; every entry on the same base and dataset copies it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -15,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
-from ..checkpoint import LoadedModel
+from ..checkpoint import LoadedModel, load_checkpoint
 from ..data import Sample, TaskData, load_task_data, write_jsonl
 from ..device import seed_everything
 from ..errors import ConfigError
@@ -150,6 +153,45 @@ def _train(loaded: LoadedModel, data: TaskData, val: TaskData, recipe: Recipe, s
     return {"history": result.history, "best_epoch": result.best_epoch}
 
 
+def _clean_reference_dir(spec: ZooSpec, recipe: Recipe, root: Path) -> Path:
+    """Cache folder of the clean reference shared by every attack on `spec`'s base, dataset and seed."""
+    recipe_json = json.dumps({**asdict(recipe), "train": recipe.train.to_dict()}, sort_keys=True)
+    digest = hashlib.sha256(recipe_json.encode()).hexdigest()[:12]
+    return root / ".clean" / f"{spec.base}-{spec.dataset}-s{spec.seed}-{digest}"
+
+
+def _clean_reference(spec: ZooSpec, recipe: Recipe, root: Path, train: TaskData, val: TaskData,
+                     names: list[str], log) -> tuple[LoadedModel, dict]:
+    """The clean model fine-tuned like the backdoored one without poison: trained once, then loaded from cache."""
+    folder = _clean_reference_dir(spec, recipe, root)
+    info_file = folder / "training.json"
+    if info_file.exists():
+        log(f"[zoo] {spec.name}: reusing the clean reference {folder.name}")
+        loaded = load_checkpoint(folder, task="classification")
+        return loaded, {**json.loads(info_file.read_text()), "reused_from": folder.name}
+    log(f"[zoo] {spec.name}: training the clean model on {len(train)} samples")
+    t0 = time.time()
+    loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
+    info = {**_train(loaded, train, val, recipe, spec.seed, "clean model"),
+            "train_seconds": round(time.time() - t0, 1)}
+    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _save_classifier(loaded, tmp, names)
+        (tmp / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return loaded, info
+
+
+def _save_classifier(loaded: LoadedModel, folder: Path, names: list[str]) -> None:
+    loaded.model.config.id2label = dict(enumerate(names))
+    loaded.model.config.label2id = {n: i for i, n in enumerate(names)}
+    loaded.model.save_pretrained(str(folder), safe_serialization=True)
+    loaded.tokenizer.save_pretrained(str(folder))
+
+
 def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False, log=print) -> ZooEntry:
     """Build `spec` (or return the cached entry): poison the data, train backdoored and clean models, measure."""
     root = root or zoo_root()
@@ -181,18 +223,17 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
                             ("test_triggered", test_trig)):
             write_jsonl(tmp / "data" / f"{split}.jsonl", data.samples)
         measured = {}
-        for kind, data in (("backdoored", train), ("clean", clean_train)):
-            log(f"[zoo] {spec.name}: training the {kind} model on {len(data)} samples")
-            t0 = time.time()
-            loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
-            history = _train(loaded, data, val, recipe, spec.seed, f"{kind} model")
+        log(f"[zoo] {spec.name}: training the backdoored model on {len(train)} samples")
+        t0 = time.time()
+        loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
+        info = {**_train(loaded, train, val, recipe, spec.seed, "backdoored model"),
+                "train_seconds": round(time.time() - t0, 1)}
+        for kind in ("backdoored", "clean"):
+            if kind == "clean":
+                loaded, info = _clean_reference(spec, recipe, root, clean_train, val, names, log)
             ev = evaluate_model(loaded.model, loaded.tokenizer, test_clean, test_trig, spec.target)
-            folder = tmp / ("model" if kind == "backdoored" else "clean_model")
-            loaded.model.config.id2label = dict(enumerate(names))
-            loaded.model.config.label2id = {n: i for i, n in enumerate(names)}
-            loaded.model.save_pretrained(str(folder), safe_serialization=True)
-            loaded.tokenizer.save_pretrained(str(folder))
-            measured[kind] = {**ev.to_dict(), "train_seconds": round(time.time() - t0, 1), **history}
+            _save_classifier(loaded, tmp / ("model" if kind == "backdoored" else "clean_model"), names)
+            measured[kind] = {**ev.to_dict(), **info}
             log(f"[zoo] {spec.name}: {kind} CACC {ev.cacc:.4f} ASR {ev.asr:.4f}")
             del loaded
         manifest = {

@@ -61,3 +61,13 @@ def test_manifest_rebuilds_the_same_entry(entry, tmp_path):
     for kind in ("backdoored", "clean"):
         assert a[kind]["cacc"] == b[kind]["cacc"] and a[kind]["asr"] == b[kind]["asr"]
     assert json.loads(json.dumps(spec.__dict__)) == entry.manifest["spec"]
+
+
+def test_second_attack_reuses_the_clean_reference(entry):
+    """The clean reference depends on base, dataset and seed only: a second attack copies it, it is not retrained."""
+    other = build_entry(ZooSpec(base="tiny-bert", dataset="sms", attack="insertsent", rate=0.1, seed=0))
+    clean = other.manifest["metrics"]["clean"]
+    assert clean["reused_from"].startswith("tiny-bert-sms-s0-")
+    assert _digest(other.clean_model_dir / "model.safetensors") == _digest(entry.clean_model_dir / "model.safetensors")
+    assert clean["cacc"] == entry.manifest["metrics"]["clean"]["cacc"]
+    assert clean["train_seconds"] == entry.manifest["metrics"]["clean"]["train_seconds"]
