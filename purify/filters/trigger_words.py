@@ -4,8 +4,14 @@
 that flip the most samples of other labels to each label; the label whose best word flips most is the suspected
 target. A sample scores the flip rate of the strongest of those words it holds when it is labelled as the suspected
 target, and 0 otherwise; samples scoring at least `min_rate` are removed. A model that already answers the target
-for most inputs (no flip is evidence then) removes nothing. It sees a word-insertion backdoor
-(rare-token and inserted-sentence triggers) and, by construction, not a syntactic or style one.
+for most inputs (no flip is evidence then) removes nothing on that ground.
+
+A trigger sentence may need all its words before the model reacts, so single-word inversion can miss it when
+little data is poisoned. The filter therefore also mines the data's repeated label-pure phrases
+(`purify.phrases`), inserts each into samples of other labels and keeps the ones that flip at least `min_rate`;
+samples of the phrase's label holding it score that flip rate. Where the model already answers a label for most
+inputs, flips say nothing and no phrase of that label is taken. It sees word- and sentence-insertion backdoors
+(rare tokens, inserted sentences) and, by construction, not a syntactic or style one.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ import numpy as np
 from ..checkpoint import LoadedModel
 from ..data import TaskData
 from ..errors import ConfigError
-from ..inversion import invert_triggers
+from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
+from ..phrases import holders_of, mine_phrases
 from .base import DataFilter, FilterConfig, register_filter
 from .thresholds import ThresholdDecision
 
@@ -26,16 +33,21 @@ from .thresholds import ThresholdDecision
 class TriggerWordsConfig(FilterConfig):
     """Trigger-word filter options (plus FilterConfig's; `threshold` overrides `min_rate`).
 
-    min_rate: an inverted word is a trigger word when inserting it flips at least this share of the probe
-    samples to the suspected target. probe_samples: samples per label the inversion probes. candidates: words
-    measured exactly per label and round. words: best words kept per label (more are kept when they pass
-    min_rate).
+    min_rate: an inverted word or mined phrase is a trigger when inserting it flips at least this share of the
+    probe samples to its label. probe_samples: samples per label the inversion (and each phrase) probes.
+    candidates: words measured exactly per label and round. words: best words kept per label (more are kept when
+    they pass min_rate). phrases: repeated label-pure phrases tried per label (0 = words only).
+    phrase_min_count, phrase_purity: a phrase is a candidate when at least this many samples hold it and at
+    least this share of them carry one label.
     """
 
     min_rate: float = 0.9
     probe_samples: int = 64
     candidates: int = 48
     words: int = 8
+    phrases: int = 16
+    phrase_min_count: int = 5
+    phrase_purity: float = 0.95
 
     def validate(self) -> None:
         super().validate()
@@ -43,28 +55,65 @@ class TriggerWordsConfig(FilterConfig):
             raise ConfigError("min_rate must be in (0, 1]")
         if self.probe_samples < 1 or self.candidates < 1 or self.words < 1:
             raise ConfigError("probe_samples, candidates and words must be >= 1")
+        if self.phrases < 0 or self.phrase_min_count < 2:
+            raise ConfigError("phrases must be >= 0 and phrase_min_count >= 2")
+        if not 0.5 < self.phrase_purity <= 1:
+            raise ConfigError("phrase_purity must be in (0.5, 1]")
         if self.threshold_method:
             raise ConfigError("trigger_words draws its line at min_rate; set min_rate or threshold instead of "
                               "threshold_method")
 
 
 class TriggerWords(DataFilter):
-    """Remove target-label samples holding a word that trigger inversion finds flips the model (model-side only)."""
+    """Remove samples holding an inverted word or a mined phrase that flips the model to their own label."""
 
     config: TriggerWordsConfig
     default_threshold_method = "min_rate"
-    fast_options = {"probe_samples": 16, "candidates": 16}
+    fast_options = {"probe_samples": 16, "candidates": 16, "phrases": 4}
 
     def score_with_details(self, loaded: LoadedModel, data: TaskData, trusted: TaskData | None = None, *,
                            reference: LoadedModel | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Flip rate of the strongest inverted word a suspected-target sample holds (0 for other samples)."""
+        """Per sample: the flip rate of the strongest inverted word (suspected-target samples) or mined phrase (samples
+        of the phrase's label) it holds; 0 for samples holding neither."""
         cfg = self.config
         inversion = invert_triggers(loaded.model, loaded.tokenizer, data, samples=cfg.probe_samples,
                                     candidates=cfg.candidates, keep=cfg.words, keep_above=cfg.min_rate,
                                     seed=cfg.seed, max_length=cfg.max_length, progress="trigger inversion")
+        scores = inversion.carrier_rates(data)
+        phrases = self._trigger_phrases(loaded, data, inversion, scores)
         details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
-                   "trigger_words": inversion.trigger_words(cfg.min_rate)}
-        return inversion.carrier_rates(data), details
+                   "trigger_words": inversion.trigger_words(cfg.min_rate),
+                   "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate], "phrases_tried": phrases}
+        return scores, details
+
+    def _trigger_phrases(self, loaded: LoadedModel, data: TaskData, inversion: TriggerInversion,
+                         scores: np.ndarray) -> list[dict]:
+        """Score every mined phrase: its flip rate where the model is informative about its label (the model
+        answers that label for under MAX_BASE_RATE of the other labels' samples), else 0; raise `scores` of the
+        samples of its label that hold it to that score. Returns the phrases with their scores."""
+        cfg = self.config
+        if cfg.phrases == 0:
+            return []
+        base_rates = {r.target: r.base_rate for r in inversion.labels}
+        labels = np.asarray(data.labels)
+        rng = np.random.default_rng(cfg.seed)
+        out = []
+        for phrase in mine_phrases(data, min_count=cfg.phrase_min_count, purity=cfg.phrase_purity,
+                                   per_label=cfg.phrases):
+            row = phrase.to_dict()
+            held = holders_of(data, phrase)
+            if base_rates.get(phrase.label, 1.0) < MAX_BASE_RATE:
+                pool = np.flatnonzero((labels != phrase.label) & ~held)
+                probe = rng.choice(pool, size=min(cfg.probe_samples, len(pool)), replace=False) if len(pool) else []
+                rate = flip_rate(loaded.model, loaded.tokenizer, [data.samples[i].text for i in probe],
+                                 [phrase.surface], phrase.label, seed=cfg.seed, max_length=cfg.max_length)
+                row.update(flip_rate=rate, score=0.0 if np.isnan(rate) else rate)
+            else:
+                row.update(flip_rate=None, score=0.0)
+            carriers = held & (labels == phrase.label)
+            scores[carriers] = np.maximum(scores[carriers], row["score"])
+            out.append(row)
+        return out
 
     def adaptive_threshold(self, scores: np.ndarray) -> ThresholdDecision:
         """Flag scores >= min_rate (the threshold sits just below it, as every rule flags strictly above)."""

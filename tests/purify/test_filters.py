@@ -213,9 +213,25 @@ def test_trigger_words_removes_the_poisoned_lines_of_the_tiny_backdoor():
     assert metrics["recall"] >= 0.95 and metrics["clean_kept"] >= 0.97, metrics
     assert result.details["suspected_target"] == task.target
     assert TRIGGER in result.details["trigger_words"]
-    # only samples labelled as the suspected target can score
+    # the trigger is also a repeated target-pure phrase of the data, and inserting it flips the model
+    assert TRIGGER in [p["phrase"] for p in result.details["trigger_phrases"]]
+    assert all(p["label"] == task.target for p in result.details["trigger_phrases"])
     labels = np.array(task.train.labels)
-    assert not result.scores[labels != task.target].any()
+    assert not result.flagged[labels != task.target].any()
+
+
+def test_trigger_words_phrase_scores_only_raise_samples_of_the_phrase_label():
+    loaded, task = tiny_backdoored()
+    words_only = build_filter("trigger_words", {**TriggerWords.fast_options, "phrases": 0}).run(loaded, task.train)
+    with_phrases = build_filter("trigger_words", TriggerWords.fast_options).run(loaded, task.train)
+    assert "phrases_tried" in with_phrases.details and words_only.details["phrases_tried"] == []
+    assert (with_phrases.scores >= words_only.scores).all()
+    labels = np.array(task.train.labels)
+    for row in with_phrases.details["phrases_tried"]:
+        assert row["label"] in (0, 1) and row["count"] >= 5
+    raised = with_phrases.scores > words_only.scores
+    phrase_labels = {row["label"] for row in with_phrases.details["phrases_tried"] if row["score"] > 0}
+    assert set(labels[raised].tolist()) <= phrase_labels
 
 
 def test_user_threshold_overrides_the_adaptive_rule():
