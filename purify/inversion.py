@@ -236,9 +236,14 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     return TriggerInversion(labels=results, probe_samples=samples, candidates=candidates * rounds)
 
 
+def word_sequence(text: str) -> tuple[str, ...]:
+    """The whole words of `text` in order, lower-cased, punctuation around them stripped."""
+    return tuple(w for w in (part.strip(".,;:!?\"'()[]").lower() for part in text.split()) if w)
+
+
 def words_of(text: str) -> set[str]:
-    """The whole words of `text`, lower-cased, punctuation around them stripped (how inverted words are matched)."""
-    return {part.strip(".,;:!?\"'()[]").lower() for part in text.split()}
+    """The set of `word_sequence(text)` (how inverted words and mined phrases are matched)."""
+    return set(word_sequence(text))
 
 
 def predict_inserted(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,

@@ -16,12 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import TaskData
-from .inversion import words_of
-
-
-def word_sequence(text: str) -> tuple[str, ...]:
-    """The words of `text` in order, lower-cased, punctuation around them stripped (as `words_of` matches)."""
-    return tuple(w for w in (part.strip(".,;:!?\"'()[]").lower() for part in text.split()) if w)
+from .inversion import word_sequence, words_of
 
 
 @dataclass(frozen=True)
@@ -86,7 +81,7 @@ def mine_phrases(data: TaskData, *, min_count: int = 5, purity: float = 0.95, ma
 
 def _surface(text: str, gram: tuple[str, ...]) -> str:
     """The words of `text` that spell `gram`, as written (so a cased tokenizer sees the trigger's own case)."""
-    parts = [p for p in text.split() if p.strip(".,;:!?\"'()[]")]
+    parts = [p for p in text.split() if word_sequence(p)]
     n = len(gram)
     for a in range(len(parts) - n + 1):
         if word_sequence(" ".join(parts[a:a + n])) == gram:
