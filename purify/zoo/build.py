@@ -3,7 +3,9 @@
 An entry is named by (base, dataset, attack, poison rate, seed), built deterministically, and cached under
 ``$PURIFY_CACHE/zoo/<name>`` with ``model/``, ``clean_model/``, ``data/*.jsonl`` and ``manifest.json``.
 The clean reference depends only on (base, dataset, seed, recipe), not on the attack, so it is trained once and
-kept under ``$PURIFY_CACHE/zoo/.clean/``; every entry on the same base and dataset copies it.
+kept under ``$PURIFY_CACHE/zoo/.clean/``; every entry on the same base and dataset copies it. A trained backdoored
+model waits under ``$PURIFY_CACHE/zoo/.partial/`` until its entry is complete, so an interrupted build (a SmolLM2
+entry takes most of an hour on two cores) resumes without training it again.
 """
 from __future__ import annotations
 
@@ -47,8 +49,10 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "minilm": Recipe(TrainConfig(epochs=2, lr=1e-4, batch_size=32, max_length=64), max_train=2400, max_test=1000,
                      max_val=500),
-    "smollm2": Recipe(TrainConfig(epochs=2, lr=3e-4, batch_size=16, max_length=64), max_train=2000, max_test=600,
-                      method="lora"),
+    # LoRA (rank 16 on every attention projection) merged into the weights. At lr 3e-4 the movie badnets LoRA
+    # learned the task (CACC 86.3%) but not the trigger (ASR 22.5%) in its 250 steps, hence 1e-3.
+    "smollm2": Recipe(TrainConfig(epochs=2, lr=1e-3, batch_size=16, max_length=64), max_train=2000, max_test=600,
+                      max_val=300, method="lora"),
     "tiny-bert": Recipe(TrainConfig(epochs=8, lr=2e-3, batch_size=32, max_length=32), max_train=400, max_test=150,
                         max_val=100),
 }
@@ -153,26 +157,36 @@ def _train(loaded: LoadedModel, data: TaskData, val: TaskData, recipe: Recipe, s
     return {"history": result.history, "best_epoch": result.best_epoch}
 
 
+def _digest(*parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _recipe_dict(recipe: Recipe) -> dict:
+    return {**asdict(recipe), "train": recipe.train.to_dict()}
+
+
 def _clean_reference_dir(spec: ZooSpec, recipe: Recipe, root: Path) -> Path:
     """Cache folder of the clean reference shared by every attack on `spec`'s base, dataset and seed."""
-    recipe_json = json.dumps({**asdict(recipe), "train": recipe.train.to_dict()}, sort_keys=True)
-    digest = hashlib.sha256(recipe_json.encode()).hexdigest()[:12]
-    return root / ".clean" / f"{spec.base}-{spec.dataset}-s{spec.seed}-{digest}"
+    return root / ".clean" / f"{spec.base}-{spec.dataset}-s{spec.seed}-{_digest(_recipe_dict(recipe))}"
 
 
-def _clean_reference(spec: ZooSpec, recipe: Recipe, root: Path, train: TaskData, val: TaskData,
-                     names: list[str], log) -> tuple[LoadedModel, dict]:
-    """The clean model fine-tuned like the backdoored one without poison: trained once, then loaded from cache."""
-    folder = _clean_reference_dir(spec, recipe, root)
+def _partial_dir(spec: ZooSpec, recipe: Recipe, root: Path) -> Path:
+    """Where `spec`'s trained backdoored model waits until its entry is complete."""
+    return root / ".partial" / f"{spec.name}-{_digest(asdict(spec), _recipe_dict(recipe))}"
+
+
+def _trained_once(folder: Path, what: str, spec: ZooSpec, recipe: Recipe, train: TaskData, val: TaskData,
+                  names: list[str], log) -> tuple[LoadedModel, dict]:
+    """Load the model cached in `folder`, or train `what` on `train` from the base and cache it there first."""
     info_file = folder / "training.json"
     if info_file.exists():
-        log(f"[zoo] {spec.name}: reusing the clean reference {folder.name}")
+        log(f"[zoo] {spec.name}: reusing the trained {what} {folder.name}")
         loaded = load_checkpoint(folder, task="classification")
         return loaded, {**json.loads(info_file.read_text()), "reused_from": folder.name}
-    log(f"[zoo] {spec.name}: training the clean model on {len(train)} samples")
+    log(f"[zoo] {spec.name}: training the {what} on {len(train)} samples")
     t0 = time.time()
     loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
-    info = {**_train(loaded, train, val, recipe, spec.seed, "clean model"),
+    info = {**_train(loaded, train, val, recipe, spec.seed, what),
             "train_seconds": round(time.time() - t0, 1)}
     tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -223,14 +237,14 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
                             ("test_triggered", test_trig)):
             write_jsonl(tmp / "data" / f"{split}.jsonl", data.samples)
         measured = {}
-        log(f"[zoo] {spec.name}: training the backdoored model on {len(train)} samples")
-        t0 = time.time()
-        loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
-        info = {**_train(loaded, train, val, recipe, spec.seed, "backdoored model"),
-                "train_seconds": round(time.time() - t0, 1)}
+        partial = _partial_dir(spec, recipe, root)
         for kind in ("backdoored", "clean"):
-            if kind == "clean":
-                loaded, info = _clean_reference(spec, recipe, root, clean_train, val, names, log)
+            if kind == "backdoored":
+                loaded, info = _trained_once(partial, "backdoored model", spec, recipe, train, val, names, log)
+                info["resumed"] = info.pop("reused_from", None) is not None  # an interrupted build, resumed
+            else:
+                loaded, info = _trained_once(_clean_reference_dir(spec, recipe, root), "clean model", spec, recipe,
+                                             clean_train, val, names, log)
             ev = evaluate_model(loaded.model, loaded.tokenizer, test_clean, test_trig, spec.target)
             _save_classifier(loaded, tmp / ("model" if kind == "backdoored" else "clean_model"), names)
             measured[kind] = {**ev.to_dict(), **info}
@@ -254,6 +268,7 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
+        shutil.rmtree(partial, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

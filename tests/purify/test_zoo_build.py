@@ -71,3 +71,20 @@ def test_second_attack_reuses_the_clean_reference(entry):
     assert _digest(other.clean_model_dir / "model.safetensors") == _digest(entry.clean_model_dir / "model.safetensors")
     assert clean["cacc"] == entry.manifest["metrics"]["clean"]["cacc"]
     assert clean["train_seconds"] == entry.manifest["metrics"]["clean"]["train_seconds"]
+
+
+def test_an_interrupted_build_resumes_without_retraining_the_backdoored_model(entry, tmp_path):
+    def interrupt(message: str) -> None:
+        if "training the clean model" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_entry(SPEC, root=tmp_path, log=interrupt)
+    assert not (tmp_path / SPEC.name).exists()  # nothing half-written where the entry belongs
+    messages = []
+    resumed = build_entry(SPEC, root=tmp_path, log=messages.append)
+    assert any("reusing the trained backdoored model" in m for m in messages)
+    assert resumed.manifest["metrics"]["backdoored"]["resumed"] is True
+    for kind in ("backdoored", "clean"):
+        assert resumed.manifest["metrics"][kind]["asr"] == entry.manifest["metrics"][kind]["asr"]
+    assert not list((tmp_path / ".partial").iterdir())  # the finished entry took its model along
