@@ -207,12 +207,18 @@ def _save_classifier(loaded: LoadedModel, folder: Path, names: list[str]) -> Non
 
 
 def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False, log=print) -> ZooEntry:
-    """Build `spec` (or return the cached entry): poison the data, train backdoored and clean models, measure."""
+    """Build `spec` (or return the cached entry): poison the data, train backdoored and clean models, measure.
+
+    force: rebuild even if cached, retraining the backdoored model and the shared clean reference.
+    """
     root = root or zoo_root()
     dest = root / spec.name
     if (dest / MANIFEST).exists() and not force:
         return open_entry(dest)
     recipe = RECIPES[spec.base]
+    if force:  # a forced rebuild trains both models again, the shared clean reference included
+        for folder in (_partial_dir(spec, recipe, root), _clean_reference_dir(spec, recipe, root)):
+            shutil.rmtree(folder, ignore_errors=True)
     started = time.time()
     seed_everything(spec.seed)
     raw = load_raw_dataset(spec.dataset)
