@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zb = zsub.add_parser("build", help="build entries, e.g. minilm-movie-badnets-p10-s0 (cached)")
     zb.add_argument("names", nargs="+")
-    zb.add_argument("--force", action="store_true", help="rebuild even if cached")
+    zb.add_argument("--force", action="store_true",
+                    help="rebuild even if cached, retraining the shared clean reference too")
     zsub.add_parser("ls", help="list built entries with their CACC and ASR")
     zs = zsub.add_parser("show", help="print an entry's manifest")
     zs.add_argument("name")
