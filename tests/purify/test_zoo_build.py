@@ -88,3 +88,12 @@ def test_an_interrupted_build_resumes_without_retraining_the_backdoored_model(en
     for kind in ("backdoored", "clean"):
         assert resumed.manifest["metrics"][kind]["asr"] == entry.manifest["metrics"][kind]["asr"]
     assert not list((tmp_path / ".partial").iterdir())  # the finished entry took its model along
+
+
+def test_dataset_epochs_override_only_the_named_dataset_on_real_bases():
+    from purify.zoo.build import DATASET_EPOCHS, RECIPES, recipe_for
+
+    assert recipe_for(ZooSpec(base="minilm", dataset="movie")) is RECIPES["minilm"]
+    bbc = recipe_for(ZooSpec(base="minilm", dataset="bbc"))
+    assert bbc.train.epochs == DATASET_EPOCHS["bbc"] and bbc.train.lr == RECIPES["minilm"].train.lr
+    assert recipe_for(ZooSpec(base="tiny-bert", dataset="bbc")) is RECIPES["tiny-bert"]  # CI stays fast
