@@ -90,10 +90,11 @@ def test_an_interrupted_build_resumes_without_retraining_the_backdoored_model(en
     assert not list((tmp_path / ".partial").iterdir())  # the finished entry took its model along
 
 
-def test_dataset_epochs_override_only_the_named_dataset_on_real_bases():
-    from purify.zoo.build import DATASET_EPOCHS, RECIPES, recipe_for
+def test_dataset_training_knobs_override_only_the_named_dataset_on_real_bases():
+    from purify.zoo.build import DATASET_TRAINING, RECIPES, recipe_for
 
     assert recipe_for(ZooSpec(base="minilm", dataset="movie")) is RECIPES["minilm"]
     bbc = recipe_for(ZooSpec(base="minilm", dataset="bbc"))
-    assert bbc.train.epochs == DATASET_EPOCHS["bbc"] and bbc.train.lr == RECIPES["minilm"].train.lr
+    assert bbc.train.epochs == DATASET_TRAINING["bbc"]["epochs"] and not bbc.train.keep_best
+    assert bbc.train.lr == RECIPES["minilm"].train.lr
     assert recipe_for(ZooSpec(base="tiny-bert", dataset="bbc")) is RECIPES["tiny-bert"]  # CI stays fast
