@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import TaskData
-from .inversion import word_sequence, words_of
+from .inversion import word_sequence
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def mine_phrases(data: TaskData, *, min_count: int = 5, purity: float = 0.95, ma
         for gram in grams:
             holders[gram].append(i)
     labels = np.asarray(data.labels)
-    by_samples: dict[tuple[int, ...], tuple[str, ...]] = {}
+    by_samples: dict[tuple[int, ...], tuple[tuple[str, ...], int, float]] = {}
     for gram, idx in holders.items():
         if len(idx) < min_count:
             continue
@@ -66,13 +66,13 @@ def mine_phrases(data: TaskData, *, min_count: int = 5, purity: float = 0.95, ma
         if top_count / len(idx) < purity:
             continue
         key = tuple(idx)
-        if key not in by_samples or len(gram) > len(by_samples[key]):
-            by_samples[key] = gram
+        kept = by_samples.get(key)
+        # the longest phrase of a sample set, ties broken by the words (set order depends on the hash seed)
+        if kept is None or (-len(gram), gram) < (-len(kept[0]), kept[0]):
+            by_samples[key] = (gram, int(top), top_count / len(idx))
     found: dict[int, list[Phrase]] = defaultdict(list)
-    for idx, gram in by_samples.items():
-        top, top_count = Counter(labels[list(idx)].tolist()).most_common(1)[0]
-        found[int(top)].append(Phrase(gram, int(top), len(idx), top_count / len(idx),
-                                      _surface(data.samples[idx[0]].text, gram)))
+    for idx, (gram, top, share) in by_samples.items():
+        found[top].append(Phrase(gram, top, len(idx), share, _surface(data.samples[idx[0]].text, gram)))
     out = []
     for label in sorted(found):
         out += sorted(found[label], key=lambda p: (-p.count, -len(p.words), p.words))[:per_label]
@@ -91,6 +91,4 @@ def _surface(text: str, gram: tuple[str, ...]) -> str:
 
 def holders_of(data: TaskData, phrase: Phrase) -> np.ndarray:
     """Boolean mask of the samples of `data` that hold `phrase` (whole words, in order)."""
-    first = set(phrase.words)
-    return np.array([first <= words_of(s.text) and _contains(word_sequence(s.text), phrase.words)
-                     for s in data.samples], dtype=bool)
+    return np.array([_contains(word_sequence(s.text), phrase.words) for s in data.samples], dtype=bool)
