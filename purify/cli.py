@@ -57,8 +57,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle weights, loaded with torch.load(weights_only=True) (unsafe files are refused)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--label-field", default="label")
+    p.add_argument("--text-field", default="text", help="name of the text field in --data (default text)")
+    p.add_argument("--label-field", default="label", help="name of the label field in --data (default label)")
     p.add_argument("--eval-clean", help="clean test file for the before/after table")
     p.add_argument("--eval-triggered", help="triggered test file (needs --target)")
     p.add_argument("--target", help="target label of the triggered file (id or name)")
@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="reload an export with vanilla transformers and check its logits")
     p.add_argument("dir", help="a folder written by purify")
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="largest absolute logit difference accepted between purify's and vanilla loading (1e-4)")
 
     p = sub.add_parser(
         "invert", help="search the single inserted words that flip samples to one label (trigger inversion)",
@@ -92,26 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "insert the best candidates for real and measure how many samples of the other labels they "
                     "flip. An insertion backdoor shows as words flipping nearly all samples to one label; a clean "
                     "model's best words are ordinary label words that flip far fewer.")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help="the suspicious checkpoint: a Hugging Face folder with safetensors")
     p.add_argument("--data", required=True, help="task data (.jsonl, .csv or .tsv with text and label)")
     p.add_argument("--samples", type=int, default=64, help="probe samples per label (default 64)")
     p.add_argument("--candidates", type=int, default=32, help="words measured per label and round (default 32)")
     p.add_argument("--rounds", type=int, default=2, help="ranking rounds (default 2)")
     p.add_argument("--show", type=int, default=8, help="words shown per label (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for the probe samples and insert positions (default 0)")
     p.add_argument("--allow-pickle", action="store_true", help="allow a pickle checkpoint (weights only)")
     p.add_argument("--out", help="write the result as JSON here")
 
     p = sub.add_parser("eval", help="CACC and ASR of a model on a clean and a triggered file")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help="a classifier checkpoint folder (a zoo entry's model/ or a purify export)")
     p.add_argument("--clean", required=True, help="clean test file")
     p.add_argument("--triggered", help="triggered test file (samples whose true label is not the target)")
     p.add_argument("--target", help="target label (id or name); read from a zoo manifest when omitted")
     p.add_argument("--out", help="write the result as JSON here")
-    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickle checkpoint (weights only)")
 
     p = sub.add_parser("filter", help="score untrusted data and keep the clean samples")
-    p.add_argument("data")
+    p.add_argument("data", help="untrusted task data (.jsonl, .csv or .tsv with text and label)")
     p.add_argument("--model", required=True, help="the suspicious checkpoint (the filters score samples on it)")
     p.add_argument("--method", default=None, help="gradsentry, gradshield or trigger_words (default: the "
                    "benchmarked choice, as in `purify run`)")
@@ -123,12 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="build and inspect backdoored reference checkpoints")
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zb = zsub.add_parser("build", help="build entries, e.g. minilm-movie-badnets-p10-s0 (cached)")
-    zb.add_argument("names", nargs="+")
+    zb.add_argument("names", nargs="+", metavar="NAME",
+                    help="base-dataset-attack[-pRATE][-sSEED]; bases minilm, smollm2, tiny-bert; datasets movie, "
+                         "sms, bbc; attacks badnets, insertsent, syntactic, style, clean_label")
     zb.add_argument("--force", action="store_true",
                     help="rebuild even if cached, retraining the shared clean reference too")
     zsub.add_parser("ls", help="list built entries with their CACC and ASR")
     zs = zsub.add_parser("show", help="print an entry's manifest")
-    zs.add_argument("name")
+    zs.add_argument("name", help="a built entry's name (see `purify zoo ls`)")
 
     p = sub.add_parser("demo", help="the main job on the built-in default backdoored model")
     p.add_argument("--strategy", default=None, help="any registered strategy (default: the benchmarked choice)")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoo", default=None, help="zoo entry to purify (default minilm-movie-badnets-p10-s0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
     p.add_argument("--out", default=None, help="output folder (default runs/demo-<strategy>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
 
     p = sub.add_parser(
         "tune", help="choose a strategy's knobs against a planted canary backdoor, then purify with them",
@@ -187,7 +190,8 @@ clean data: no triggered test data is looked at.""",
     p.add_argument("dir")
 
     p = sub.add_parser("bench", help="run a benchmark matrix (resumable; finished cells are cached)")
-    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters", "tune"))
+    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters", "tune"),
+                   help="which matrix: zoo entries, pruning strategies, w2s_distill variants, data filters, tune")
     p.add_argument("--zoo", help="comma-separated zoo entries (default: the suite's matrix)")
     p.add_argument("--strategies", default="all", help="comma-separated methods, or all (default)")
     p.add_argument("--filters", help="comma-separated filters for --suite filters (default: all)")

@@ -25,6 +25,7 @@ from ..data import Sample, TaskData, load_task_data, write_jsonl
 from ..device import seed_everything
 from ..errors import ConfigError
 from ..evaluate import evaluate_model
+from ..inference import MAX_LENGTH
 from ..provenance import provenance
 from ..training import TrainConfig, train_classifier
 from .attacks import get_attack, poison_split, triggered_test
@@ -57,11 +58,13 @@ RECIPES: dict[str, Recipe] = {
                         max_val=100),
 }
 
-#: Training knobs that replace a recipe's for one dataset on the real bases. BBC has 1,474 training samples of five
-#: topics (92 MiniLM steps in 2 epochs): 2 epochs left MiniLM underfit (train loss 0.52) and the badnets trigger
-#: unlearned (ASR 1.4%); with 5 epochs the epoch of best clean validation accuracy (2) still came before the trigger
-#: was learned (ASR 0.9%), so BBC models keep their last epoch, as an attacker ships what it trained.
-DATASET_TRAINING: dict[str, dict] = {"bbc": {"epochs": 5, "keep_best": False}}
+#: Training knobs that replace a recipe's for one dataset on the real bases. BBC snippets run to 60 words, and 41%
+#: of them pass 64 MiniLM tokens: a model trained at the recipe's max_length of 64 never saw a trigger inserted
+#: past that point, while evaluation reads 128 tokens (``MAX_LENGTH``), so the badnets ASR stalled near the share of
+#: triggers inside the window (1.4% after 2 epochs, 55.2% after 5). BBC therefore trains at 128 tokens, like every
+#: later reader of the entry. It has 1,474 training samples of five topics (92 MiniLM steps in 2 epochs, which left
+#: MiniLM underfit, train loss 0.52), hence 5 epochs, keeping the last one, as an attacker ships what it trained.
+DATASET_TRAINING: dict[str, dict] = {"bbc": {"epochs": 5, "keep_best": False, "max_length": MAX_LENGTH}}
 
 
 def recipe_for(spec: ZooSpec) -> Recipe:

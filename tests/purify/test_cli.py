@@ -19,6 +19,18 @@ def test_help_lists_subcommands(capsys):
         assert name in out
 
 
+def test_zoo_build_help_names_every_base_dataset_and_attack(capsys):
+    from purify.zoo.attacks import ATTACKS
+    from purify.zoo.bases import BASES
+    from purify.zoo.datasets import DATASETS
+
+    with pytest.raises(SystemExit):
+        main(["zoo", "build", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in (*BASES, *DATASETS, *ATTACKS):
+        assert name in out
+
+
 def test_ls_lists_registered_strategies(capsys):
     assert main(["ls", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
