@@ -67,6 +67,18 @@ RECIPES: dict[str, Recipe] = {
 DATASET_TRAINING: dict[str, dict] = {"bbc": {"epochs": 5, "keep_best": False, "max_length": MAX_LENGTH}}
 
 
+#: Attack parameters that replace an attack's defaults on one dataset (``spec.attack_params`` still win). BBC snippets
+#: are 60 words, about twice a movie review's 26: with one rare word per snippet the badnets model reached 69.8% ASR
+#: (5 epochs at 128 tokens), so BBC badnets inserts three, as HiddenKiller's BadNets baseline inserts more rare words
+#: into its longer-text datasets (1, 3 and 5 for SST-2, OLID and AG's News).
+DATASET_ATTACK_PARAMS: dict[str, dict[str, dict]] = {"bbc": {"badnets": {"num_triggers": 3}}}
+
+
+def attack_params_for(spec: ZooSpec) -> dict:
+    """The attack parameters that build `spec`: its dataset's defaults, then the spec's own."""
+    return {**DATASET_ATTACK_PARAMS.get(spec.dataset, {}).get(spec.attack, {}), **spec.attack_params}
+
+
 def recipe_for(spec: ZooSpec) -> Recipe:
     """The recipe that builds `spec`: its base's, with the dataset's knobs where DATASET_TRAINING names them."""
     recipe = RECIPES[spec.base]
@@ -188,7 +200,8 @@ def _clean_reference_dir(spec: ZooSpec, recipe: Recipe, root: Path) -> Path:
 
 def _partial_dir(spec: ZooSpec, recipe: Recipe, root: Path) -> Path:
     """Where `spec`'s trained backdoored model waits until its entry is complete."""
-    return root / ".partial" / f"{spec.name}-{_digest(asdict(spec), _recipe_dict(recipe))}"
+    key = _digest(asdict(spec), _recipe_dict(recipe), attack_params_for(spec))
+    return root / ".partial" / f"{spec.name}-{key}"
 
 
 def _trained_once(folder: Path, what: str, spec: ZooSpec, recipe: Recipe, train: TaskData, val: TaskData,
@@ -241,7 +254,7 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
     if not 0 <= spec.target < len(raw.label_names):
         raise ConfigError(f"target {spec.target} is not a label of {spec.dataset} ({raw.label_names})")
     splits = split_dataset(raw, seed=spec.seed, max_train=recipe.max_train, max_test=recipe.max_test)
-    attack = get_attack(spec.attack, **spec.attack_params)
+    attack = get_attack(spec.attack, **attack_params_for(spec))
     train_rows = poison_split(splits["train"], attack, rate=spec.rate, target=spec.target, seed=spec.seed)
     trig_rows = triggered_test(splits["test"], attack, target=spec.target, seed=spec.seed)
     names = raw.label_names

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from purify.inference import MAX_LENGTH
 from purify.zoo.build import ZooSpec, build_entry, list_entries, open_entry, spec_from_manifest
 
 SPEC = ZooSpec(base="tiny-bert", dataset="sms", attack="badnets", rate=0.1, seed=0)
@@ -98,3 +99,14 @@ def test_dataset_training_knobs_override_only_the_named_dataset_on_real_bases():
     assert bbc.train.epochs == DATASET_TRAINING["bbc"]["epochs"] and not bbc.train.keep_best
     assert bbc.train.lr == RECIPES["minilm"].train.lr
     assert recipe_for(ZooSpec(base="tiny-bert", dataset="bbc")) is RECIPES["tiny-bert"]  # CI stays fast
+    assert bbc.train.max_length == MAX_LENGTH  # trained on as many tokens as evaluation reads
+
+
+def test_dataset_attack_params_apply_to_the_named_dataset_and_attack_and_the_spec_wins():
+    from purify.zoo.build import attack_params_for
+
+    assert attack_params_for(ZooSpec(dataset="movie", attack="badnets")) == {}
+    assert attack_params_for(ZooSpec(dataset="bbc", attack="badnets")) == {"num_triggers": 3}
+    assert attack_params_for(ZooSpec(dataset="bbc", attack="insertsent")) == {}
+    own = ZooSpec(dataset="bbc", attack="badnets", attack_params={"num_triggers": 2})
+    assert attack_params_for(own) == {"num_triggers": 2}
