@@ -285,11 +285,10 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
         return [Cell("zoo", e, "build") for e in (entries or ZOO_ENTRIES)]
     if suite == "pruning":
         default = [f"minilm-movie-{a}-p10-s0" for a in MINILM_ATTACKS] + ["smollm2-movie-badnets-p10-s0"]
-        chosen = list(methods or PRUNING_STRATEGIES)
+        chosen = list(methods or ("baseline_finetune", *PRUNING_STRATEGIES))
         cells = []
         for e in entries or default:
             n = seeds if e in MULTI_SEED else 1
-            cells += [Cell("pruning", e, "baseline_finetune", s) for s in range(n)]
             cells += [Cell("pruning", e, m, s) for m in chosen for s in range(n)]
         return cells
     if suite == "w2s":

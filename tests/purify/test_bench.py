@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from purify.bench import Cell, cell_path, markdown_table, suite_cells
+from purify.bench import PRUNING_STRATEGIES, Cell, cell_path, markdown_table, suite_cells
 from purify.cli import main
 from purify.errors import ConfigError
 
@@ -19,6 +19,15 @@ def test_suites_name_their_cells():
     assert filters == [Cell("filters", TINY_ENTRY, "gradsentry")]
     with pytest.raises(ConfigError, match="choose zoo, pruning, w2s, filters or tune"):
         suite_cells("nope")
+
+
+def test_pruning_matrix_has_the_baseline_and_three_seeds_on_the_multi_seed_entries():
+    cells = suite_cells("pruning")
+    per_entry = {e: {(c.method, c.seed) for c in cells if c.entry == e} for e in {c.entry for c in cells}}
+    assert len(per_entry["minilm-movie-badnets-p10-s0"]) == 7 * 3 and len(per_entry["minilm-movie-style-p10-s0"]) == 21
+    assert per_entry["smollm2-movie-badnets-p10-s0"] == {(m, 0) for m in ("baseline_finetune", *PRUNING_STRATEGIES)}
+    chosen = suite_cells("pruning", entries=["minilm-movie-badnets-p10-s0"], methods=["gradient_prune"], seeds=1)
+    assert chosen == [Cell("pruning", "minilm-movie-badnets-p10-s0", "gradient_prune")]  # only what was chosen
 
 
 def test_cells_with_other_options_are_cached_apart():
