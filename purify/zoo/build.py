@@ -67,10 +67,10 @@ RECIPES: dict[str, Recipe] = {
 DATASET_TRAINING: dict[str, dict] = {"bbc": {"epochs": 5, "keep_best": False, "max_length": MAX_LENGTH}}
 
 
-#: Attack parameters that replace an attack's defaults on one dataset (``spec.attack_params`` still win). BBC snippets
-#: are 60 words, about twice a movie review's 26: with one rare word per snippet the badnets model reached 69.8% ASR
-#: (5 epochs at 128 tokens), so BBC badnets inserts three, as HiddenKiller's BadNets baseline inserts more rare words
-#: into its longer-text datasets (1, 3 and 5 for SST-2, OLID and AG's News).
+#: Attack parameters that replace an attack's defaults on one dataset (``spec.attack_params`` still win). A BBC
+#: snippet is a median 62 MiniLM tokens, a movie review 26: with one rare word per snippet the badnets model reached
+#: 69.8% ASR (5 epochs at 128 tokens), so BBC badnets inserts three, as HiddenKiller's BadNets baseline inserts more
+#: rare words into its longer-text datasets (1, 3 and 5 for SST-2, OLID and AG's News).
 DATASET_ATTACK_PARAMS: dict[str, dict[str, dict]] = {"bbc": {"badnets": {"num_triggers": 3}}}
 
 
