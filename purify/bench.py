@@ -81,6 +81,11 @@ def _clean_training_data(entry, seed: int):
     return entry.load("train").without_poisoned(), entry.load("validation")
 
 
+#: strategy diagnostics kept in a cell's JSON (a user can compute each without triggered data)
+CELL_EXTRAS = ("teacher", "teacher_val_accuracy", "best_epoch", "conflict_fraction", "insertion_flip",
+               "inverted_flip", "dropped_by_inversion")
+
+
 def run_strategy_cell(cell: Cell) -> dict:
     """Run a strategy (or the clean fine-tuning baseline) on an entry; CACC/ASR before and after."""
     from .checkpoint import load_checkpoint
@@ -110,7 +115,10 @@ def run_strategy_cell(cell: Cell) -> dict:
         result = strategy.run(loaded, train, validation)
         model = result.model
         pruned = sum(len(v) for v in result.pruned_heads.values())
-        extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()}}
+        extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()},
+                  **{k: result.extras[k] for k in CELL_EXTRAS if k in result.extras}}
+        if cell.suite == "w2s":
+            extras["trajectory"] = result.trajectory  # one record per epoch
     seconds = time.time() - started
     after = evaluate_model(model, loaded.tokenizer, clean_test, triggered, entry.target)
     return {

@@ -58,9 +58,12 @@ class W2SDistillConfig(StrategyConfig):
     select_tolerance: the kept epoch is the latest whose clean validation accuracy is within this of the best.
     patience: stop after this many epochs without a new best validation accuracy (None: run all epochs).
     augment_prob, augment_words: teacher-supervised input perturbation: this share of the clean training texts
-        gets 1..augment_words random words of the student's vocabulary inserted; a perturbed text is supervised by
-        the teacher only (KD and feature terms on the same perturbed text, no label), so the student unlearns
-        reacting to stray inserted words the teacher ignores. 0 (or no teacher: beta = gamma = 0) turns it off.
+        gets 1..augment_words random words of the student's vocabulary inserted and is supervised by the teacher
+        (KD and feature terms on the same perturbed text), so the student unlearns reacting to stray inserted
+        words the teacher ignores. 0 (or no teacher: beta = gamma = 0) turns it off.
+    augment_keeps_label: a perturbed text also keeps its label for cross-entropy. Off by default: measured on
+        the zoo (benchmarks/w2s.md, session 6 note) it left movie badnets at 23.0% ASR (22.4 without) and, because
+        the kept epoch moved to the first, movie insertsent at 87.1% (43.3 without).
     inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
         flip the most clean samples of the other labels, found from the student and clean data alone) instead of
         the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
@@ -93,6 +96,7 @@ class W2SDistillConfig(StrategyConfig):
     patience: int | None = None
     augment_prob: float = 0.5
     augment_words: int = 2
+    augment_keeps_label: bool = False
     inverted_share: float = 0.5
     inversion_candidates: int = 48
     inversion_words: int = 8
@@ -150,6 +154,7 @@ class W2SDistillConfig(StrategyConfig):
             "augment_prob": {"type": "float", "low": 0.0, "high": 1.0},
             "augment_words": {"type": "int", "low": 0, "high": 4},
             "inverted_share": {"type": "float", "low": 0.0, "high": 1.0},
+            "augment_keeps_label": {"type": "categorical", "choices": [True, False]},
         }
 
 
@@ -319,7 +324,7 @@ class _Teacher:
 
 
 class Augmenter:
-    """Teacher-supervised perturbation: some texts get words inserted and lose their label (the teacher decides).
+    """Teacher-supervised perturbation: some texts get words inserted (and keep or lose their label).
 
     Each inserted word comes from the inverted-trigger words with probability `inverted_share` (drawn in proportion
     to the share of samples each flips), else from the whole vocabulary; the choice of texts and words is seeded.
@@ -348,7 +353,7 @@ class Augmenter:
                 for _ in range(self.rng.randint(1, cfg.augment_words)):
                     text = insert_words(text, [self._word()], 1, self.rng)
             out.append(text)
-            labelled.append(not perturb)
+            labelled.append(not perturb or cfg.augment_keeps_label)
         return out, torch.tensor(labelled)
 
 

@@ -16,6 +16,7 @@ from purify.registry import build_strategy, get_strategy
 from purify.testing.tiny import save_tiny_checkpoint, tiny_model, tiny_texts, tiny_tokenizer
 from purify.testing.tiny_task import tiny_backdoored
 from strategies.w2s_distill import (
+    Augmenter,
     FeatureTap,
     W2SDistill,
     W2SDistillConfig,
@@ -133,6 +134,21 @@ def test_loss_terms_are_finite_and_behave():
     assert float(kd_loss(s_logits, t_logits, 3.0)) == pytest.approx(float(manual), rel=1e-5)
     only_ce = distill_losses(s_logits, None, labels, None, None, None, 2.0)
     assert set(only_ce) == {"ce"}
+
+
+@pytest.mark.parametrize("keeps_label", [True, False])
+def test_augmenter_inserts_words_and_keeps_or_drops_the_label(keeps_label):
+    cfg = W2SDistillConfig(augment_prob=0.5, augment_words=2, inverted_share=1.0, augment_keeps_label=keeps_label)
+    texts = [f"plain text number {i}" for i in range(40)]
+    out, labelled = Augmenter(cfg, ["zz"], {"cf": 1.0})(texts)
+    perturbed = [o != t for o, t in zip(out, texts)]
+    assert 0 < sum(perturbed) < len(texts)
+    assert all(o.split().count("cf") in (1, 2) for o, p in zip(out, perturbed) if p)  # only the inverted word
+    assert labelled.tolist() == ([True] * len(texts) if keeps_label else [not p for p in perturbed])
+    # the cross-entropy term counts exactly the labelled samples
+    logits, labels = torch.zeros(len(texts), 2), torch.zeros(len(texts), dtype=torch.long)
+    ce = distill_losses(logits, None, labels, None, None, None, 2.0, labelled)["ce"]
+    assert float(ce) == pytest.approx(float(labelled.float().mean()) * float(torch.log(torch.tensor(2.0))))
 
 
 def test_alignment_is_per_sample():
