@@ -62,8 +62,8 @@ class W2SDistillConfig(StrategyConfig):
         (KD and feature terms on the same perturbed text), so the student unlearns reacting to stray inserted
         words the teacher ignores. 0 (or no teacher: beta = gamma = 0) turns it off.
     augment_keeps_label: a perturbed text also keeps its label for cross-entropy. Off by default: measured on
-        the zoo (benchmarks/experiments/w2s-augment-keeps-label) it left movie badnets at 23.0% ASR (22.4 without) and, because
-        the kept epoch moved to the first, movie insertsent at 87.1% (43.3 without).
+        the zoo (benchmarks/experiments/w2s-augment-keeps-label) it left movie badnets at 23.0% ASR (22.4 without)
+        and, because the kept epoch moved to the first, movie insertsent at 87.1% (43.3 without).
     inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
         flip the most clean samples of the other labels, found from the student and clean data alone) instead of
         the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
