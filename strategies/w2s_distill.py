@@ -6,7 +6,8 @@ temperature-scaled KL to the teacher's label distribution, and a per-sample feat
 student's pooled feature (through a learned projector) and the teacher's pooled feature for the same text. Each
 model tokenizes the raw text with its own tokenizer. With ``surgery="safegrad"`` the part of the task gradient
 that conflicts with the alignment gradient is removed before each step (purify.surgery). The epoch kept is chosen
-by clean validation accuracy, and the LoRA weights are merged, so the result is an ordinary transformers model.
+on clean validation data (accuracy, optionally the inverted-trigger flip rate), and the LoRA weights are merged, so
+the result is an ordinary transformers model.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from purify.surgery import accumulate, combine, safegrad
 from purify.training import accuracy_on
 
 SURGERIES = ("none", "safegrad")
+SELECTIONS = ("accuracy", "inverted_flip")
 AUTO_TEACHER = "auto"  # minilm-l3 for an encoder student, minilm-l6 for a decoder student
 FLIP_PROBE_SAMPLES = 256  # validation texts used for the insertion-flip diagnostic
 
@@ -55,7 +57,10 @@ class W2SDistillConfig(StrategyConfig):
     lora_rank, lora_alpha, lora_dropout: the LoRA adapters on the attention projections.
     weight_decay, warmup_fraction, grad_clip: AdamW decay, linear warm-up share, global gradient-norm clip.
     max_length: tokens per text, for student and teacher alike.
-    select_tolerance: the kept epoch is the latest whose clean validation accuracy is within this of the best.
+    select_tolerance: epochs whose clean validation accuracy is within this of the best can be kept.
+    select_by: which of those is kept: "accuracy" (the latest) or "inverted_flip" (the one whose inverted trigger
+        words flip the fewest clean non-target validation texts, ties to the latest; both signals need no trigger
+        and no triggered data; "accuracy" when there is no inversion).
     patience: stop after this many epochs without a new best validation accuracy (None: run all epochs).
     augment_prob, augment_words: teacher-supervised input perturbation: this share of the clean training texts
         gets 1..augment_words random words of the student's vocabulary inserted and is supervised by the teacher
@@ -93,6 +98,7 @@ class W2SDistillConfig(StrategyConfig):
     grad_clip: float = 1.0
     max_length: int = MAX_LENGTH
     select_tolerance: float = 0.0
+    select_by: str = "accuracy"
     patience: int | None = None
     augment_prob: float = 0.5
     augment_words: int = 2
@@ -118,6 +124,8 @@ class W2SDistillConfig(StrategyConfig):
             raise ConfigError("lr must be > 0")
         if not self.temperature > 0:
             raise ConfigError("temperature must be > 0")
+        if self.select_by not in SELECTIONS:
+            raise ConfigError(f"select_by must be one of {', '.join(SELECTIONS)}, not {self.select_by!r}")
         if self.surgery not in SURGERIES:
             raise ConfigError(f"surgery must be one of {', '.join(SURGERIES)}, not {self.surgery!r}")
         if not 0 <= self.lora_dropout < 1:
@@ -426,7 +434,8 @@ class W2SDistill(Strategy):
         augmenter = Augmenter(cfg, words, inverted) if teacher is not None else None
         loop = _Loop(cfg, peft_model, tokenizer, tap, params, projector, proj_params, teacher, augmenter)
         try:
-            history, best = loop.run(train, validation, probe)
+            history, best = loop.run(train, validation, probe,
+                                     lambda model: _inverted_flip(model, tokenizer, target_probe, inversion, cfg))
         finally:
             tap.remove()
             if teacher is not None:
@@ -533,8 +542,13 @@ class _Loop:
         self.params, self.projector, self.proj_params = params, projector, proj_params
         self.teacher, self.augmenter = teacher, augmenter
 
-    def run(self, train: TaskData, validation: TaskData, probe: list[str]) -> tuple[list[dict], int]:
-        """Train for the configured epochs; restore the kept epoch's trainable weights; (history, kept epoch)."""
+    def run(self, train: TaskData, validation: TaskData, probe: list[str],
+            inverted_flip: Callable[[nn.Module], float | None]) -> tuple[list[dict], int]:
+        """Train for the configured epochs; restore the kept epoch's trainable weights; (history, kept epoch).
+
+        `inverted_flip` measures a model's inverted-trigger flip rate on clean validation texts (None without an
+        inversion); it is recorded per epoch and can choose the kept epoch (select_by="inverted_flip").
+        """
         cfg, model = self.cfg, self.model
         texts, labels = train.texts, train.labels
         n = len(texts)
@@ -572,6 +586,7 @@ class _Loop:
                                        max(1, cfg.augment_words),
                                        seed=cfg.seed, max_length=cfg.max_length)
             record = {"epoch": epoch, "val_accuracy": acc, "val_insert_flip": flip,
+                      "val_inverted_flip": inverted_flip(model),
                       **{f"train_{k}": v / steps for k, v in sums.items()}}
             if cfg.surgery == "safegrad":
                 record["conflict_fraction"] = conflicts / steps
@@ -586,7 +601,7 @@ class _Loop:
                          if history[e - 1]["val_accuracy"] >= best_acc - cfg.select_tolerance}
             if cfg.patience is not None and stale >= cfg.patience:
                 break
-        kept = max(snapshots)  # the latest epoch within select_tolerance of the best validation accuracy
+        kept = kept_epoch(history, list(snapshots), cfg.select_by)
         with torch.no_grad():
             for k, p in trainable.items():
                 p.copy_(snapshots[kept][k])
@@ -638,6 +653,19 @@ class _Loop:
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params + proj_params, cfg.grad_clip)
         return terms, conflict
+
+
+def kept_epoch(history: list[dict], candidates: list[int], select_by: str) -> int:
+    """The epoch to keep among `candidates` (those within select_tolerance of the best validation accuracy).
+
+    "accuracy": the latest; "inverted_flip": the lowest per-epoch inverted-trigger flip rate, ties to the latest
+    (the latest too when an epoch has no flip rate, i.e. there was no inversion).
+    """
+    if select_by == "inverted_flip":
+        flips = {e: history[e - 1].get("val_inverted_flip") for e in candidates}
+        if all(f is not None and math.isfinite(f) for f in flips.values()):
+            return min(candidates, key=lambda e: (flips[e], -e))
+    return max(candidates)
 
 
 def _grads(loss: torch.Tensor | float, params: list[nn.Parameter], retain: bool) -> list[torch.Tensor | None]:

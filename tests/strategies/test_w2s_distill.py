@@ -24,6 +24,7 @@ from strategies.w2s_distill import (
     distill_losses,
     head_module_names,
     kd_loss,
+    kept_epoch,
     pool_hidden,
     pooled_outputs,
 )
@@ -49,7 +50,7 @@ def test_registered_with_config_and_search_space():
 
 @pytest.mark.parametrize("bad", [{"surgery": "pcgrad"}, {"temperature": 0}, {"epochs": 0}, {"beta": -1},
                                  {"alpha": 0, "beta": 0, "gamma": 0}, {"lora_dropout": 1.0}, {"patience": 0},
-                                 {"grad_accum": 0}, {"teacher": ""}])
+                                 {"grad_accum": 0}, {"teacher": ""}, {"select_by": "asr"}])
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ConfigError):
         W2SDistillConfig(**bad).validate()
@@ -226,6 +227,28 @@ def test_result_is_an_ordinary_model_with_the_adapter_alongside():
     assert sum(r["kept"] for r in result.trajectory) == 1
     assert result.extras["best_epoch"] == next(r["epoch"] for r in result.trajectory if r["kept"])
     json.dumps(result.summary())  # the report must be JSON-able
+
+
+def test_kept_epoch_is_the_latest_or_the_lowest_inverted_flip():
+    history = [{"epoch": 1, "val_inverted_flip": 0.2}, {"epoch": 2, "val_inverted_flip": 0.1},
+               {"epoch": 3, "val_inverted_flip": 0.1}, {"epoch": 4, "val_inverted_flip": 0.05}]
+    assert kept_epoch(history, [1, 2, 3], "accuracy") == 3
+    assert kept_epoch(history, [1, 2, 3], "inverted_flip") == 3  # tie between 2 and 3: the latest
+    assert kept_epoch(history, [1, 2, 4], "inverted_flip") == 4
+    assert kept_epoch(history, [1, 2], "inverted_flip") == 2
+    no_inversion = [{"epoch": e, "val_inverted_flip": None} for e in (1, 2, 3)]
+    assert kept_epoch(no_inversion, [1, 2], "inverted_flip") == 2
+
+
+def test_inverted_flip_selection_keeps_a_tolerated_epoch_with_the_lowest_flip():
+    result, _, _ = _run({"select_by": "inverted_flip", "select_tolerance": 0.05, "epochs": 4})
+    trajectory = result.trajectory
+    assert all(r["val_inverted_flip"] is not None for r in trajectory)
+    best = max(r["val_accuracy"] for r in trajectory)
+    tolerated = [r for r in trajectory if r["val_accuracy"] >= best - 0.05]
+    kept = next(r for r in trajectory if r["kept"])
+    assert kept in tolerated
+    assert kept["val_inverted_flip"] == min(r["val_inverted_flip"] for r in tolerated)
 
 
 def test_safegrad_with_accumulation_runs_and_reports_conflicts():
