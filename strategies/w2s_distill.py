@@ -60,7 +60,8 @@ class W2SDistillConfig(StrategyConfig):
     select_tolerance: epochs whose clean validation accuracy is within this of the best can be kept.
     select_by: which of those is kept: "accuracy" (the latest) or "inverted_flip" (the one whose inverted trigger
         words flip the fewest clean non-target validation texts, ties to the latest; both signals need no trigger
-        and no triggered data; "accuracy" when there is no inversion).
+        and no triggered data; "accuracy" when there is no inversion). "inverted_flip" with a 0.01 tolerance was
+        measured worse on movie insertsent (72.4% ASR vs 43.3; benchmarks/experiments/w2s-select-by-inverted-flip).
     patience: stop after this many epochs without a new best validation accuracy (None: run all epochs).
     augment_prob, augment_words: teacher-supervised input perturbation: this share of the clean training texts
         gets 1..augment_words random words of the student's vocabulary inserted and is supervised by the teacher
