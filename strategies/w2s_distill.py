@@ -446,20 +446,21 @@ class W2SDistill(Strategy):
         merged = peft_model.merge_and_unload().eval()
         final = accuracy_on(merged, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
         conflicts = [h["conflict_fraction"] for h in history if "conflict_fraction" in h]
+        kept = next(h for h in history if h["epoch"] == best)  # its flip rates were measured on these weights
         extras = {
             **teacher_info,
             "best_epoch": best,
             "surgery": cfg.surgery,
             "conflict_fraction": float(np.mean(conflicts)) if conflicts else None,
             "insertion_flip": {"words": flip_words, "probe_samples": len(probe), "before": baseline_flip,
-                               "after": next(h["val_insert_flip"] for h in history if h["epoch"] == best)},
+                               "after": kept["val_insert_flip"]},
             "augmentation": {"prob": cfg.augment_prob, "words": cfg.augment_words, "vocabulary": len(words),
                              "inverted_share": cfg.inverted_share, "inverted_words": inverted},
             "inversion": inversion.summary() if inversion is not None else None,
             "dropped_by_inversion": dropped,
             "inverted_flip": {"target": inversion.suspected_target if inversion is not None else None,
                               "probe_samples": len(target_probe), "before": inverted_flip_before,
-                              "after": _inverted_flip(merged, tokenizer, target_probe, inversion, cfg)},
+                              "after": kept["val_inverted_flip"]},
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                      "target_modules": lora_target_modules(merged), "modules_to_save": head_names,
                      "trainable_parameters": int(sum(p.numel() for p in params))},
