@@ -38,6 +38,7 @@ from purify.training import accuracy_on
 
 SURGERIES = ("none", "safegrad")
 SELECTIONS = ("accuracy", "inverted_flip")
+PERTURBED_TARGETS = ("teacher", "self")
 AUTO_TEACHER = "auto"  # minilm-l3 for an encoder student, minilm-l6 for a decoder student
 FLIP_PROBE_SAMPLES = 256  # validation texts used for the insertion-flip diagnostic
 
@@ -70,6 +71,12 @@ class W2SDistillConfig(StrategyConfig):
     augment_keeps_label: a perturbed text also keeps its label for cross-entropy. Off by default: measured on
         the zoo (benchmarks/experiments/w2s-augment-keeps-label) it left movie badnets at 23.0% ASR (22.4 without)
         and, because the kept epoch moved to the first, movie insertsent at 87.1% (43.3 without).
+    perturbed_target: whose label distribution the KD term pulls a perturbed text towards: "teacher" (the
+        teacher's on the perturbed text) or "self" (the student's own, without gradient, on the same text before the
+        words were inserted). The backdoor is dormant on the unperturbed clean text, so "self" asks the strong model
+        to ignore inserted words without inheriting the weak teacher's errors on them (a weak teacher's error rate
+        on the non-target labels bounds the ASR a student imitating it can reach). Clean texts follow the teacher
+        either way, and feature alignment always uses the teacher's feature of the text the student saw.
     inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
         flip the most clean samples of the other labels, found from the student and clean data alone) instead of
         the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
@@ -104,6 +111,7 @@ class W2SDistillConfig(StrategyConfig):
     augment_prob: float = 0.5
     augment_words: int = 2
     augment_keeps_label: bool = False
+    perturbed_target: str = "teacher"
     inverted_share: float = 0.5
     inversion_candidates: int = 48
     inversion_words: int = 8
@@ -127,6 +135,9 @@ class W2SDistillConfig(StrategyConfig):
             raise ConfigError("temperature must be > 0")
         if self.select_by not in SELECTIONS:
             raise ConfigError(f"select_by must be one of {', '.join(SELECTIONS)}, not {self.select_by!r}")
+        if self.perturbed_target not in PERTURBED_TARGETS:
+            raise ConfigError(f"perturbed_target must be one of {', '.join(PERTURBED_TARGETS)}, "
+                              f"not {self.perturbed_target!r}")
         if self.surgery not in SURGERIES:
             raise ConfigError(f"surgery must be one of {', '.join(SURGERIES)}, not {self.surgery!r}")
         if not 0 <= self.lora_dropout < 1:
@@ -164,6 +175,7 @@ class W2SDistillConfig(StrategyConfig):
             "augment_words": {"type": "int", "low": 0, "high": 4},
             "inverted_share": {"type": "float", "low": 0.0, "high": 1.0},
             "augment_keeps_label": {"type": "categorical", "choices": [True, False]},
+            "perturbed_target": {"type": "categorical", "choices": list(PERTURBED_TARGETS)},
         }
 
 
@@ -351,19 +363,25 @@ class Augmenter:
         return self.rng.choice(self.words)
 
     def __call__(self, batch_texts: list[str]) -> tuple[list[str], torch.Tensor | None]:
-        """(texts, which keep their label); unchanged texts and None when augmentation is off."""
+        """(texts, which were perturbed); unchanged texts and None when augmentation is off."""
         cfg = self.cfg
         if cfg.augment_prob <= 0 or cfg.augment_words < 1 or not (self.words or self.inverted):
             return batch_texts, None
-        out, labelled = [], []
+        out, perturbed = [], []
         for text in batch_texts:
             perturb = self.rng.random() < cfg.augment_prob
             if perturb:
                 for _ in range(self.rng.randint(1, cfg.augment_words)):
                     text = insert_words(text, [self._word()], 1, self.rng)
             out.append(text)
-            labelled.append(not perturb or cfg.augment_keeps_label)
-        return out, torch.tensor(labelled)
+            perturbed.append(perturb)
+        return out, torch.tensor(perturbed, dtype=torch.bool)
+
+    def labelled(self, perturbed: torch.Tensor | None) -> torch.Tensor | None:
+        """Which samples keep their label for cross-entropy: the unperturbed ones (all with augment_keeps_label)."""
+        if perturbed is None or self.cfg.augment_keeps_label:
+            return None
+        return ~perturbed
 
 
 def _target_probe(validation: TaskData, inversion: TriggerInversion | None) -> list[str]:
@@ -622,14 +640,17 @@ class _Loop:
         for mstart in range(0, len(chunk), cfg.batch_size):
             idx = chunk[mstart:mstart + cfg.batch_size]
             weight = len(idx) / len(chunk)  # micro-batch share, so the sum is the mean over the whole step
-            batch_texts, labelled = ([texts[i] for i in idx], None) if self.augmenter is None else \
-                self.augmenter([texts[i] for i in idx])
+            originals = [texts[i] for i in idx]
+            batch_texts, perturbed = (originals, None) if self.augmenter is None else self.augmenter(originals)
+            labelled = self.augmenter.labelled(perturbed) if self.augmenter is not None else None
             batch = labelled_batch(model, self.tokenizer, batch_texts, [labels[i] for i in idx], cfg.max_length)
             y = batch.pop("labels")
-            logits = model(**batch).logits
             t_logits = t_feats = feats = None
             if self.teacher is not None:
                 t_logits, t_feats = self.teacher.outputs(batch_texts, cfg.max_length)
+                if cfg.perturbed_target == "self" and perturbed is not None and bool(perturbed.any()):
+                    t_logits = self._own_targets(t_logits, originals, perturbed)
+            logits = model(**batch).logits  # after the no-grad passes: the tap keeps this forward's feature
             if self.projector is not None:
                 feats = self.tap.pooled(batch["attention_mask"])
             losses = distill_losses(logits, feats, y, t_logits if cfg.beta > 0 else None,
@@ -655,6 +676,22 @@ class _Loop:
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params + proj_params, cfg.grad_clip)
         return terms, conflict
+
+
+    @torch.no_grad()
+    def _own_targets(self, t_logits: torch.Tensor, originals: list[str], perturbed: torch.Tensor) -> torch.Tensor:
+        """The KD targets with each perturbed row replaced by the student's eval-mode logits on its original text."""
+        rows = perturbed.nonzero().flatten().tolist()
+        batch = labelled_batch(self.model, self.tokenizer, [originals[i] for i in rows],
+                               max_length=self.cfg.max_length)
+        self.model.eval()
+        try:
+            own = self.model(**batch).logits.float()
+        finally:
+            self.model.train()
+        out = t_logits.clone()
+        out[rows] = own.to(out.device)
+        return out
 
 
 def kept_epoch(history: list[dict], candidates: list[int], select_by: str) -> int:

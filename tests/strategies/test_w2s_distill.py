@@ -20,6 +20,7 @@ from strategies.w2s_distill import (
     FeatureTap,
     W2SDistill,
     W2SDistillConfig,
+    _Loop,
     alignment_loss,
     distill_losses,
     head_module_names,
@@ -50,7 +51,8 @@ def test_registered_with_config_and_search_space():
 
 @pytest.mark.parametrize("bad", [{"surgery": "pcgrad"}, {"temperature": 0}, {"epochs": 0}, {"beta": -1},
                                  {"alpha": 0, "beta": 0, "gamma": 0}, {"lora_dropout": 1.0}, {"patience": 0},
-                                 {"grad_accum": 0}, {"teacher": ""}, {"select_by": "asr"}])
+                                 {"grad_accum": 0}, {"teacher": ""}, {"select_by": "asr"},
+                                 {"perturbed_target": "oracle"}])
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ConfigError):
         W2SDistillConfig(**bad).validate()
@@ -141,15 +143,18 @@ def test_loss_terms_are_finite_and_behave():
 def test_augmenter_inserts_words_and_keeps_or_drops_the_label(keeps_label):
     cfg = W2SDistillConfig(augment_prob=0.5, augment_words=2, inverted_share=1.0, augment_keeps_label=keeps_label)
     texts = [f"plain text number {i}" for i in range(40)]
-    out, labelled = Augmenter(cfg, ["zz"], {"cf": 1.0})(texts)
-    perturbed = [o != t for o, t in zip(out, texts)]
-    assert 0 < sum(perturbed) < len(texts)
+    augmenter = Augmenter(cfg, ["zz"], {"cf": 1.0})
+    out, perturbed = augmenter(texts)
+    assert perturbed.tolist() == [o != t for o, t in zip(out, texts)]
+    assert 0 < int(perturbed.sum()) < len(texts)
     assert all(o.split().count("cf") in (1, 2) for o, p in zip(out, perturbed) if p)  # only the inverted word
-    assert labelled.tolist() == ([True] * len(texts) if keeps_label else [not p for p in perturbed])
+    labelled = augmenter.labelled(perturbed)
+    assert labelled is None if keeps_label else labelled.tolist() == (~perturbed).tolist()
     # the cross-entropy term counts exactly the labelled samples
     logits, labels = torch.zeros(len(texts), 2), torch.zeros(len(texts), dtype=torch.long)
     ce = distill_losses(logits, None, labels, None, None, None, 2.0, labelled)["ce"]
-    assert float(ce) == pytest.approx(float(labelled.float().mean()) * float(torch.log(torch.tensor(2.0))))
+    share = 1.0 if keeps_label else float(labelled.float().mean())
+    assert float(ce) == pytest.approx(share * float(torch.log(torch.tensor(2.0))))
 
 
 def test_alignment_is_per_sample():
@@ -249,6 +254,33 @@ def test_inverted_flip_selection_keeps_a_tolerated_epoch_with_the_lowest_flip():
     kept = next(r for r in trajectory if r["kept"])
     assert kept in tolerated
     assert kept["val_inverted_flip"] == min(r["val_inverted_flip"] for r in tolerated)
+
+
+def test_self_target_replaces_exactly_the_perturbed_rows():
+    """perturbed_target="self": a perturbed row's KD target is the student's own eval output on the original text."""
+    loaded, task = tiny_backdoored()
+    model, tok = loaded.model, loaded.tokenizer
+    cfg = W2SDistillConfig(perturbed_target="self")
+    loop = _Loop(cfg, model, tok, None, [], None, [], None, None)
+    originals = task.clean_train.texts[:5]
+    perturbed = torch.tensor([True, False, True, False, False])
+    teacher_logits = torch.full((5, 2), 7.0)
+    model.train()
+    out = loop._own_targets(teacher_logits, originals, perturbed)
+    assert model.training  # restored after the eval-mode pass
+    own, _ = pooled_outputs(model, tok, [originals[0], originals[2]])
+    assert torch.allclose(out[[0, 2]], own, atol=1e-5)
+    assert torch.equal(out[[1, 3, 4]], teacher_logits[[1, 3, 4]])
+    assert torch.equal(teacher_logits, torch.full((5, 2), 7.0))  # the teacher's tensor is left alone
+
+
+def test_self_target_unlearns_the_tiny_backdoor():
+    loaded, task = tiny_backdoored()
+    before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    result, loaded, task = _run({"perturbed_target": "self"})
+    after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
+    assert after.cacc >= before.cacc - 0.05
 
 
 def test_safegrad_with_accumulation_runs_and_reports_conflicts():
