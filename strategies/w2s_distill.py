@@ -76,7 +76,8 @@ class W2SDistillConfig(StrategyConfig):
         words were inserted). The backdoor is dormant on the unperturbed clean text, so "self" asks the strong model
         to ignore inserted words without inheriting the weak teacher's errors on them (a weak teacher's error rate
         on the non-target labels bounds the ASR a student imitating it can reach). Clean texts follow the teacher
-        either way, and feature alignment always uses the teacher's feature of the text the student saw.
+        either way, and feature alignment always uses the teacher's feature of the text the student saw. "self"
+        was measured no better on movie badnets (22.8% ASR vs 22.4; benchmarks/experiments/w2s-perturbed-target-self).
     inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
         flip the most clean samples of the other labels, found from the student and clean data alone) instead of
         the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
