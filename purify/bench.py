@@ -235,14 +235,22 @@ def run_cell_subprocess(cell: Cell, out: Path, *, timeout: float | None = None) 
     return json.loads(path.read_text())
 
 
-def run_matrix(cells: list[Cell], out: Path, *, log=print, timeout: float | None = None) -> list[dict]:
-    """Run every cell not cached yet (in order), then return all results."""
+def run_matrix(cells: list[Cell], out: Path, *, log=print, timeout: float | None = None,
+               cached_only: bool = False) -> list[dict]:
+    """Run every cell not cached yet (in order), then return all results.
+
+    `cached_only` runs nothing: a cell without a cached result is returned as {"missing": True}, so a long matrix
+    can be reported part way with its missing cells named.
+    """
     results = []
     for i, cell in enumerate(cells, 1):
         path = cell_path(out, cell)
         if path.exists():
             record = json.loads(path.read_text())
             log(f"[bench] {i}/{len(cells)} cached  {cell.key}")
+        elif cached_only:
+            record = {"missing": True}
+            log(f"[bench] {i}/{len(cells)} missing {cell.key}")
         else:
             log(f"[bench] {i}/{len(cells)} running {cell.key}")
             record = run_cell_subprocess(cell, out, timeout=timeout)
@@ -328,6 +336,11 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
     raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s, filters or tune")
 
 
+def finished(results: list[dict]) -> list[dict]:
+    """The results of cells that ran to the end (not failed, not missing)."""
+    return [r for r in results if "error" not in r and not r.get("missing")]
+
+
 def _label(cell: dict) -> str:
     return cell["cell"]["options"].get("_label") or cell["cell"]["method"]
 
@@ -356,8 +369,9 @@ def _devices(results: list[dict]) -> str:
 
 def markdown_table(suite: str, results: list[dict]) -> str:
     """The suite's markdown table (percentages; mean ± sd over seeds where there are several)."""
-    ok = [r for r in results if "error" not in r]
+    ok = finished(results)
     failed = [r for r in results if "error" in r]
+    missing = [r for r in results if r.get("missing")]
     lines = []
     if suite == "zoo":
         lines += ["| entry | clean ref CACC | backdoored CACC | ASR | ASR floor (clean ref) | CACC drop | "
@@ -410,6 +424,10 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                          f"{100 * canary['asr']:.1f})")
     for r in failed:
         lines.append(f"\nFAILED {r['cell']['entry']} / {_label(r)}: {r['error']}")
+    if missing:
+        names = ", ".join(f"{r['cell']['entry']} / {_label(r)} (seed {r['cell']['seed']})" for r in missing)
+        lines.append(f"\nNot run yet ({len(missing)} of {len(results)} cells; the command without --cached-only "
+                     f"runs them): {names}")
     return "\n".join(lines) + "\n"
 
 
@@ -445,7 +463,7 @@ def update_readme(suite: str, table: str, readme: Path) -> bool:
 def _plot(suite: str, results: list[dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    ok = [r for r in results if "error" not in r]
+    ok = finished(results)
     if not ok:
         return
     fig = Figure(figsize=(7, 4.5))
@@ -477,15 +495,17 @@ def _plot(suite: str, results: list[dict], path: Path) -> None:
 
 
 def run_suite(suite: str, out: Path, *, entries: list[str] | None = None, methods: list[str] | None = None,
-              seeds: int = 3, command: str | None = None, options: dict | None = None, log=print) -> Path:
+              seeds: int = 3, command: str | None = None, options: dict | None = None, cached_only: bool = False,
+              log=print) -> Path:
     """Run (or resume) a suite and write its outputs; returns the markdown path.
 
-    `options` go to every cell's method on top of the suite's own (cells with other options are cached apart).
+    `options` go to every cell's method on top of the suite's own (cells with other options are cached apart);
+    `cached_only` writes the outputs from the cached cells alone and names the missing ones.
     """
     cells = suite_cells(suite, entries=entries, methods=methods, seeds=seeds)
     if options:
         cells = [Cell(c.suite, c.entry, c.method, c.seed, {**c.options, **options}) for c in cells]
-    results = run_matrix(cells, out, log=log)
+    results = run_matrix(cells, out, log=log, cached_only=cached_only)
     return write_outputs(suite, results, out, command or f"purify bench --suite {suite} --out {out}")
 
 

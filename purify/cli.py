@@ -200,6 +200,8 @@ clean data: no triggered test data is looked at.""",
                    help="option given to every cell's method (a filter's target matrix, a strategy knob), "
                         "repeatable; cells with other options are cached apart")
     p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing: write the tables from the cells already cached and name the missing ones")
 
     return parser
 
@@ -444,7 +446,7 @@ def cmd_bench(args) -> int:
     entries = args.zoo.split(",") if args.zoo else None
     command = "purify bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     md = run_suite(args.suite, Path(args.out), entries=entries, methods=methods, seeds=args.seeds, command=command,
-                   options=_parse_sets(args.set))
+                   options=_parse_sets(args.set), cached_only=args.cached_only)
     print(md.read_text())
     return 0
 

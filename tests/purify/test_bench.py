@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from purify.bench import PRUNING_STRATEGIES, Cell, cell_path, markdown_table, suite_cells
+from purify.bench import PRUNING_STRATEGIES, Cell, cell_path, markdown_table, run_suite, suite_cells
 from purify.cli import main
 from purify.errors import ConfigError
 
@@ -39,6 +39,25 @@ def test_failed_cells_are_listed_under_the_table():
     table = markdown_table("filters", [{"cell": {"entry": "x", "method": "gradsentry", "options": {}},
                                         "error": "boom"}])
     assert "FAILED x / gradsentry: boom" in table
+
+
+def test_cached_only_reports_the_cached_cells_and_names_the_missing_ones(tmp_path):
+    out = tmp_path / "bench"
+    entry = "minilm-movie-badnets-p10-s0"
+    missing, done = suite_cells("w2s", entries=[entry], methods=["w2s_distill", "plain_lora"], seeds=1)
+    assert (missing.options["_label"], done.method) == ("plain_lora", "w2s_distill")
+    record = {"cacc_before": 0.8, "cacc_after": 0.79, "asr_before": 1.0, "asr_after": 0.2, "asr_floor": 0.1,
+              "heads_pruned": 0, "seconds": 5.0, "device": "cpu", "peak_rss_mb": 100.0}
+    cell_path(out, done).parent.mkdir(parents=True)
+    cell_path(out, done).write_text(json.dumps(record))
+    md = run_suite("w2s", out, entries=[entry], methods=["w2s_distill", "plain_lora"], seeds=1, cached_only=True,
+                   log=lambda _: None)
+    text = md.read_text()
+    assert f"| {entry} | w2s_distill | 1 | 80.0 | 79.0 | 100.0 | 20.0 |" in text
+    assert f"Not run yet (1 of 2 cells; the command without --cached-only runs them): {entry} / plain_lora" in text
+    assert not cell_path(out, missing).exists()  # nothing ran
+    cells = json.loads((out / "w2s.json").read_text())["cells"]
+    assert [c.get("missing", False) for c in cells] == [True, False]
 
 
 @pytest.mark.slow
