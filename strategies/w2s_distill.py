@@ -678,7 +678,6 @@ class _Loop:
             torch.nn.utils.clip_grad_norm_(params + proj_params, cfg.grad_clip)
         return terms, conflict
 
-
     @torch.no_grad()
     def _own_targets(self, t_logits: torch.Tensor, originals: list[str], perturbed: torch.Tensor) -> torch.Tensor:
         """The KD targets with each perturbed row replaced by the student's eval-mode logits on its original text."""
