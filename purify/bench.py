@@ -321,7 +321,9 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
             for label, (method, options) in variants.items():
                 if methods and label not in methods:
                     continue
-                cells += [Cell("w2s", e, method, s, {**options, "_label": label} if label != method else options)
+                # the clean fine-tune is the same computation in both suites: share the pruning suite's cells
+                suite_of = "pruning" if method == "baseline_finetune" else "w2s"
+                cells += [Cell(suite_of, e, method, s, {**options, "_label": label} if label != method else options)
                           for s in range(n)]
         return cells
     if suite == "filters":

@@ -30,6 +30,13 @@ def test_pruning_matrix_has_the_baseline_and_three_seeds_on_the_multi_seed_entri
     assert chosen == [Cell("pruning", "minilm-movie-badnets-p10-s0", "gradient_prune")]  # only what was chosen
 
 
+def test_w2s_suite_shares_the_clean_fine_tune_cells_of_the_pruning_suite():
+    entry = "minilm-movie-style-p10-s0"
+    w2s = suite_cells("w2s", entries=[entry], methods=["baseline_finetune"])
+    assert w2s == [c for c in suite_cells("pruning", entries=[entry], methods=["baseline_finetune"])]
+    assert {c.suite for c in suite_cells("w2s", entries=[entry], methods=["plain_lora", "w2s_distill"])} == {"w2s"}
+
+
 def test_cells_with_other_options_are_cached_apart():
     a, b = Cell("filters", TINY_ENTRY, "gradsentry"), Cell("filters", TINY_ENTRY, "gradsentry", 0, {"top_k": 8})
     assert a.key != b.key and a.key == Cell("filters", TINY_ENTRY, "gradsentry").key
