@@ -1,7 +1,8 @@
 """`purify bench`: run a benchmark matrix cell by cell, cache every finished cell, write JSON + markdown + plot.
 
 Each cell runs in its own subprocess (so peak memory is the cell's own and a crash loses one cell), and its
-result is cached as JSON under ``<out>/cells/<suite>/``; a second run reuses finished cells. No knob of any
+result is cached as JSON under ``<out>/cells/<suite>/``; a second run reuses finished cells, and an interrupted
+tune cell resumes its optuna study from the cell's ``.work`` folder. No knob of any
 defense is computed from triggered data: cells see triggered files only to *measure* ASR after the fact.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,7 +65,7 @@ def _entry(name: str):
     return build_entry(ZooSpec.parse(name))
 
 
-def run_zoo_cell(cell: Cell) -> dict:
+def run_zoo_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed
     """Build (or reuse) a zoo entry and report its manifest's figures."""
     entry = _entry(cell.entry)
     m = entry.manifest
@@ -86,7 +88,7 @@ CELL_EXTRAS = ("teacher", "teacher_val_accuracy", "best_epoch", "conflict_fracti
                "inverted_flip", "dropped_by_inversion")
 
 
-def run_strategy_cell(cell: Cell) -> dict:
+def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed
     """Run a strategy (or the clean fine-tuning baseline) on an entry; CACC/ASR before and after."""
     from .checkpoint import load_checkpoint
     from .device import seed_everything
@@ -129,7 +131,7 @@ def run_strategy_cell(cell: Cell) -> dict:
     }
 
 
-def run_filter_cell(cell: Cell) -> dict:
+def run_filter_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed
     """Score an entry's poisoned training set with a filter; detection metrics against the ground-truth flags."""
     from .checkpoint import load_checkpoint
     from .filters import build_filter
@@ -159,16 +161,15 @@ def run_filter_cell(cell: Cell) -> dict:
     return record
 
 
-def run_tune_cell(cell: Cell) -> dict:
+def run_tune_cell(cell: Cell, work: Path) -> dict:
     """`purify tune` (canary calibration) on an entry, then the chosen knobs on the real model: real CACC/ASR.
 
     Same data as the strategy cells (training split minus flagged lines, validation split as trusted data), so the
     row compares with the strategy's default-knob row of the pruning / w2s suites. The triggered test file is read
     only by the final before/after evaluation, never by the study. Options "trials" and "canary_<field>" go to the
-    tune and canary configs, the rest to the strategy.
+    tune and canary configs, the rest to the strategy. The study lives in `work` until the cell finishes, so an
+    interrupted cell resumes from its finished trials (the canary is planted again, deterministically).
     """
-    import tempfile
-
     from .canary import CanaryConfig
     from .data import write_jsonl
     from .pipeline import PipelineConfig
@@ -185,17 +186,18 @@ def run_tune_cell(cell: Cell) -> dict:
         raise ConfigError(f"unknown canary options {unknown}; known: {sorted(vars(defaults))}")
     canary_config = CanaryConfig(**{k: type(getattr(defaults, k) if getattr(defaults, k) is not None else 0)(v)
                                     for k, v in canary.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        data_path = Path(tmp) / "train.jsonl"
-        write_jsonl(data_path, train.samples, include_poisoned=False)
-        cfg = PipelineConfig(strategy=cell.method, strategy_options=options, filter="none",
-                             trusted=str(entry.data_file("validation")), seed=cell.seed,
-                             eval_clean=str(entry.data_file("test_clean")),
-                             eval_triggered=str(entry.data_file("test_triggered")), target=entry.target)
-        started = time.time()
-        report = run_tune(entry.model_dir, data_path, Path(tmp) / "out", cfg,
-                          TuneConfig(trials=trials, canary=canary_config))
-        seconds = time.time() - started
+    work.mkdir(parents=True, exist_ok=True)
+    data_path = work / "train.jsonl"
+    write_jsonl(data_path, train.samples, include_poisoned=False)
+    cfg = PipelineConfig(strategy=cell.method, strategy_options=options, filter="none",
+                         trusted=str(entry.data_file("validation")), seed=cell.seed,
+                         eval_clean=str(entry.data_file("test_clean")),
+                         eval_triggered=str(entry.data_file("test_triggered")), target=entry.target,
+                         overwrite=True)  # the work folder is this cell's own: resume its study, export again
+    started = time.time()
+    report = run_tune(entry.model_dir, data_path, work / "out", cfg,
+                      TuneConfig(trials=trials, canary=canary_config))
+    seconds = time.time() - started
     metrics, study = report["metrics"], report["tune"]
     return {
         "cacc_before": metrics["before"]["cacc"], "asr_before": metrics["before"]["asr"],
@@ -205,11 +207,12 @@ def run_tune_cell(cell: Cell) -> dict:
         "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "device": _device_name(), "trials": trials,
         "best_params": study["best_params"], "canary": study["canary"], "chosen": study["best"],
         "feasible": study["feasible"], "tune_seconds": study["seconds"], "n_complete": study["n_complete"],
-        "n_pruned": study["n_pruned"], "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
+        "n_pruned": study["n_pruned"], "resumed_from": study["resumed_from"], "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
     }
 
 
-RUNNERS: dict[str, Callable[[Cell], dict]] = {"zoo": run_zoo_cell, "pruning": run_strategy_cell,
+#: suite -> runner(cell, work): `work` is the cell's scratch folder, kept across an interruption, removed on success
+RUNNERS: dict[str, Callable[[Cell, Path], dict]] = {"zoo": run_zoo_cell, "pruning": run_strategy_cell,
                                               "w2s": run_strategy_cell, "filters": run_filter_cell,
                                               "tune": run_tune_cell}
 
@@ -266,12 +269,14 @@ def _main_cell(payload: str, path: str) -> None:
     if runner is None:
         raise ConfigError(f"unknown suite {cell.suite!r}")
     started = time.time()
-    record = runner(cell)
+    work = Path(path).with_suffix(".work")
+    record = runner(cell, work)
     record["wall_seconds"] = round(time.time() - started, 1)
     record["provenance"] = provenance()
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
     os.replace(tmp, path)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def save_json(results: list[dict], path: Path, command: str) -> None:

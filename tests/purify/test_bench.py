@@ -1,13 +1,19 @@
 """`purify bench`: the matrices it runs, its table on a tiny selection, and its cache of finished cells."""
 import json
+import shutil
+from dataclasses import asdict
 
 import pytest
 
-from purify.bench import PRUNING_STRATEGIES, Cell, cell_path, markdown_table, run_suite, suite_cells
+from purify.bench import (PRUNING_STRATEGIES, Cell, _main_cell, cell_path, markdown_table, run_suite, run_tune_cell,
+                          suite_cells)
 from purify.cli import main
 from purify.errors import ConfigError
+from purify.tune import TUNE_DB
 
 TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
+TINY_TUNE = {"val_samples": "64", "score_samples": "64", "canary_lr": 3e-3, "canary_epochs": 15, "canary_num_tokens": 1,
+             "canary_poison_rate": 0.3, "canary_max_length": 32, "canary_max_cacc_drop": 0.1}  # plants on the tiny entry
 
 
 def test_suites_name_their_cells():
@@ -102,3 +108,20 @@ def test_filter_command_writes_kept_samples_scores_and_histogram(session_cache, 
     assert all((s["score"] > 0.5) == s["removed"] for s in scores)
     assert out.with_suffix(".hist.png").stat().st_size > 1000
     assert f"kept {len(kept)} of {total}" in capsys.readouterr().out
+
+
+def test_an_interrupted_tune_cell_resumes_its_study_and_cleans_up(session_cache, tmp_path):
+    options = {"trials": 2, **TINY_TUNE}
+    cell = Cell("tune", TINY_ENTRY, "gradient_prune", 0, options)
+    path = cell_path(tmp_path, cell)
+    path.parent.mkdir(parents=True)
+    work = path.with_suffix(".work")
+    first = run_tune_cell(cell, work)
+    assert first["resumed_from"] == 0 and first["n_complete"] + first["n_pruned"] == 2
+    for left in (work / "out").iterdir():  # interrupted after the study: only its database is left
+        if left.name != TUNE_DB:
+            left.unlink() if left.is_file() else shutil.rmtree(left)
+    _main_cell(json.dumps(asdict(cell)), str(path))
+    record = json.loads(path.read_text())
+    assert record["resumed_from"] == 2 and record["best_params"] == first["best_params"]
+    assert record["asr_after"] == first["asr_after"] and not work.exists()
