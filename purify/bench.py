@@ -223,18 +223,30 @@ def cell_path(out: Path, cell: Cell) -> Path:
     return out / "cells" / cell.suite / f"{cell.key}.json"
 
 
+def cell_output(out: Path, cell: Cell) -> Path:
+    """Where a running (or failed) cell's stdout and stderr go."""
+    return cell_path(out, cell).with_suffix(".log")
+
+
 def run_cell_subprocess(cell: Cell, out: Path, *, timeout: float | None = None) -> dict:
-    """Run one cell in a fresh interpreter; its JSON result is cached at `cell_path`."""
+    """Run one cell in a fresh interpreter; its JSON result is cached at `cell_path`.
+
+    The cell's output goes to `cell_output(...)` while it runs (follow a long cell with `tail -f`); the file is
+    removed when the cell succeeds and kept when it fails.
+    """
     path = cell_path(out, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
+    output = cell_output(out, cell)
     payload = json.dumps(asdict(cell))
     env = {**os.environ, "PURIFY_QUIET": os.environ.get("PURIFY_QUIET", "1")}
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "purify.bench", payload, str(path)], env=env, timeout=timeout,
-                          capture_output=True, text=True)
+    with output.open("w") as sink:
+        proc = subprocess.run([sys.executable, "-m", "purify.bench", payload, str(path)], env=env, timeout=timeout,
+                              stdout=sink, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0 or not path.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"error": " | ".join(tail), "wall_seconds": round(time.time() - started, 1)}
+        tail = output.read_text(errors="replace").strip().splitlines()[-5:]
+        return {"error": " | ".join(tail), "output": str(output), "wall_seconds": round(time.time() - started, 1)}
+    output.unlink()
     return json.loads(path.read_text())
 
 
@@ -255,10 +267,10 @@ def run_matrix(cells: list[Cell], out: Path, *, log=print, timeout: float | None
             record = {"missing": True}
             log(f"[bench] {i}/{len(cells)} missing {cell.key}")
         else:
-            log(f"[bench] {i}/{len(cells)} running {cell.key}")
+            log(f"[bench] {i}/{len(cells)} running {cell.key} (output: {cell_output(out, cell)})")
             record = run_cell_subprocess(cell, out, timeout=timeout)
             if "error" in record:
-                log(f"[bench]   failed: {record['error']}")
+                log(f"[bench]   failed: {record['error']} (whole output: {record['output']})")
         results.append({"cell": asdict(cell), **record})
     return results
 

@@ -5,8 +5,8 @@ from dataclasses import asdict
 
 import pytest
 
-from purify.bench import (PRUNING_STRATEGIES, Cell, _main_cell, cell_path, markdown_table, run_suite, run_tune_cell,
-                          suite_cells)
+from purify.bench import (PRUNING_STRATEGIES, Cell, _main_cell, cell_output, cell_path, markdown_table,
+                          run_cell_subprocess, run_suite, run_tune_cell, suite_cells)
 from purify.cli import main
 from purify.errors import ConfigError
 from purify.tune import TUNE_DB
@@ -52,6 +52,13 @@ def test_failed_cells_are_listed_under_the_table():
     table = markdown_table("filters", [{"cell": {"entry": "x", "method": "gradsentry", "options": {}},
                                         "error": "boom"}])
     assert "FAILED x / gradsentry: boom" in table
+
+
+def test_a_failed_cell_keeps_its_whole_output_and_is_not_cached(tmp_path):
+    cell = Cell("nope", TINY_ENTRY, "gradsentry")
+    record = run_cell_subprocess(cell, tmp_path)
+    assert "unknown suite 'nope'" in record["error"] and not cell_path(tmp_path, cell).exists()
+    assert record["output"] == str(cell_output(tmp_path, cell)) and "Traceback" in cell_output(tmp_path, cell).read_text()
 
 
 def test_cached_only_reports_the_cached_cells_and_names_the_missing_ones(tmp_path):
