@@ -207,7 +207,8 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
         "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "device": _device_name(), "trials": trials,
         "best_params": study["best_params"], "canary": study["canary"], "chosen": study["best"],
         "feasible": study["feasible"], "tune_seconds": study["seconds"], "n_complete": study["n_complete"],
-        "n_pruned": study["n_pruned"], "resumed_from": study["resumed_from"], "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
+        "n_pruned": study["n_pruned"], "resumed_from": study["resumed_from"],
+        "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
     }
 
 

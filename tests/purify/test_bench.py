@@ -12,8 +12,9 @@ from purify.errors import ConfigError
 from purify.tune import TUNE_DB
 
 TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
-TINY_TUNE = {"val_samples": "64", "score_samples": "64", "canary_lr": 3e-3, "canary_epochs": 15, "canary_num_tokens": 1,
-             "canary_poison_rate": 0.3, "canary_max_length": 32, "canary_max_cacc_drop": 0.1}  # plants on the tiny entry
+TINY_TUNE = {"val_samples": "64", "score_samples": "64",  # a canary that plants on the tiny entry
+             "canary_lr": 3e-3, "canary_epochs": 15, "canary_num_tokens": 1, "canary_poison_rate": 0.3,
+             "canary_max_length": 32, "canary_max_cacc_drop": 0.1}
 
 
 def test_suites_name_their_cells():
@@ -39,7 +40,7 @@ def test_pruning_matrix_has_the_baseline_and_three_seeds_on_the_multi_seed_entri
 def test_w2s_suite_shares_the_clean_fine_tune_cells_of_the_pruning_suite():
     entry = "minilm-movie-style-p10-s0"
     w2s = suite_cells("w2s", entries=[entry], methods=["baseline_finetune"])
-    assert w2s == [c for c in suite_cells("pruning", entries=[entry], methods=["baseline_finetune"])]
+    assert w2s == suite_cells("pruning", entries=[entry], methods=["baseline_finetune"])
     assert {c.suite for c in suite_cells("w2s", entries=[entry], methods=["plain_lora", "w2s_distill"])} == {"w2s"}
 
 
@@ -58,7 +59,8 @@ def test_a_failed_cell_keeps_its_whole_output_and_is_not_cached(tmp_path):
     cell = Cell("nope", TINY_ENTRY, "gradsentry")
     record = run_cell_subprocess(cell, tmp_path)
     assert "unknown suite 'nope'" in record["error"] and not cell_path(tmp_path, cell).exists()
-    assert record["output"] == str(cell_output(tmp_path, cell)) and "Traceback" in cell_output(tmp_path, cell).read_text()
+    output = cell_output(tmp_path, cell)
+    assert record["output"] == str(output) and "Traceback" in output.read_text()
 
 
 def test_cached_only_reports_the_cached_cells_and_names_the_missing_ones(tmp_path):
