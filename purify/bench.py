@@ -7,6 +7,8 @@ defense is computed from triggered data: cells see triggered files only to *meas
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -14,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,24 +258,47 @@ def run_matrix(cells: list[Cell], out: Path, *, log=print, timeout: float | None
     """Run every cell not cached yet (in order), then return all results.
 
     `cached_only` runs nothing: a cell without a cached result is returned as {"missing": True}, so a long matrix
-    can be reported part way with its missing cells named.
+    can be reported part way with its missing cells named. Two bench processes may share `out`: a cell another
+    process is running is skipped (reported as missing), never run twice at once.
     """
     results = []
     for i, cell in enumerate(cells, 1):
         path = cell_path(out, cell)
-        if path.exists():
+        record, busy = None, False
+        if not path.exists() and not cached_only:
+            with _claim(path) as claimed:
+                busy = not claimed
+                if claimed and not path.exists():  # the other process may have finished it meanwhile
+                    log(f"[bench] {i}/{len(cells)} running {cell.key} (output: {cell_output(out, cell)})")
+                    record = run_cell_subprocess(cell, out, timeout=timeout)
+                    if "error" in record:
+                        log(f"[bench]   failed: {record['error']} (whole output: {record['output']})")
+        if record is None and path.exists():
             record = json.loads(path.read_text())
             log(f"[bench] {i}/{len(cells)} cached  {cell.key}")
-        elif cached_only:
+        elif record is None:
             record = {"missing": True}
-            log(f"[bench] {i}/{len(cells)} missing {cell.key}")
-        else:
-            log(f"[bench] {i}/{len(cells)} running {cell.key} (output: {cell_output(out, cell)})")
-            record = run_cell_subprocess(cell, out, timeout=timeout)
-            if "error" in record:
-                log(f"[bench]   failed: {record['error']} (whole output: {record['output']})")
+            log(f"[bench] {i}/{len(cells)} missing {cell.key}" + (" (another bench process is running it)" * busy))
         results.append({"cell": asdict(cell), **record})
     return results
+
+
+@contextlib.contextmanager
+def _claim(path: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on a cell (released when the holder exits, even by a crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_suffix(".lock")
+    with lock.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _main_cell(payload: str, path: str) -> None:

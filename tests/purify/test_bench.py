@@ -5,8 +5,8 @@ from dataclasses import asdict
 
 import pytest
 
-from purify.bench import (PRUNING_STRATEGIES, Cell, _main_cell, cell_output, cell_path, markdown_table,
-                          run_cell_subprocess, run_suite, run_tune_cell, suite_cells)
+from purify.bench import (PRUNING_STRATEGIES, Cell, _claim, _main_cell, cell_output, cell_path, markdown_table,
+                          run_cell_subprocess, run_matrix, run_suite, run_tune_cell, suite_cells)
 from purify.cli import main
 from purify.errors import ConfigError
 from purify.tune import TUNE_DB
@@ -61,6 +61,17 @@ def test_a_failed_cell_keeps_its_whole_output_and_is_not_cached(tmp_path):
     assert "unknown suite 'nope'" in record["error"] and not cell_path(tmp_path, cell).exists()
     output = cell_output(tmp_path, cell)
     assert record["output"] == str(output) and "Traceback" in output.read_text()
+
+
+def test_a_cell_another_bench_process_is_running_is_skipped_not_run_twice(tmp_path):
+    cell = Cell("nope", TINY_ENTRY, "gradsentry")  # would fail if it ran
+    messages = []
+    with _claim(cell_path(tmp_path, cell)) as claimed:
+        assert claimed
+        [skipped] = run_matrix([cell], tmp_path, log=messages.append)
+    assert skipped["missing"] and "another bench process is running it" in messages[-1]
+    [ran] = run_matrix([cell], tmp_path, log=messages.append)  # released: this process runs it
+    assert "unknown suite" in ran["error"]
 
 
 def test_cached_only_reports_the_cached_cells_and_names_the_missing_ones(tmp_path):
