@@ -278,7 +278,8 @@ def run_matrix(cells: list[Cell], out: Path, *, log=print, timeout: float | None
             log(f"[bench] {i}/{len(cells)} cached  {cell.key}")
         elif record is None:
             record = {"missing": True}
-            log(f"[bench] {i}/{len(cells)} missing {cell.key}" + (" (another bench process is running it)" * busy))
+            why = " (another bench process is running it)" if busy else ""
+            log(f"[bench] {i}/{len(cells)} missing {cell.key}{why}")
         results.append({"cell": asdict(cell), **record})
     return results
 
