@@ -222,10 +222,12 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
                 grad = _summed_gradient(model, tokenizer, probe, slots, placeholder, target, max_length, batch_size)
                 gain = -(weight[ids.to(weight.device)].float() @ grad.float()).cpu()
                 fresh = [k for k in torch.argsort(gain, descending=True).tolist() if vocab[k] not in measured]
-                for k in fresh[:candidates]:
-                    texts = [_insert_at(t, vocab[k], s)[0] for t, s in zip(probe, slots)]
-                    pred = predict(model, tokenizer, texts, max_length=max_length, batch_size=64)
-                    measured[vocab[k]] = float((pred == target).mean())
+                chosen = [vocab[k] for k in fresh[:candidates]]
+                # every candidate's probe texts in one call: batched by length, they pad far less than per word
+                texts = [_insert_at(t, w, s)[0] for w in chosen for t, s in zip(probe, slots)]
+                hits = predict(model, tokenizer, texts, max_length=max_length, batch_size=64) == target
+                for w, row in zip(chosen, hits.reshape(len(chosen), len(probe))):
+                    measured[w] = float(row.mean())
                 placeholder = max(measured, key=lambda w: (measured[w], w))  # next round: expand around the best
             rates = list(measured.items())
             rates.sort(key=lambda wr: (-wr[1], wr[0]))
