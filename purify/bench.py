@@ -87,7 +87,7 @@ def _clean_training_data(entry, seed: int):
 
 #: strategy diagnostics kept in a cell's JSON (a user can compute each without triggered data)
 CELL_EXTRAS = ("teacher", "teacher_val_accuracy", "best_epoch", "conflict_fraction", "insertion_flip",
-               "inverted_flip", "dropped_by_inversion")
+               "inverted_flip", "dropped_by_inversion", "phase_seconds")
 
 
 def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed

@@ -423,6 +423,7 @@ class W2SDistill(Strategy):
         last_token = pools_last_token(student)
         words = insertion_vocabulary(tokenizer)
         inversion = self._invert(student, tokenizer, train)
+        inversion_seconds = time.time() - started
         train, dropped = self._drop_triggered(train, inversion)
         validation, dropped_val = self._drop_triggered(validation, inversion)  # else it rewards the backdoor
         dropped["validation_samples"] = dropped_val["samples"]
@@ -436,11 +437,13 @@ class W2SDistill(Strategy):
         inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inversion, cfg)
 
         teacher, teacher_info = None, {"teacher": None}
+        teacher_started = time.time()
         if cfg.uses_teacher:
             teacher, teacher_info = self._load_teacher(loaded, train, validation,
                                                        is_decoder_classifier(student, tokenizer))
             teacher.model.to(device).eval()
 
+        teacher_seconds = time.time() - teacher_started
         seed_everything(cfg.seed)
         projector = None
         if cfg.gamma > 0:
@@ -486,6 +489,11 @@ class W2SDistill(Strategy):
             "loss_weights": {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma,
                              "temperature": cfg.temperature, "rho": cfg.rho},
             "seconds": round(time.time() - started, 1),
+            # where the time goes: trigger inversion, teacher (trained or loaded from the cache), the epochs'
+            # training steps and their validation passes (per epoch in the trajectory)
+            "phase_seconds": {"inversion": round(inversion_seconds, 1), "teacher": round(teacher_seconds, 1),
+                              "training": round(sum(h["training_seconds"] for h in history), 1),
+                              "validation": round(sum(h["validation_seconds"] for h in history), 1)},
         }
         return StrategyResult(model=merged, trajectory=history, baseline_val_accuracy=baseline,
                               final_val_accuracy=final, extras=extras, files={"lora_adapter": adapter_dir})
@@ -592,6 +600,7 @@ class _Loop:
             order = order_rng.permutation(n)
             sums: dict[str, float] = {}
             conflicts, steps = 0, 0
+            epoch_started = time.time()
             for start in range(0, n, per_step):
                 terms, conflict = self._step(texts, labels, order[start:start + per_step])
                 optimizer.step()
@@ -601,6 +610,7 @@ class _Loop:
                     sums[k] = sums.get(k, 0.0) + v
                 conflicts += int(conflict)
                 steps += 1
+            train_seconds = time.time() - epoch_started
             model.eval()
             acc = accuracy_on(model, self.tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
             flip = insertion_flip_rate(model, self.tokenizer, probe, self.augmenter.words if self.augmenter else [],
@@ -608,7 +618,9 @@ class _Loop:
                                        seed=cfg.seed, max_length=cfg.max_length)
             record = {"epoch": epoch, "val_accuracy": acc, "val_insert_flip": flip,
                       "val_inverted_flip": inverted_flip(model),
-                      **{f"train_{k}": v / steps for k, v in sums.items()}}
+                      **{f"train_{k}": v / steps for k, v in sums.items()},
+                      "training_seconds": round(train_seconds, 1),
+                      "validation_seconds": round(time.time() - epoch_started - train_seconds, 1)}
             if cfg.surgery == "safegrad":
                 record["conflict_fraction"] = conflicts / steps
             history.append(record)

@@ -288,6 +288,11 @@ def test_safegrad_with_accumulation_runs_and_reports_conflicts():
     fraction = result.extras["conflict_fraction"]
     assert fraction is not None and 0.0 <= fraction <= 1.0
     assert all("conflict_fraction" in r for r in result.trajectory)
+    phases = result.extras["phase_seconds"]
+    assert set(phases) == {"inversion", "teacher", "training", "validation"}
+    assert all(v >= 0 for v in phases.values())
+    assert phases["training"] == pytest.approx(sum(r["training_seconds"] for r in result.trajectory), abs=0.2)
+    assert phases["training"] + phases["validation"] <= result.extras["seconds"]
 
 
 def test_plain_lora_baseline_needs_no_teacher():
