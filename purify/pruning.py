@@ -18,7 +18,7 @@ from .data import TaskData
 from .device import seed_everything
 from .errors import ConfigError
 from .heads import HeadGates, mask_to_pruned
-from .inference import MAX_LENGTH, labelled_batch
+from .inference import MAX_LENGTH, labelled_batch, length_order
 from .registry import Strategy, StrategyConfig, StrategyResult
 
 
@@ -69,7 +69,7 @@ class MaskEvaluator:
     def __init__(self, gates: HeadGates, tokenizer, data: TaskData, *, batch_size: int = 32,
                  max_length: int = MAX_LENGTH) -> None:
         self.gates = gates
-        order = sorted(range(len(data)), key=lambda i: len(data.texts[i]))  # similar lengths: less padding
+        order = length_order(tokenizer, data.texts, max_length).tolist()  # similar lengths: less padding
         texts = [data.texts[i] for i in order]
         self.labels = torch.as_tensor([data.labels[i] for i in order])
         self.batches = [

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from purify.inference import length_order, predict, predict_logits
 from purify.testing.tiny import tiny_model, tiny_tokenizer, tiny_texts
