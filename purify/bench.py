@@ -241,7 +241,8 @@ def run_cell_subprocess(cell: Cell, out: Path, *, timeout: float | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     output = cell_output(out, cell)
     payload = json.dumps(asdict(cell))
-    env = {**os.environ, "PURIFY_QUIET": os.environ.get("PURIFY_QUIET", "1")}
+    # unbuffered, so the log file follows the cell as it runs rather than filling in at its end
+    env = {**os.environ, "PURIFY_QUIET": os.environ.get("PURIFY_QUIET", "1"), "PYTHONUNBUFFERED": "1"}
     started = time.time()
     with output.open("w") as sink:
         proc = subprocess.run([sys.executable, "-m", "purify.bench", payload, str(path)], env=env, timeout=timeout,
@@ -308,10 +309,11 @@ def _main_cell(payload: str, path: str) -> None:
     if runner is None:
         raise ConfigError(f"unknown suite {cell.suite!r}")
     started = time.time()
+    origin = provenance()  # the code the cell starts with, not whatever the tree holds when it ends
     work = Path(path).with_suffix(".work")
     record = runner(cell, work)
     record["wall_seconds"] = round(time.time() - started, 1)
-    record["provenance"] = provenance()
+    record["provenance"] = origin
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
     os.replace(tmp, path)
