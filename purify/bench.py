@@ -241,8 +241,8 @@ def run_cell_subprocess(cell: Cell, out: Path, *, timeout: float | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     output = cell_output(out, cell)
     payload = json.dumps(asdict(cell))
-    # unbuffered, so the log file follows the cell as it runs rather than filling in at its end
-    env = {**os.environ, "PURIFY_QUIET": os.environ.get("PURIFY_QUIET", "1"), "PYTHONUNBUFFERED": "1"}
+    # unbuffered, with progress as plain lines (stderr is a file), so the log follows the cell as it runs
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.time()
     with output.open("w") as sink:
         proc = subprocess.run([sys.executable, "-m", "purify.bench", payload, str(path)], env=env, timeout=timeout,

@@ -32,6 +32,7 @@ from purify.inference import MAX_LENGTH, labelled_batch, predict
 from purify.inversion import (TriggerInversion, flip_rate, insert_words, insertion_vocabulary,
                               invert_triggers, predict_inserted)
 from purify.lora import lora_target_modules
+from purify.progress import track
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
 from purify.surgery import accumulate, combine, safegrad
 from purify.training import accuracy_on
@@ -601,7 +602,8 @@ class _Loop:
             sums: dict[str, float] = {}
             conflicts, steps = 0, 0
             epoch_started = time.time()
-            for start in range(0, n, per_step):
+            starts = range(0, n, per_step)
+            for start in track(starts, description=f"w2s_distill epoch {epoch}/{cfg.epochs}", total=len(starts)):
                 terms, conflict = self._step(texts, labels, order[start:start + per_step])
                 optimizer.step()
                 scheduler.step()
