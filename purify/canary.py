@@ -14,11 +14,17 @@ zoo model carries.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
 
 from .checkpoint import LoadedModel
 from .data import Sample, TaskData, split_samples
@@ -32,6 +38,9 @@ FAMILIES = ("rare_tokens", "sentence")
 RESERVED_WORDS = frozenset(BadNetsAttack.DEFAULT_TRIGGERS) | frozenset(
     re.findall(r"[a-z0-9]+", InsertSentAttack.DEFAULT_SENTENCE.lower()))
 _WORD = re.compile(r"[a-z0-9']+")
+#: a planted canary kept for a resumed `purify tune` (in its run folder, next to the study)
+CACHE_WEIGHTS = "tune_canary.safetensors"
+CACHE_META = "tune_canary.json"
 
 
 @dataclass
@@ -115,6 +124,7 @@ class Canary:
     config: CanaryConfig
     attempts: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    reused: bool = False  # loaded from a cache folder rather than planted by this call
 
     @property
     def cacc_drop(self) -> float:
@@ -136,7 +146,7 @@ class Canary:
             "cacc_original": self.cacc_original, "cacc_drop": self.cacc_drop,
             "n_train": self.n_train, "n_poisoned": self.n_poisoned, "n_eval_clean": len(self.clean_eval),
             "n_eval_triggered": len(self.triggered_eval), "seed": self.seed, "config": self.config.to_dict(),
-            "attempts": self.attempts, "seconds": round(self.seconds, 2),
+            "attempts": self.attempts, "seconds": round(self.seconds, 2), "reused": self.reused,
         }
 
 
@@ -239,7 +249,8 @@ def _with_insertions(attack: Attack, insertions: int) -> Attack:
 
 def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData | None = None,
                  config: CanaryConfig | None = None, seed: int = 0,
-                 log: Callable[[str], None] | None = None, **options) -> Canary:
+                 log: Callable[[str], None] | None = None, cache_dir: str | Path | None = None,
+                 **options) -> Canary:
     """Plant a random canary backdoor into a deep copy of `loaded.model` (the model itself is never changed).
 
     `clean` is clean task data: a seeded slice of it (``config.train_samples``) is fine-tuned on with
@@ -248,6 +259,10 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
     non-target samples with the trigger inserted. Keyword `options` override fields of `config`
     (e.g. ``family="sentence"``). Raises CanaryError when the ASR stays below ``config.min_asr`` or clean
     accuracy falls more than ``config.max_cacc_drop``.
+
+    With `cache_dir`, the planted model is saved there (``tune_canary.*``) and a later call with the same model
+    weights, training data, trigger, seed and settings loads it instead of fine-tuning again (a resumed
+    `purify tune` skips the planting); the loaded canary is measured afresh.
     """
     cfg = copy.deepcopy(config) if config is not None else CanaryConfig()
     for key, value in options.items():
@@ -290,6 +305,25 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
 
     original = evaluate_model(loaded.model, loaded.tokenizer, validation, triggered_eval, target)
     say = log or (lambda _msg: None)
+
+    def planted(model, attempts: list[dict], asr: float, cacc: float, reused: bool) -> Canary:
+        return Canary(
+            family=cfg.family, trigger=trigger, target=target, attack=attack,
+            loaded=LoadedModel(model=model, tokenizer=loaded.tokenizer, task=loaded.task, path=loaded.path),
+            clean_eval=validation, triggered_eval=triggered_eval, asr=asr, cacc=cacc,
+            asr_original=float(original.asr), cacc_original=original.cacc, n_train=len(texts),
+            n_poisoned=n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
+            reused=reused,
+        )
+
+    key = _cache_key(loaded.model, texts, labels, trigger, target, cfg, seed) if cache_dir is not None else None
+    cached = _load_cached(loaded.model, Path(cache_dir), key) if cache_dir is not None else None
+    if cached is not None:
+        model, attempts = cached
+        ev = evaluate_model(model, loaded.tokenizer, validation, triggered_eval, target)
+        say(f"[purify] canary ({cfg.family}): trigger {trigger}, target {target}; reusing the one planted earlier "
+            f"in {cache_dir} (ASR {ev.asr:.4f}, CACC {ev.cacc:.4f})")
+        return planted(model, attempts, float(ev.asr), ev.cacc, reused=True)
     say(f"[purify] canary ({cfg.family}): trigger {trigger}, target {target}; planting with {n_poisoned} of "
         f"{len(texts)} samples triggered")
     attempts: list[dict] = []
@@ -309,13 +343,9 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
         say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
             f"(suspicious model {original.cacc:.4f}), lr {lr:.2g}")
         if ev.asr >= cfg.min_asr and not too_costly:
-            return Canary(
-                family=cfg.family, trigger=trigger, target=target, attack=attack,
-                loaded=LoadedModel(model=model, tokenizer=loaded.tokenizer, task=loaded.task, path=loaded.path),
-                clean_eval=validation, triggered_eval=triggered_eval, asr=float(ev.asr), cacc=ev.cacc,
-                asr_original=float(original.asr), cacc_original=original.cacc, n_train=len(texts),
-                n_poisoned=n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
-            )
+            if cache_dir is not None:
+                _save_cached(model, Path(cache_dir), key, attempts)
+            return planted(model, attempts, float(ev.asr), ev.cacc, reused=False)
         del model
         lr = lr / cfg.lr_growth if too_costly else lr * cfg.lr_growth
     if all(a["cacc_drop"] > cfg.max_cacc_drop + 1e-12 for a in attempts):
@@ -332,3 +362,52 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
         f"the canary could not be planted: its ASR reached {best:.4f} < {cfg.min_asr:.2f} after {len(attempts)} "
         f"fine-tune(s) (lr {rates}; {cfg.epochs} epochs); raise --canary-epochs or --canary-lr, "
         f"or try --canary {other}")
+
+
+# -- reusing a planted canary ---------------------------------------------------------------------------------
+
+def _cache_key(model, texts: Sequence[str], labels: Sequence[int], trigger: Sequence[str], target: int,
+               cfg: CanaryConfig, seed: int) -> str:
+    """Digest of everything the planting depends on: the suspicious model's weights, the poisoned training
+    data, the trigger and target, the settings and the seed."""
+    digest = hashlib.sha256(json.dumps({"texts": list(texts), "labels": [int(y) for y in labels],
+                                        "trigger": list(trigger), "target": target, "config": cfg.to_dict(),
+                                        "seed": seed}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_cached(model, folder: Path, key: str):
+    """(canaried model, attempts) from `folder` when it holds a canary planted under the same `key`, else None."""
+    from safetensors.torch import load_model
+
+    meta_path, weights = folder / CACHE_META, folder / CACHE_WEIGHTS
+    if not (meta_path.is_file() and weights.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("key") != key:
+        return None
+    canaried = copy.deepcopy(model)
+    load_model(canaried, str(weights), strict=True, device=str(next(canaried.parameters()).device))
+    return canaried, list(meta.get("attempts", []))
+
+
+def _save_cached(model, folder: Path, key: str, attempts: list[dict]) -> None:
+    """Write the planted canary to `folder`: the old key goes first and the new one last, so a key on disk
+    always belongs to the weights beside it."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CACHE_META).unlink(missing_ok=True)
+    tmp = folder / (CACHE_WEIGHTS + ".tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, folder / CACHE_WEIGHTS)
+    tmp = folder / (CACHE_META + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "attempts": attempts}, indent=2, default=float) + "\n")
+    os.replace(tmp, folder / CACHE_META)

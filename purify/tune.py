@@ -3,7 +3,8 @@
 1. **Canary.** The clean data (after the filter) is split as `purify run` splits it into training and validation
    data, and a held-out scoring slice is carved from the training part. A random canary trigger is planted into
    a copy of the suspicious model with a short fine-tune on the training part (`purify.canary`); if it does not
-   take (ASR >= 90%, clean accuracy kept) tuning stops with a CanaryError.
+   take (ASR >= 90%, clean accuracy kept) tuning stops with a CanaryError. The canaried weights are kept in the
+   run folder (``tune_canary.*``) until the export, so a resumed study reuses them instead of planting again.
 2. **Search.** An optuna study (seeded TPE sampler, stored in ``<out>/tune_study.db`` so an interrupted or
    finished study resumes) samples the strategy's knobs from its config's ``search_space()``. Each trial runs the
    strategy on a fresh copy of the canaried model and scores it on the scoring slice: the canary's ASR and the
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .canary import CanaryConfig, plant_canary
+from .canary import CACHE_META, CACHE_WEIGHTS, CanaryConfig, plant_canary
 from .checkpoint import LoadedModel
 from .data import TaskData, split_samples
 from .device import seed_everything
@@ -210,7 +211,7 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
         if not out.is_dir():
             raise ConfigError(f"{out} exists and is not a folder; choose another --out")
         finished = (out / REPORT_FILE).exists()
-        foreign = [p.name for p in out.iterdir() if not p.name.startswith(TUNE_DB)]
+        foreign = [p.name for p in out.iterdir() if not p.name.startswith((TUNE_DB, CACHE_META, CACHE_WEIGHTS))]
         if finished and not overwrite:
             raise ConfigError(f"{out} holds a finished export; pass --overwrite to resume its study ({TUNE_DB}) and "
                               "export again, or choose another --out")
@@ -316,7 +317,8 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
         train, validation = TaskData(parts[0], kept.label_names), TaskData(parts[1], kept.label_names)
     parts = split_samples(train.samples, [1 - tune.score_fraction, tune.score_fraction], seed=cfg.seed + 1)
     trial_train, score = TaskData(parts[0], train.label_names), TaskData(parts[1], train.label_names)
-    canary = plant_canary(loaded, trial_train, validation=score, config=tune.canary, seed=cfg.seed, log=log)
+    canary = plant_canary(loaded, trial_train, validation=score, config=tune.canary, seed=cfg.seed, log=log,
+                          cache_dir=out)
     log(f"[purify] canary planted: ASR {canary.asr:.4f} (floor {canary.asr_original:.4f}), CACC {canary.cacc:.4f} "
         f"(suspicious model {canary.cacc_original:.4f})")
     del loaded

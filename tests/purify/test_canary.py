@@ -1,8 +1,10 @@
 """The canary `purify tune` scores knobs against: planted on a tiny model, random, seeded, never a zoo trigger."""
+import copy
+
 import pytest
 import torch
 
-from purify.canary import RESERVED_WORDS, CanaryConfig, data_words, draw_trigger, plant_canary
+from purify.canary import CACHE_META, CACHE_WEIGHTS, RESERVED_WORDS, CanaryConfig, data_words, draw_trigger, plant_canary
 from purify.errors import CanaryError
 from purify.evaluate import evaluate_model
 from purify.testing.tiny_task import tiny_backdoored
@@ -89,3 +91,35 @@ def test_a_canary_that_costs_too_much_accuracy_backs_off_its_learning_rate(tiny)
     with pytest.raises(CanaryError, match="clean accuracy fell .* at best .* after 3 fine-tune") as err:
         plant_canary(loaded, task.clean_train, validation=task.validation, config=wild, seed=0)
     assert "(lr 50, 5, 0.5)" in str(err.value)  # each costly attempt divides the learning rate
+
+
+def test_a_planted_canary_is_reused_from_its_cache_folder_only_when_nothing_changed(tiny, tmp_path, monkeypatch):
+    loaded, task = tiny
+    first = plant_canary(loaded, task.clean_train, validation=task.validation, config=TINY_CANARY, seed=0,
+                         cache_dir=tmp_path)
+    assert not first.reused and (tmp_path / CACHE_WEIGHTS).is_file() and (tmp_path / CACHE_META).is_file()
+
+    import purify.canary as canary_module
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a cached canary must not be planted again")
+
+    monkeypatch.setattr(canary_module, "train_classifier", no_training)
+    again = plant_canary(loaded, task.clean_train, validation=task.validation, config=TINY_CANARY, seed=0,
+                         cache_dir=tmp_path)
+    assert again.reused and again.summary()["reused"]
+    assert (again.trigger, again.target, again.attempts) == (first.trigger, first.target, first.attempts)
+    assert again.asr == first.asr and again.cacc == first.cacc
+    planted, reused = first.loaded.model.state_dict(), again.loaded.model.state_dict()
+    assert all(torch.equal(planted[k], reused[k]) for k in planted)
+    # another seed, other settings or other suspicious weights do not match the cached canary: planted afresh
+    for kwargs in ({"seed": 1}, {"config": CanaryConfig(**{**TINY_CANARY.to_dict(), "epochs": 11})}):
+        with pytest.raises(AssertionError, match="planted again"):
+            plant_canary(loaded, task.clean_train, validation=task.validation,
+                         **{"config": TINY_CANARY, "seed": 0, **kwargs}, cache_dir=tmp_path)
+    with torch.no_grad():
+        changed = copy.deepcopy(loaded)
+        next(changed.model.parameters()).add_(1e-3)
+    with pytest.raises(AssertionError, match="planted again"):
+        plant_canary(changed, task.clean_train, validation=task.validation, config=TINY_CANARY, seed=0,
+                     cache_dir=tmp_path)

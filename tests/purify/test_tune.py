@@ -5,7 +5,8 @@ import shutil
 import optuna
 import pytest
 
-from purify.canary import CanaryConfig
+import purify.tune as tune_module
+from purify.canary import CACHE_META, CACHE_WEIGHTS, CanaryConfig
 from purify.cli import main
 from purify.data import write_jsonl
 from purify.errors import ConfigError
@@ -90,7 +91,13 @@ def _tune(root, out, trials, *, overwrite=False):
     return run_tune(root / "model", root / "data.jsonl", out, cfg, tune, log=lambda _msg: None)
 
 
-def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(tiny_files):
+def _keep_only_the_study(out):
+    for path in out.iterdir():
+        if path.name != TUNE_DB:
+            path.unlink() if path.is_file() else shutil.rmtree(path)
+
+
+def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(tiny_files, monkeypatch):
     out = tiny_files / "sanitized"
     report = _tune(tiny_files, out, trials=2)
     tune = report["tune"]
@@ -113,15 +120,31 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
         _tune(tiny_files, out, trials=3)
 
     # an interrupted run leaves only the study behind; the same command resumes it (trial count grows)
-    for path in out.iterdir():
-        if path.name != TUNE_DB:
-            path.unlink() if path.is_file() else shutil.rmtree(path)
+    _keep_only_the_study(out)
     report = _tune(tiny_files, out, trials=3)
     tune = report["tune"]
-    assert tune["resumed_from"] == 2 and tune["n_trials"] == 3
+    assert tune["resumed_from"] == 2 and tune["n_trials"] == 3 and not tune["canary"]["reused"]
     assert [t["params"] for t in tune["trials"][:2]] == first_params
+    # the export keeps the study but not the canaried weights; a run stopped before the export keeps both and a
+    # rerun reuses the planted canary instead of fine-tuning again
+    assert not (out / CACHE_WEIGHTS).exists() and not (out / CACHE_META).exists()
+    _keep_only_the_study(out)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune_module, "run_pipeline", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(tiny_files, out, trials=4)
+    assert {CACHE_WEIGHTS, CACHE_META, TUNE_DB} <= {p.name for p in out.iterdir()}
+    monkeypatch.undo()
+    canary = tune["canary"]
+    tune = _tune(tiny_files, out, trials=4)["tune"]
+    assert tune["resumed_from"] == 4 and tune["n_trials"] == 4 and tune["canary"]["reused"]
+    assert {k: tune["canary"][k] for k in ("trigger", "target", "asr", "cacc")} == {
+        k: canary[k] for k in ("trigger", "target", "asr", "cacc")}
     study = optuna.load_study(study_name=tune["study_name"], storage=f"sqlite:///{out / TUNE_DB}")
-    assert len(study.trials) == 3
+    assert len(study.trials) == 4
     assert {k: report["strategy"]["config"][k] for k in tune["best_params"]} == tune["best_params"]
 
 
