@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import sqlite3
@@ -47,6 +48,7 @@ from .pipeline import PipelineConfig, load_inputs, run_filter, run_pipeline
 from .registry import StrategyConfig, build_strategy, get_strategy
 
 TUNE_DB = "tune_study.db"
+REPEAT_ROUNDS = 5  # optimize rounds at most: the first, then ones replacing trials that repeated measured knobs
 OBJECTIVES = ("constrained", "pareto")
 SPACE_TYPES = ("int", "float", "categorical")
 _SPEC_KEYS = {"int": {"type", "low", "high", "log", "step"}, "float": {"type", "low", "high", "log", "step"},
@@ -240,6 +242,18 @@ def _json_normal(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _params_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(_json_normal(dict(params)), sort_keys=True)
+
+
+def _resume_seed(seed: int, history: int) -> int:
+    """The sampler seed for a study holding `history` trials: `seed` itself for a new study, else one drawn from
+    both (the same study resumed at the same point samples the same knobs)."""
+    if not history:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"purify.tune:{seed}:{history}".encode()).digest()[:4], "big")
+
+
 def _trial_record(t) -> dict:
     attrs = t.user_attrs
     record = {"number": t.number, "state": t.state.name, "params": dict(t.params)}
@@ -333,11 +347,11 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
     sampler_kwargs: dict[str, Any] = {}
     if constrained and not native_constraints:
         sampler_kwargs["constraints_func"] = lambda t: [float(t.user_attrs.get("cacc_drop", 1e9)) - tune.tolerance]
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=tune.startup_trials, **sampler_kwargs)
     study_name = f"{cfg.strategy}-{tune.canary.family}-{tune.objective}-seed{cfg.seed}"
     study = optuna.create_study(
-        storage=storage, study_name=study_name, sampler=sampler, pruner=optuna.pruners.NopPruner(),
-        load_if_exists=True, **({"direction": "minimize"} if constrained else {"directions": ["minimize"] * 2}),
+        storage=storage, study_name=study_name, sampler=optuna.samplers.RandomSampler(seed=cfg.seed),
+        pruner=optuna.pruners.NopPruner(), load_if_exists=True,
+        **({"direction": "minimize"} if constrained else {"directions": ["minimize"] * 2}),
     )
     identity = _json_normal({"strategy": cfg.strategy, "base_options": base, "space": space,
                              "canary": {"family": canary.family, "trigger": canary.trigger, "target": canary.target}})
@@ -349,20 +363,36 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
     if previous is None:
         study.set_user_attr("identity", identity)
     study_id = storage.get_study_id_from_name(study_name)
+    history = len(study.get_trials(deepcopy=False))
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def measured() -> dict[str, Any]:
+        """The first finished trial of each knob setting (repeats add no information)."""
+        first: dict[str, Any] = {}
+        for t in study.get_trials(deepcopy=False, states=finished_states):
+            first.setdefault(_params_key(t.params), t)
+        return first
+
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by an interrupted run
         storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, stale.number),
                                        TrialState.FAIL)
-        if set(stale.params) == set(space):
+        if set(stale.params) == set(space) and _params_key(stale.params) not in measured():
             study.enqueue_trial(dict(stale.params), user_attrs={"origin": f"retry of trial {stale.number}"})
-    if not study.get_trials(deepcopy=False):
+    if not history:
         defaults = {k: getattr(base_config, k) for k, spec in space.items() if in_space(getattr(base_config, k), spec)}
         if defaults:
             study.enqueue_trial(defaults, user_attrs={"origin": "defaults"})
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    resumed_from = len(study.get_trials(deepcopy=False, states=finished_states))
+    # a resumed study gets a sampler seeded from its history too: reseeded as in the first run, it would replay
+    # that run's random proposals and measure the same knobs again
+    sampler = optuna.samplers.TPESampler(seed=_resume_seed(cfg.seed, history), n_startup_trials=tune.startup_trials,
+                                         **sampler_kwargs)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                              pruner=optuna.pruners.NopPruner())
+    resumed_from = len(measured())
     to_run = max(0, tune.trials - resumed_from)
-    if resumed_from:
-        log(f"[purify] resuming study {study_name!r} from {db}: {resumed_from} finished trial(s), {to_run} to run")
+    if history:
+        log(f"[purify] resuming study {study_name!r} from {db}: {resumed_from} knob setting(s) measured, "
+            f"{to_run} to run")
 
     tokenizer = canary.loaded.tokenizer
     target = canary.target
@@ -376,6 +406,17 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
 
     def objective(trial):
         params = suggest(trial, space)
+        earlier = measured().get(_params_key(params))
+        if earlier is not None and earlier.state == TrialState.COMPLETE and "canary_asr" in earlier.user_attrs:
+            # the sampler proposed knobs already measured: record the same figures at no cost
+            for key in ("canary_asr", "cacc", "cacc_drop", "feasible", "num_pruned"):
+                trial.set_user_attr(key, earlier.user_attrs[key])
+            trial.set_user_attr("origin", f"repeat of trial {earlier.number}")
+            trial.set_user_attr("seconds", 0.0)
+            if constrained and native_constraints:
+                trial.set_constraint("cacc_drop", earlier.user_attrs["cacc_drop"] - tune.tolerance)
+            log(f"[purify] tune trial {trial.number}: repeats trial {earlier.number}'s knobs; its figures are reused")
+            return earlier.values[0] if constrained else tuple(earlier.values)
         t_start = time.time()
         try:
             strategy = build_strategy(cfg.strategy, {**base, **params, "seed": cfg.seed})
@@ -426,13 +467,22 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
             f"{'' if feasible else ' (over tolerance)'}, {seconds:.1f} s, {params}")
         return asr if constrained else (asr, drop)
 
+    def repeats() -> int:
+        return sum(str(t.user_attrs.get("origin", "")).startswith("repeat of") for t in study.get_trials(deepcopy=False))
+
     t0 = time.time()
     if to_run:
         log(f"[purify] tuning {cfg.strategy}: {to_run} trial(s) over {', '.join(space)}"
             + (f" (pinned: {', '.join(pinned)})" if pinned else ""))
+    for _round in range(REPEAT_ROUNDS):  # repeated knobs cost nothing, so they do not use up --trials
+        left = None if tune.timeout is None else tune.timeout - (time.time() - t0)
+        if not to_run or (left is not None and left <= 0):
+            break
+        before = repeats()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            study.optimize(objective, n_trials=to_run, timeout=tune.timeout, catch=TRIAL_ERRORS)
+            study.optimize(objective, n_trials=to_run, timeout=left, catch=TRIAL_ERRORS)
+        to_run = repeats() - before
     search_seconds = time.time() - t0
 
     # 3. choose, record, apply to the original model

@@ -87,7 +87,7 @@ def tiny_files(tmp_path_factory):
 def _tune(root, out, trials, *, overwrite=False):
     cfg = PipelineConfig(strategy="gradient_prune", strategy_options={**FAST, "step": "2"}, filter="none",
                          val_fraction=0.2, overwrite=overwrite)
-    tune = TuneConfig(trials=trials, tolerance=5.0, startup_trials=2, canary=CanaryConfig(**TINY_CANARY))
+    tune = TuneConfig(trials=trials, tolerance=5.0, startup_trials=10, canary=CanaryConfig(**TINY_CANARY))
     return run_tune(root / "model", root / "data.jsonl", out, cfg, tune, log=lambda _msg: None)
 
 
@@ -119,12 +119,25 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
     with pytest.raises(ConfigError, match="--overwrite"):
         _tune(tiny_files, out, trials=3)
 
-    # an interrupted run leaves only the study behind; the same command resumes it (trial count grows)
+    # an interrupted run leaves only the study behind; the same command resumes it (trial count grows). Here it
+    # also left a running trial and a waiting one, both of knobs trial 1 measured: the first is not retried, the
+    # second reuses trial 1's figures and does not count towards --trials
     _keep_only_the_study(out)
+    study = optuna.load_study(study_name=tune["study_name"], storage=f"sqlite:///{out / TUNE_DB}")
+    study.enqueue_trial(first_params[1])
+    study.ask(study.trials[1].distributions)
+    study.enqueue_trial(first_params[1])
     report = _tune(tiny_files, out, trials=3)
     tune = report["tune"]
-    assert tune["resumed_from"] == 2 and tune["n_trials"] == 3 and not tune["canary"]["reused"]
-    assert [t["params"] for t in tune["trials"][:2]] == first_params
+    assert tune["resumed_from"] == 2 and tune["n_trials"] == 5 and not tune["canary"]["reused"]
+    trials = tune["trials"]
+    assert [t["params"] for t in trials[:2]] == first_params
+    assert trials[2]["state"] == "FAIL" and trials[2]["params"] == first_params[1] and "origin" not in trials[2]
+    assert trials[3]["origin"] == "repeat of trial 1"
+    assert trials[3]["params"] == first_params[1] and trials[3]["seconds"] == 0.0
+    assert {k: trials[3][k] for k in ("canary_asr", "cacc_drop")} == {k: trials[1][k] for k in ("canary_asr", "cacc_drop")}
+    # the resumed sampler does not replay the first run's proposals (seeded alike, it proposed trial 1's knobs again)
+    assert trials[4]["state"] == "COMPLETE" and "origin" not in trials[4] and trials[4]["params"] != first_params[1]
     # the export keeps the study but not the canaried weights; a run stopped before the export keeps both and a
     # rerun reuses the planted canary instead of fine-tuning again
     assert not (out / CACHE_WEIGHTS).exists() and not (out / CACHE_META).exists()
@@ -140,11 +153,11 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
     monkeypatch.undo()
     canary = tune["canary"]
     tune = _tune(tiny_files, out, trials=4)["tune"]
-    assert tune["resumed_from"] == 4 and tune["n_trials"] == 4 and tune["canary"]["reused"]
+    assert tune["resumed_from"] == 4 and tune["n_trials"] == 6 and tune["canary"]["reused"]
     assert {k: tune["canary"][k] for k in ("trigger", "target", "asr", "cacc")} == {
         k: canary[k] for k in ("trigger", "target", "asr", "cacc")}
     study = optuna.load_study(study_name=tune["study_name"], storage=f"sqlite:///{out / TUNE_DB}")
-    assert len(study.trials) == 4
+    assert len(study.trials) == 6
     assert {k: report["strategy"]["config"][k] for k in tune["best_params"]} == tune["best_params"]
 
 
