@@ -156,7 +156,8 @@ Tune a strategy's knobs without knowing the real trigger, then purify with the c
    canary's ASR and the clean accuracy drop on held-out clean data. The default objective minimises
    canary ASR subject to a drop <= --tolerance points; --objective pareto keeps both objectives (Pareto
    front). Hopeless trials are pruned. The study is stored in OUT/tune_study.db: rerun the same command to
-   resume an interrupted study (--trials is the total; pass --overwrite to add trials to a finished run).
+   resume an interrupted study (--trials counts distinct knob settings; pass --overwrite to add trials to a
+   finished run). Knobs the sampler proposes again reuse their recorded figures.
 3. apply: the chosen knobs run on the ORIGINAL model exactly as `purify run` does; the export's
    purify_report.json gains a "tune" block (canary, every trial, the choice, Pareto front, knob
    importances) and plot_tune_tradeoff.png / plot_tune_importances.png.
@@ -168,7 +169,7 @@ clean data: no triggered test data is looked at.""",
     )
     _add_run_args(p)
     p.add_argument("--trials", type=int, default=20,
-                   help="total finished trials the study should hold (default 20; a resumed study runs the rest)")
+                   help="distinct knob settings the study should measure in all (default 20; a resumed study runs the rest)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     p.add_argument("--canary", choices=("rare_tokens", "sentence"), default="rare_tokens",
                    help="canary trigger family: rare whole-word vocabulary tokens (default) or a random inserted "

@@ -61,7 +61,8 @@ TRIAL_ERRORS = (PurifyError, ValueError, RuntimeError, ArithmeticError)
 class TuneConfig:
     """What `purify tune` searches and how.
 
-    trials: total finished trials the study should hold (a resumed study only runs the missing ones).
+    trials: distinct knob settings the study should measure in all (a resumed study only runs the missing ones;
+    a proposal that repeats measured knobs reuses their figures and does not count).
     timeout: stop starting new trials after this many seconds (None: no limit). tolerance: the largest clean
     accuracy drop (points, on the held-out scoring slice, against the canaried model) a choice may cost.
     objective: "constrained" (minimise canary ASR subject to the tolerance) or "pareto" (both objectives).
@@ -333,7 +334,7 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
     trial_train, score = TaskData(parts[0], train.label_names), TaskData(parts[1], train.label_names)
     canary = plant_canary(loaded, trial_train, validation=score, config=tune.canary, seed=cfg.seed, log=log,
                           cache_dir=out)
-    log(f"[purify] canary planted: ASR {canary.asr:.4f} (floor {canary.asr_original:.4f}), CACC {canary.cacc:.4f} "
+    log(f"[purify] canary {'reused' if canary.reused else 'planted'}: ASR {canary.asr:.4f} (floor {canary.asr_original:.4f}), CACC {canary.cacc:.4f} "
         f"(suspicious model {canary.cacc_original:.4f})")
     del loaded
 
