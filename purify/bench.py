@@ -384,6 +384,29 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
     raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s, filters or tune")
 
 
+def default_knob_cell(entry: str, method: str) -> Cell | None:
+    """The seed-0 cell that runs `method` with its default knobs on `entry` (pruning or w2s suite), if either has it.
+
+    A tune row is compared with it: same entry, same data, only the knobs differ.
+    """
+    suite = "pruning" if method in PRUNING_STRATEGIES else "w2s" if method == "w2s_distill" else None
+    if suite is None:
+        return None
+    cells = [c for c in suite_cells(suite, entries=[entry], methods=[method], seeds=1) if c.method == method]
+    return cells[0] if cells else None
+
+
+def default_knob_results(results: list[dict], out: Path) -> dict[tuple[str, str], dict]:
+    """(entry, method) -> the cached default-knob record for each finished tune row (absent when not measured)."""
+    found = {}
+    for r in finished(results):
+        entry, method = r["cell"]["entry"], r["cell"]["method"]
+        cell = default_knob_cell(entry, method)
+        if cell is not None and cell_path(out, cell).exists():
+            found[entry, method] = json.loads(cell_path(out, cell).read_text())
+    return found
+
+
 def finished(results: list[dict]) -> list[dict]:
     """The results of cells that ran to the end (not failed, not missing)."""
     return [r for r in results if "error" not in r and not r.get("missing")]
@@ -415,8 +438,12 @@ def _devices(results: list[dict]) -> str:
     return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
 
 
-def markdown_table(suite: str, results: list[dict]) -> str:
-    """The suite's markdown table (percentages; mean ± sd over seeds where there are several)."""
+def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, str], dict] | None = None) -> str:
+    """The suite's markdown table (percentages; mean ± sd over seeds where there are several).
+
+    For the tune suite, `defaults` ((entry, method) -> default-knob record, see `default_knob_results`) adds the
+    comparison of tuned and default knobs on the real trigger.
+    """
     ok = finished(results)
     failed = [r for r in results if "error" in r]
     missing = [r for r in results if r.get("missing")]
@@ -470,6 +497,18 @@ def markdown_table(suite: str, results: list[dict]) -> str:
                          f"{100 * r['chosen']['canary_asr']:.1f}, canary CACC drop {r['chosen']['cacc_drop']:.2f} "
                          f"points, {r['n_complete']} complete + {r['n_pruned']} pruned trials; canary planted at ASR "
                          f"{100 * canary['asr']:.1f})")
+        lines += ["\nTuned knobs versus the same strategy with its default knobs (seed 0 of the pruning / w2s "
+                  "suite, same entry and data) on the real trigger:\n",
+                  "| entry | method | ASR after: tuned | ASR after: defaults | CACC after: tuned | "
+                  "CACC after: defaults | seconds: tune + apply | seconds: defaults |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in ok:
+            base = (defaults or {}).get((r["cell"]["entry"], r["cell"]["method"]))
+            asr, cacc = ((f"{100 * r[k]:.1f}", f"{100 * base[k]:.1f}" if base else "not measured")
+                         for k in ("asr_after", "cacc_after"))
+            base_seconds = f"{base['seconds']:.0f}" if base else "-"
+            lines.append(f"| {r['cell']['entry']} | {_label(r)} | {asr[0]} | {asr[1]} | {cacc[0]} | {cacc[1]} | "
+                         f"{r['seconds']:.0f} | {base_seconds} |")
     for r in failed:
         lines.append(f"\nFAILED {r['cell']['entry']} / {_label(r)}: {r['error']}")
     if missing:
@@ -483,7 +522,7 @@ def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> P
     """`<out>/<suite>.json`, `<out>/<suite>.md` (table + the command) and `<out>/<suite>.png`."""
     out.mkdir(parents=True, exist_ok=True)
     save_json(results, out / f"{suite}.json", command)
-    table = markdown_table(suite, results)
+    table = markdown_table(suite, results, default_knob_results(results, out) if suite == "tune" else None)
     md = out / f"{suite}.md"
     md.write_text(f"# Benchmark: {suite}\n\nProduced by:\n\n    {command}\n\n"
                   f"Machine: {os.cpu_count()} CPU cores; "

@@ -5,8 +5,9 @@ from dataclasses import asdict
 
 import pytest
 
-from purify.bench import (PRUNING_STRATEGIES, Cell, _claim, _main_cell, cell_output, cell_path, markdown_table,
-                          run_cell_subprocess, run_matrix, run_suite, run_tune_cell, suite_cells)
+from purify.bench import (PRUNING_STRATEGIES, Cell, _claim, _main_cell, cell_output, cell_path, default_knob_cell,
+                          default_knob_results, markdown_table, run_cell_subprocess, run_matrix, run_suite,
+                          run_tune_cell, suite_cells)
 from purify.cli import main
 from purify.errors import ConfigError
 from purify.tune import TUNE_DB
@@ -91,6 +92,26 @@ def test_cached_only_reports_the_cached_cells_and_names_the_missing_ones(tmp_pat
     assert not cell_path(out, missing).exists()  # nothing ran
     cells = json.loads((out / "w2s.json").read_text())["cells"]
     assert [c.get("missing", False) for c in cells] == [True, False]
+
+
+def test_tune_table_compares_the_tuned_row_with_the_default_knob_cell(tmp_path):
+    out = tmp_path / "bench"
+    entry = "minilm-movie-badnets-p10-s0"
+    figures = {"cacc_before": 0.8, "asr_before": 1.0, "asr_floor": 0.1, "heads_pruned": 0, "device": "cpu",
+               "peak_rss_mb": 100.0}
+    tuned = {**figures, "cacc_after": 0.79, "asr_after": 0.25, "seconds": 900.0, "best_params": {"lr": 1e-4},
+             "canary": {"asr": 0.99}, "chosen": {"canary_asr": 0.2, "cacc_drop": 0.5}, "n_complete": 4,
+             "n_pruned": 1}
+    default = default_knob_cell(entry, "w2s_distill")
+    assert default == suite_cells("w2s", entries=[entry], methods=["w2s_distill"], seeds=1)[0]
+    assert default_knob_cell(entry, "gradient_prune") == Cell("pruning", entry, "gradient_prune")
+    cell_path(out, default).parent.mkdir(parents=True)
+    cell_path(out, default).write_text(json.dumps({**figures, "cacc_after": 0.81, "asr_after": 0.3, "seconds": 60.0}))
+    results = [{"cell": asdict(Cell("tune", entry, m, 0, {"trials": 4})), **tuned}
+               for m in ("w2s_distill", "gradient_prune")]
+    table = markdown_table("tune", results, default_knob_results(results, out))
+    assert f"| {entry} | w2s_distill | 25.0 | 30.0 | 79.0 | 81.0 | 900 | 60 |" in table
+    assert f"| {entry} | gradient_prune | 25.0 | not measured | 79.0 | not measured | 900 | - |" in table
 
 
 @pytest.mark.slow
