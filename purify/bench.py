@@ -201,7 +201,7 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
                       TuneConfig(trials=trials, canary=canary_config))
     seconds = time.time() - started
     metrics, study = report["metrics"], report["tune"]
-    return {
+    return {**study_cost(study, seconds),
         "cacc_before": metrics["before"]["cacc"], "asr_before": metrics["before"]["asr"],
         "cacc_after": metrics["after"]["cacc"], "asr_after": metrics["after"]["asr"],
         "asr_floor": entry.manifest["metrics"]["clean"]["asr"],
@@ -212,6 +212,17 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
         "n_pruned": study["n_pruned"], "resumed_from": study["resumed_from"],
         "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
     }
+
+
+def study_cost(study: dict, seconds: float) -> dict:
+    """Seconds the whole tune cost, over every process that resumed it: planting the canary (None when it was
+    reused from a cache written before attempts were timed), the trials (from the study's records, which live in
+    its SQLite file) and this process's final apply."""
+    attempts = study["canary"].get("attempts", [])
+    plant = (sum(a["seconds"] for a in attempts) if attempts and all("seconds" in a for a in attempts)
+             else None if study["canary"].get("reused") else study["canary"]["seconds"])
+    return {"canary_seconds": plant, "trial_seconds": round(sum(r.get("seconds") or 0.0 for r in study["trials"]), 1),
+            "apply_seconds": round(seconds - study["seconds"]["total_before_apply"], 1)}
 
 
 #: suite -> runner(cell, work): `work` is the cell's scratch folder, kept across an interruption, removed on success
@@ -500,7 +511,7 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
         lines += ["\nTuned knobs versus the same strategy with its default knobs (seed 0 of the pruning / w2s "
                   "suite, same entry and data) on the real trigger:\n",
                   "| entry | method | ASR after: tuned | ASR after: defaults | CACC after: tuned | "
-                  "CACC after: defaults | seconds: tune + apply | seconds: defaults |",
+                  "CACC after: defaults | seconds: tune | seconds: defaults |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in ok:
             base = (defaults or {}).get((r["cell"]["entry"], r["cell"]["method"]))
@@ -508,7 +519,10 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
                          for k in ("asr_after", "cacc_after"))
             base_seconds = f"{base['seconds']:.0f}" if base else "-"
             lines.append(f"| {r['cell']['entry']} | {_label(r)} | {asr[0]} | {asr[1]} | {cacc[0]} | {cacc[1]} | "
-                         f"{r['seconds']:.0f} | {base_seconds} |")
+                         f"{_tune_seconds(r)} | {base_seconds} |")
+        lines.append("\nTune seconds are canary + trials + final apply summed over every process that resumed the "
+                     "study (? where a part was not recorded); a bare figure is one process's run: the whole tune "
+                     "when it ran in one go, the last resumed part otherwise.")
     for r in failed:
         lines.append(f"\nFAILED {r['cell']['entry']} / {_label(r)}: {r['error']}")
     if missing:
@@ -516,6 +530,17 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
         lines.append(f"\nNot run yet ({len(missing)} of {len(results)} cells; the command without --cached-only "
                      f"runs them): {names}")
     return "\n".join(lines) + "\n"
+
+
+def _tune_seconds(r: dict) -> str:
+    """A tune row's cost: canary + trials + apply when the cell recorded them, else the cell's own seconds."""
+    if "trial_seconds" not in r:
+        resumed = " (last resumed run only)" if r.get("resumed_from") else ""
+        return f"{r['seconds']:.0f}{resumed}"
+    parts = [r["canary_seconds"], r["trial_seconds"], r["apply_seconds"]]
+    known = [p for p in parts if p is not None]
+    total = f"{sum(known):.0f}" + ("" if len(known) == len(parts) else "+?")
+    return f"{total} = " + " + ".join("?" if p is None else f"{p:.0f}" for p in parts)
 
 
 def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> Path:

@@ -329,6 +329,7 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
     attempts: list[dict] = []
     lr = cfg.lr
     for attempt in range(cfg.attempts):
+        attempt_started = time.time()
         model = copy.deepcopy(loaded.model)
         train_classifier(model, loaded.tokenizer, texts, labels,
                          TrainConfig(epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size, seed=seed,
@@ -338,7 +339,7 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
         drop = original.cacc - ev.cacc
         too_costly = drop > cfg.max_cacc_drop + 1e-12
         record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": float(ev.asr), "cacc": ev.cacc,
-                  "cacc_drop": drop}
+                  "cacc_drop": drop, "seconds": round(time.time() - attempt_started, 2)}  # kept when reused
         attempts.append(record)
         say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
             f"(suspicious model {original.cacc:.4f}), lr {lr:.2g}")

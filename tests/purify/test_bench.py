@@ -7,7 +7,7 @@ import pytest
 
 from purify.bench import (PRUNING_STRATEGIES, Cell, _claim, _main_cell, cell_output, cell_path, default_knob_cell,
                           default_knob_results, markdown_table, run_cell_subprocess, run_matrix, run_suite,
-                          run_tune_cell, suite_cells)
+                          run_tune_cell, study_cost, suite_cells)
 from purify.cli import main
 from purify.errors import ConfigError
 from purify.tune import TUNE_DB
@@ -109,9 +109,22 @@ def test_tune_table_compares_the_tuned_row_with_the_default_knob_cell(tmp_path):
     cell_path(out, default).write_text(json.dumps({**figures, "cacc_after": 0.81, "asr_after": 0.3, "seconds": 60.0}))
     results = [{"cell": asdict(Cell("tune", entry, m, 0, {"trials": 4})), **tuned}
                for m in ("w2s_distill", "gradient_prune")]
+    results[1].update(canary_seconds=None, trial_seconds=500.0, apply_seconds=100.0)  # canary cached by old code
     table = markdown_table("tune", results, default_knob_results(results, out))
     assert f"| {entry} | w2s_distill | 25.0 | 30.0 | 79.0 | 81.0 | 900 | 60 |" in table
-    assert f"| {entry} | gradient_prune | 25.0 | not measured | 79.0 | not measured | 900 | - |" in table
+    assert f"| {entry} | gradient_prune | 25.0 | not measured | 79.0 | not measured | 600+? = ? + 500 + 100 | - |" \
+        in table
+
+
+def test_a_tune_cell_counts_the_whole_study_across_resumes():
+    study = {"canary": {"reused": True, "seconds": 3.0, "attempts": [{"seconds": 40.0}, {"seconds": 50.0}]},
+             "trials": [{"seconds": 100.0}, {"seconds": 0.0}, {"seconds": None}, {"seconds": 20.5}],
+             "seconds": {"total_before_apply": 10.0}}
+    assert study_cost(study, 70.0) == {"canary_seconds": 90.0, "trial_seconds": 120.5, "apply_seconds": 60.0}
+    study["canary"]["attempts"] = [{"asr": 1.0}]  # planted by code that did not time attempts, then reused
+    assert study_cost(study, 70.0)["canary_seconds"] is None
+    study["canary"]["reused"] = False
+    assert study_cost(study, 70.0)["canary_seconds"] == 3.0
 
 
 @pytest.mark.slow
@@ -166,3 +179,5 @@ def test_an_interrupted_tune_cell_resumes_its_study_and_cleans_up(session_cache,
     record = json.loads(path.read_text())
     assert record["resumed_from"] == 2 and record["best_params"] == first["best_params"]
     assert record["asr_after"] == first["asr_after"] and not work.exists()
+    # the trials ran in the first process; their cost is still counted (from the study's SQLite records)
+    assert record["trial_seconds"] == first["trial_seconds"] > 0 and record["canary_seconds"] > 0

@@ -108,6 +108,7 @@ def test_a_planted_canary_is_reused_from_its_cache_folder_only_when_nothing_chan
     again = plant_canary(loaded, task.clean_train, validation=task.validation, config=TINY_CANARY, seed=0,
                          cache_dir=tmp_path)
     assert again.reused and again.summary()["reused"]
+    assert all(a["seconds"] > 0 for a in again.attempts)  # what planting cost is still known when reused
     assert (again.trigger, again.target, again.attempts) == (first.trigger, first.target, first.attempts)
     assert again.asr == first.asr and again.cacc == first.cacc
     planted, reused = first.loaded.model.state_dict(), again.loaded.model.state_dict()
