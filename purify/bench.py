@@ -209,7 +209,7 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
         "seconds": round(seconds, 1), "peak_rss_mb": _peak_mb(), "device": _device_name(), "trials": trials,
         "best_params": study["best_params"], "canary": study["canary"], "chosen": study["best"],
         "feasible": study["feasible"], "tune_seconds": study["seconds"], "n_complete": study["n_complete"],
-        "n_pruned": study["n_pruned"], "resumed_from": study["resumed_from"],
+        "n_pruned": study["n_pruned"], "resumed_from": study["resumed_from"], "study_trials": study["trials"],
         "train_data": "zoo train split minus flagged-poisoned lines (upper bound)",
     }
 
@@ -507,7 +507,7 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
             lines.append(f"- {r['cell']['entry']} / {_label(r)}: {knobs} (canary ASR "
                          f"{100 * r['chosen']['canary_asr']:.1f}, canary CACC drop {r['chosen']['cacc_drop']:.2f} "
                          f"points, {r['n_complete']} complete + {r['n_pruned']} pruned trials; canary planted at ASR "
-                         f"{100 * canary['asr']:.1f})")
+                         f"{100 * canary['asr']:.1f}{_defaults_on_canary(r)})")
         lines += ["\nTuned knobs versus the same strategy with its default knobs (seed 0 of the pruning / w2s "
                   "suite, same entry and data) on the real trigger:\n",
                   "| entry | method | ASR after: tuned | ASR after: defaults | CACC after: tuned | "
@@ -530,6 +530,15 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
         lines.append(f"\nNot run yet ({len(missing)} of {len(results)} cells; the command without --cached-only "
                      f"runs them): {names}")
     return "\n".join(lines) + "\n"
+
+
+def _defaults_on_canary(r: dict) -> str:
+    """"; the defaults (trial N): canary ASR .., drop .." when the cell kept its study's trial records."""
+    first = next((t for t in r.get("study_trials", []) if t.get("origin") == "defaults" and "canary_asr" in t), None)
+    if first is None:
+        return ""
+    return (f"; the default knobs (trial {first['number']}): canary ASR {100 * first['canary_asr']:.1f}, "
+            f"CACC drop {first['cacc_drop']:.2f} points")
 
 
 def _tune_seconds(r: dict) -> str:

@@ -109,9 +109,11 @@ def test_tune_table_compares_the_tuned_row_with_the_default_knob_cell(tmp_path):
     cell_path(out, default).write_text(json.dumps({**figures, "cacc_after": 0.81, "asr_after": 0.3, "seconds": 60.0}))
     results = [{"cell": asdict(Cell("tune", entry, m, 0, {"trials": 4})), **tuned}
                for m in ("w2s_distill", "gradient_prune")]
-    results[1].update(canary_seconds=None, trial_seconds=500.0, apply_seconds=100.0)  # canary cached by old code
+    results[1].update(canary_seconds=None, trial_seconds=500.0, apply_seconds=100.0,  # canary cached by old code
+                      study_trials=[{"number": 0, "origin": "defaults", "canary_asr": 0.33, "cacc_drop": 1.62}])
     table = markdown_table("tune", results, default_knob_results(results, out))
     assert f"| {entry} | w2s_distill | 25.0 | 30.0 | 79.0 | 81.0 | 900 | 60 |" in table
+    assert "planted at ASR 99.0; the default knobs (trial 0): canary ASR 33.0, CACC drop 1.62 points)" in table
     assert f"| {entry} | gradient_prune | 25.0 | not measured | 79.0 | not measured | 600+? = ? + 500 + 100 | - |" \
         in table
 
@@ -181,3 +183,4 @@ def test_an_interrupted_tune_cell_resumes_its_study_and_cleans_up(session_cache,
     assert record["asr_after"] == first["asr_after"] and not work.exists()
     # the trials ran in the first process; their cost is still counted (from the study's SQLite records)
     assert record["trial_seconds"] == first["trial_seconds"] > 0 and record["canary_seconds"] > 0
+    assert [t["number"] for t in record["study_trials"]] == [0, 1] and record["study_trials"][0]["origin"] == "defaults"
