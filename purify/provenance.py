@@ -1,6 +1,7 @@
 """What produced a result: package versions and the git hash of the purify checkout, for reports."""
 from __future__ import annotations
 
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -20,17 +21,21 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def git_hash() -> str | None:
-    """The commit of the purify source tree (with '-dirty' when it has local changes), or None outside git."""
+    """The commit of the purify source tree (with '-dirty' when it has local changes).
+
+    Outside a git checkout (a copy of the tree shipped to another machine) it is $PURIFY_GIT_HASH, else None.
+    """
     root = Path(__file__).resolve().parent.parent
+    fallback = os.environ.get("PURIFY_GIT_HASH") or None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return None
+            return fallback
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return fallback
 
 
 def provenance() -> dict:
