@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from purify.data import TaskData
 from purify.device import seed_everything, select_device
 from purify.errors import DataError
 from purify.training import TrainConfig, train_classifier
+from purify.cachedir import publishing
 from purify.zoo.bases import cache_root
 
 from .recipes import TeacherRecipe, ensure_not_student, get_recipe
@@ -94,17 +93,12 @@ def train(recipe: str | Path | TeacherRecipe, clean_data: TaskData, validation: 
 
 
 def _write_atomically(dest: Path, model, tokenizer, meta: dict) -> None:
+    """Save the teacher beside `dest` and publish it; a copy another process finished first is kept."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with publishing(dest, lambda d: (d / META_FILE).exists()) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if dest.exists():  # a stale or concurrent copy: replace it with this complete one
-            shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def teacher_metadata(folder: Path) -> dict:

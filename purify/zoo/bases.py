@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from ..cachedir import publishing
 from ..checkpoint import LoadedModel, load_checkpoint, quiet_transformers
 from ..errors import CheckpointError, ConfigError
 
@@ -50,15 +49,10 @@ def smollm2_path() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(dequantized.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=gguf)
-    # a private temporary folder: two processes converting at once must not write into each other's copy
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    # concurrent conversions each write their own copy; the first finished one is kept
+    with publishing(out, lambda d: (d / "model.safetensors").exists() and (d / "tokenizer.json").exists()) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
+from ..cachedir import publishing
 from ..checkpoint import LoadedModel, load_checkpoint
 from ..data import Sample, TaskData, load_task_data, write_jsonl
 from ..device import seed_everything
@@ -217,14 +218,10 @@ def _trained_once(folder: Path, what: str, spec: ZooSpec, recipe: Recipe, train:
     loaded = load_base(spec.base, num_labels=len(names), seed=spec.seed)
     info = {**_train(loaded, train, val, recipe, spec.seed, what),
             "train_seconds": round(time.time() - t0, 1)}
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    # another build's finished copy, if one got there first, is kept
+    with publishing(folder, lambda d: (d / "training.json").exists()) as tmp:
         _save_classifier(loaded, tmp, names)
         (tmp / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return loaded, info
 
 
