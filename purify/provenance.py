@@ -21,21 +21,23 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def git_hash() -> str | None:
-    """The commit of the purify source tree (with '-dirty' when it has local changes).
+    """The commit of the purify source tree (with '-dirty' when it has local changes), or None outside git.
 
-    Outside a git checkout (a copy of the tree shipped to another machine) it is $PURIFY_GIT_HASH, else None.
+    $PURIFY_GIT_HASH, when set, names it instead: a copy of the tree shipped to another machine may carry no .git,
+    or a stale one.
     """
+    if os.environ.get("PURIFY_GIT_HASH"):
+        return os.environ["PURIFY_GIT_HASH"]
     root = Path(__file__).resolve().parent.parent
-    fallback = os.environ.get("PURIFY_GIT_HASH") or None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return fallback
+            return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return fallback
+        return None
 
 
 def provenance() -> dict:

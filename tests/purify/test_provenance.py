@@ -6,12 +6,13 @@ import subprocess
 from purify import provenance
 
 
-def test_git_hash_inside_the_checkout_is_a_commit():
+def test_git_hash_inside_the_checkout_is_a_commit(monkeypatch):
+    monkeypatch.delenv("PURIFY_GIT_HASH", raising=False)
     sha = provenance.git_hash()
     assert sha is None or len(sha.removesuffix("-dirty")) == 40
 
 
-def test_git_hash_outside_git_falls_back_to_the_environment(monkeypatch):
+def test_the_environment_names_the_commit_of_a_shipped_copy(monkeypatch):
     def no_git(*args, **kwargs):
         raise OSError("git is not installed")
 
@@ -21,3 +22,6 @@ def test_git_hash_outside_git_falls_back_to_the_environment(monkeypatch):
     monkeypatch.setenv("PURIFY_GIT_HASH", "abc123")
     assert provenance.git_hash() == "abc123"
     assert provenance.provenance()["git_hash"] == "abc123"
+    monkeypatch.undo()  # a stale .git beside the variable: the variable wins
+    monkeypatch.setenv("PURIFY_GIT_HASH", "abc123")
+    assert provenance.git_hash() == "abc123"
