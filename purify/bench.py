@@ -331,10 +331,11 @@ def _main_cell(payload: str, path: str) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def save_json(results: list[dict], path: Path, command: str) -> None:
-    """The suite's JSON: the command that produced it, provenance and every cell's record."""
+def save_json(results: list[dict], path: Path, command: str, prov: dict | None = None) -> None:
+    """The suite's JSON: the command that produced it, provenance (`prov`, else taken now) and every cell's record."""
     path.write_text(json.dumps({"command": command, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                **provenance(), "cells": results}, indent=2, sort_keys=True, default=float) + "\n")
+                                **(prov or provenance()), "cells": results}, indent=2, sort_keys=True, default=float)
+                    + "\n")
 
 
 # -- suites: the matrices the issues ask for -----------------------------------------------------------------------
@@ -555,13 +556,14 @@ def _tune_seconds(r: dict) -> str:
 def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> Path:
     """`<out>/<suite>.json`, `<out>/<suite>.md` (table + the command) and `<out>/<suite>.png`."""
     out.mkdir(parents=True, exist_ok=True)
-    save_json(results, out / f"{suite}.json", command)
+    prov = provenance()  # taken once, before this call's own files make the checkout look dirty
+    save_json(results, out / f"{suite}.json", command, prov)
     table = markdown_table(suite, results, default_knob_results(results, out) if suite == "tune" else None)
     md = out / f"{suite}.md"
     md.write_text(f"# Benchmark: {suite}\n\nProduced by:\n\n    {command}\n\n"
                   f"Machine: {os.cpu_count()} CPU cores; "
                   f"{'rates are fractions' if suite == 'filters' else 'figures are percentages unless a column says otherwise'}. "
-                  f"git {provenance()['git_hash']}.\n\n{table}")
+                  f"git {prov['git_hash']}.\n\n{table}")
     _plot(suite, results, out / f"{suite}.png")
     update_readme(suite, table, out.resolve().parent / "README.md")  # benchmarks/ -> the repository's README
     return md
