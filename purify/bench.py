@@ -331,11 +331,10 @@ def _main_cell(payload: str, path: str) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def save_json(results: list[dict], path: Path, command: str, prov: dict | None = None) -> None:
-    """The suite's JSON: the command that produced it, provenance (`prov`, else taken now) and every cell's record."""
+def save_json(results: list[dict], path: Path, command: str, prov: dict) -> None:
+    """The suite's JSON: the command that produced it, its provenance and every cell's record."""
     path.write_text(json.dumps({"command": command, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                **(prov or provenance()), "cells": results}, indent=2, sort_keys=True, default=float)
-                    + "\n")
+                                **prov, "cells": results}, indent=2, sort_keys=True, default=float) + "\n")
 
 
 # -- suites: the matrices the issues ask for -----------------------------------------------------------------------
