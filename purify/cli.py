@@ -389,6 +389,9 @@ def cmd_eval(args) -> int:
     line = f"CACC {ev.cacc:.4f} on {ev.n_clean} clean samples"
     if ev.asr is not None:
         line += f"; ASR {ev.asr:.4f} on {ev.n_triggered} triggered non-target samples (target {target})"
+    if ev.trigger_lift is not None:
+        line += (f"; trigger lift {ev.trigger_lift:+.4f} (the clean non-target samples go to the target at "
+                 f"{ev.clean_target_rate:.4f} without the trigger)")
     print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(ev.to_dict(), indent=2) + "\n")

@@ -21,6 +21,7 @@ from torch import nn
 
 from .checkpoint import task_from_architectures
 from .errors import CheckpointError, ExportError
+from .card import model_card
 from .heads import AttentionBlock, HeadGates, find_attention_blocks, pruned_to_mask
 from .inference import encode, model_inputs
 from .provenance import provenance
@@ -165,32 +166,6 @@ def verify(path: str | Path, *, atol: float = 1e-4) -> VerifyResult:
     return VerifyResult(ok=ok, max_abs_diff=diff, pruned_zero=zero_ok, task=task, message=message)
 
 
-def _model_card(meta: Mapping, report: Mapping | None) -> str:
-    pruned = meta.get("pruned_heads", {})
-    n_pruned = sum(len(v) for v in pruned.values())
-    lines = [
-        "---", "library_name: transformers", "tags:", "- purify", "- backdoor-defense", "---", "",
-        "# Sanitized checkpoint (purify)", "",
-        "This checkpoint was produced by [purify](https://pypi.org/project/purify-backdoor/) from a model that may "
-        "have carried a backdoor. It loads with plain `transformers`; no custom code is needed.", "",
-        f"- strategy: `{meta.get('strategy', 'none')}`",
-        f"- heads pruned: {n_pruned}" + (f" ({json.dumps(pruned)})" if n_pruned else ""),
-        f"- git hash: `{meta.get('git_hash')}`",
-    ]
-    filt = meta.get("filter")
-    if filt:
-        lines.append(f"- filter: `{filt.get('method')}` kept {filt.get('n_kept')} of {filt.get('n')} samples")
-    metrics = (report or {}).get("metrics")
-    if metrics:
-        lines += ["", "## Before and after", "", "| metric | before | after |", "|---|---|---|"]
-        for key in ("cacc", "asr"):
-            if key in metrics.get("before", {}):
-                lines.append(f"| {key.upper()} | {metrics['before'][key]:.4f} | {metrics['after'][key]:.4f} |")
-    lines += ["", "Pruned heads are zeroed columns of the attention output projection, so shapes are unchanged.",
-              "The full run record is in `purify_report.json`.", ""]
-    return "\n".join(lines)
-
-
 def _reference_logits(model: nn.Module, batch: Mapping[str, torch.Tensor], pruned: Mapping) -> torch.Tensor:
     """Logits of the sanitized function: the model with every pruned head gated to 0 (on top of any gates)."""
     was_training = model.training
@@ -242,7 +217,7 @@ def export_checkpoint(
         config = json.loads(config_path.read_text())
         config["purify"] = meta
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(_model_card(meta, report))
+        (tmp / "README.md").write_text(model_card(meta, report))
         for name, src in (extra_files or {}).items():
             dest = tmp / name
             if Path(src).is_dir():

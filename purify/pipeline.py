@@ -13,10 +13,11 @@ from .checkpoint import LoadedModel, load_checkpoint
 from .data import TaskData, load_task_data, split_samples
 from .device import seed_everything
 from .errors import ConfigError
-from .evaluate import evaluate_model
+from .evaluate import Evaluation, evaluate_model
 from .export import REPORT_FILE, export_checkpoint
 from .plots import render_report_plots
 from .registry import build_strategy
+from .verdict import judge
 
 #: chosen from the benchmarks (best ASR at a CACC drop <= 1 point on the default zoo entry): w2s_distill took movie
 #: badnets from 100% to 22.4% ASR at +0.5 CACC; every pruning strategy left ASR at 100% (benchmarks/*.md)
@@ -85,6 +86,16 @@ def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, tr
     return build_filter(name, options).run(loaded, data, trusted=trusted)
 
 
+def _figures(ev: Evaluation) -> str:
+    """CACC, and ASR with its trigger lift where a triggered file was given, for the log."""
+    text = f"CACC {ev.cacc:.4f}"
+    if ev.asr is not None:
+        text += f", ASR {ev.asr:.4f}"
+    if ev.trigger_lift is not None:
+        text += f" (trigger lift {ev.trigger_lift:+.4f} over the clean target rate {ev.clean_target_rate:.4f})"
+    return text
+
+
 #: `run_pipeline(filtered=...)` default: run the configured filter
 RUN_FILTER: Any = object()
 
@@ -117,7 +128,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         t0 = time.time()
         before = evaluate_model(loaded.model, loaded.tokenizer, clean_test, triggered, cfg.target, progress=True)
         timings["eval_before"] = time.time() - t0
-        log(f"[purify] before: CACC {before.cacc:.4f}" + (f", ASR {before.asr:.4f}" if before.asr is not None else ""))
+        log(f"[purify] before: {_figures(before)}")
 
     t0 = time.time()
     if filtered is RUN_FILTER:
@@ -142,11 +153,18 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         parts = split_samples(kept.samples, [1 - cfg.val_fraction, cfg.val_fraction], seed=cfg.seed)
         train, validation = TaskData(parts[0], kept.label_names), TaskData(parts[1], kept.label_names)
 
+    probe = filtered.probe if filtered is not None else None
+    if probe is not None:
+        report["probe"] = {**probe.summary(), "before": probe.measure(loaded.model, loaded.tokenizer, validation,
+                                                                      seed=cfg.seed)}
+        log(f"[purify] backdoor probe ({probe.source}): {probe.describe(kept.label_names)}")
     t0 = time.time()
     log(f"[purify] strategy {cfg.strategy} on {len(train)} clean training and {len(validation)} validation samples")
-    result = strategy.run(loaded, train, validation)
+    result = strategy.run(loaded, train, validation, probe=probe)
     timings["strategy"] = time.time() - t0
     report["result"] = result.summary()
+    if probe is not None:
+        report["probe"]["after"] = probe.measure(result.model, loaded.tokenizer, validation, seed=cfg.seed)
     report.update(report_extra or {})
 
     if clean_test is not None:
@@ -154,7 +172,11 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         after = evaluate_model(result.model, loaded.tokenizer, clean_test, triggered, cfg.target, progress=True)
         timings["eval_after"] = time.time() - t0
         report["metrics"] = {"before": before.to_dict(), "after": after.to_dict()}
-        log(f"[purify] after: CACC {after.cacc:.4f}" + (f", ASR {after.asr:.4f}" if after.asr is not None else ""))
+        log(f"[purify] after: {_figures(after)}")
+    verdict = judge((report.get("metrics") or {}).get("after"),
+                    report["probe"]["after"] if probe is not None and probe.found else None)
+    report["verdict"] = verdict.to_dict()
+    log(f"[purify] {'WARNING: ' if verdict.survived else ''}verdict {verdict.status}: {verdict.evidence}")
 
     with tempfile.TemporaryDirectory() as extra:
         extra_files = {**dict(result.files), **dict(extra_files or {})}

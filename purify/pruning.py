@@ -18,6 +18,7 @@ from .data import TaskData
 from .device import seed_everything
 from .errors import ConfigError
 from .heads import HeadGates, mask_to_pruned
+from .probe import BackdoorProbe
 from .inference import MAX_LENGTH, labelled_batch, length_order
 from .registry import Strategy, StrategyConfig, StrategyResult
 
@@ -226,7 +227,8 @@ class PruningStrategy(Strategy):
         """Strategy-specific, JSON-able facts for the report (e.g. per-head uncertainty)."""
         return {}
 
-    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
         seed_everything(self.config.seed)
         model = loaded.model
         with HeadGates(model) as gates:

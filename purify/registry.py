@@ -20,6 +20,7 @@ from torch import nn
 from .checkpoint import LoadedModel
 from .data import TaskData
 from .errors import ConfigError
+from .probe import BackdoorProbe
 
 ENTRY_POINT_GROUP = "purify.strategies"
 
@@ -128,8 +129,10 @@ class Strategy(ABC):
         self.config.validate()
 
     @abstractmethod
-    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
-        """Decide what to change using clean `train` and `validation` data (never triggered data)."""
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
+        """Decide what to change using clean `train` and `validation` data (never triggered data); `probe` is what
+        the run found out about the trigger (the filter's confirmed words and phrases), when it found anything."""
 
     def apply(self, loaded: LoadedModel, result: StrategyResult) -> nn.Module:
         """The sanitized model; pruning strategies zero the pruned heads in the weights."""
@@ -139,9 +142,10 @@ class Strategy(ABC):
             apply_pruning(result.model, result.pruned_heads)
         return result.model
 
-    def run(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+    def run(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
         """fit then apply."""
-        result = self.fit(loaded, train, validation)
+        result = self.fit(loaded, train, validation, probe=probe)
         result.model = self.apply(loaded, result)
         return result
 

@@ -39,6 +39,7 @@ from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
+from purify.probe import BackdoorProbe
 from purify.progress import enabled as progress_enabled
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
 from purify.registry import StrategyResult, register_strategy
@@ -419,10 +420,11 @@ class RLPrune(PruningStrategy):
         self._facts: dict = {}
         self._policy_path: Path | None = None
 
-    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
         self._validation = validation
         try:
-            result = super().fit(loaded, train, validation)
+            result = super().fit(loaded, train, validation, probe=probe)
         finally:
             self._validation = None
         if self._policy_path is not None:

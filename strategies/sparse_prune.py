@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from purify.probe import BackdoorProbe
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import seed_everything
@@ -171,7 +172,8 @@ class SparsePrune(PruningStrategy):
         )
         return outcome.history
 
-    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
         cfg = self.config
         seed_everything(cfg.seed)
         model = loaded.model

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from purify.probe import TRIGGER_RATE, BackdoorProbe
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict
-from purify.inversion import (TriggerInversion, flip_rate, insert_words, insertion_vocabulary,
-                              invert_triggers, predict_inserted)
+from purify.inversion import insert_words, insertion_vocabulary, invert_triggers, predict_inserted
 from purify.lora import lora_target_modules
 from purify.progress import track
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
@@ -386,22 +386,13 @@ class Augmenter:
         return ~perturbed
 
 
-def _target_probe(validation: TaskData, inversion: TriggerInversion | None) -> list[str]:
-    """Validation texts whose label is not the suspected target (where an inverted trigger can flip anything)."""
-    if inversion is None:
-        return []
-    target = inversion.suspected_target
-    return [t for t, y in zip(validation.texts, validation.labels) if y != target][:FLIP_PROBE_SAMPLES]
-
-
-def _inverted_flip(model: nn.Module, tokenizer, texts: list[str], inversion: TriggerInversion | None,
+def _inverted_flip(model: nn.Module, tokenizer, validation: TaskData, backdoor: BackdoorProbe | None,
                    cfg: W2SDistillConfig) -> float | None:
-    """Share of non-target validation texts sent to the suspected target by one inserted inverted word."""
-    if inversion is None or not texts:
+    """Share of non-target validation texts sent to the suspected target by one inserted trigger candidate."""
+    if backdoor is None:
         return None
-    words = [w for w, _ in inversion.suspect.words]
-    return flip_rate(model, tokenizer, texts, words, inversion.suspected_target, seed=cfg.seed,
-                     max_length=cfg.max_length)
+    return backdoor.proxy_asr(model, tokenizer, validation, seed=cfg.seed, limit=FLIP_PROBE_SAMPLES,
+                              max_length=cfg.max_length)
 
 
 class W2SDistill(Strategy):
@@ -410,7 +401,8 @@ class W2SDistill(Strategy):
     config: W2SDistillConfig
     fast_options = {"teacher": "tiny", "epochs": 8, "lr": 3e-3, "max_length": 32}
 
-    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData) -> StrategyResult:
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
         cfg = self.config
         if loaded.task != "classification":
             raise ConfigError("w2s_distill unlearns sequence classifiers; this checkpoint has a "
@@ -423,19 +415,18 @@ class W2SDistill(Strategy):
         head_names = head_module_names(student)
         last_token = pools_last_token(student)
         words = insertion_vocabulary(tokenizer)
-        inversion = self._invert(student, tokenizer, train)
+        backdoor = self._backdoor_probe(student, tokenizer, train, probe)
         inversion_seconds = time.time() - started
-        train, dropped = self._drop_triggered(train, inversion)
-        validation, dropped_val = self._drop_triggered(validation, inversion)  # else it rewards the backdoor
+        train, dropped = self._drop_triggered(train, backdoor)
+        validation, dropped_val = self._drop_triggered(validation, backdoor)  # else it rewards the backdoor
         dropped["validation_samples"] = dropped_val["samples"]
-        probe = validation.subset(range(min(len(validation), FLIP_PROBE_SAMPLES))).texts
+        flip_texts = validation.subset(range(min(len(validation), FLIP_PROBE_SAMPLES))).texts
         flip_words = max(1, cfg.augment_words)
         baseline = accuracy_on(student, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
-        baseline_flip = insertion_flip_rate(student, tokenizer, probe, words, flip_words, seed=cfg.seed,
+        baseline_flip = insertion_flip_rate(student, tokenizer, flip_texts, words, flip_words, seed=cfg.seed,
                                             max_length=cfg.max_length)
-        inverted = inversion.weighted_words(cfg.inversion_words) if inversion is not None else {}
-        target_probe = _target_probe(validation, inversion)
-        inverted_flip_before = _inverted_flip(student, tokenizer, target_probe, inversion, cfg)
+        inverted = backdoor.weighted(cfg.inversion_words) if backdoor is not None else {}
+        inverted_flip_before = _inverted_flip(student, tokenizer, validation, backdoor, cfg)
 
         teacher, teacher_info = None, {"teacher": None}
         teacher_started = time.time()
@@ -458,8 +449,8 @@ class W2SDistill(Strategy):
         augmenter = Augmenter(cfg, words, inverted) if teacher is not None else None
         loop = _Loop(cfg, peft_model, tokenizer, tap, params, projector, proj_params, teacher, augmenter)
         try:
-            history, best = loop.run(train, validation, probe,
-                                     lambda model: _inverted_flip(model, tokenizer, target_probe, inversion, cfg))
+            history, best = loop.run(train, validation, flip_texts,
+                                     lambda model: _inverted_flip(model, tokenizer, validation, backdoor, cfg))
         finally:
             tap.remove()
             if teacher is not None:
@@ -475,14 +466,14 @@ class W2SDistill(Strategy):
             "best_epoch": best,
             "surgery": cfg.surgery,
             "conflict_fraction": float(np.mean(conflicts)) if conflicts else None,
-            "insertion_flip": {"words": flip_words, "probe_samples": len(probe), "before": baseline_flip,
+            "insertion_flip": {"words": flip_words, "probe_samples": len(flip_texts), "before": baseline_flip,
                                "after": kept["val_insert_flip"]},
             "augmentation": {"prob": cfg.augment_prob, "words": cfg.augment_words, "vocabulary": len(words),
                              "inverted_share": cfg.inverted_share, "inverted_words": inverted},
-            "inversion": inversion.summary() if inversion is not None else None,
+            "inversion": backdoor.summary() if backdoor is not None else None,
             "dropped_by_inversion": dropped,
-            "inverted_flip": {"target": inversion.suspected_target if inversion is not None else None,
-                              "probe_samples": len(target_probe), "before": inverted_flip_before,
+            "inverted_flip": {"target": backdoor.target if backdoor is not None else None,
+                              "before": inverted_flip_before,
                               "after": kept["val_inverted_flip"]},
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                      "target_modules": lora_target_modules(merged), "modules_to_save": head_names,
@@ -499,27 +490,33 @@ class W2SDistill(Strategy):
         return StrategyResult(model=merged, trajectory=history, baseline_val_accuracy=baseline,
                               final_val_accuracy=final, extras=extras, files={"lora_adapter": adapter_dir})
 
-    def _invert(self, student: nn.Module, tokenizer, train: TaskData) -> TriggerInversion | None:
-        """Trigger inversion on the clean training data, when the augmentation uses inverted words."""
+    def _backdoor_probe(self, student: nn.Module, tokenizer, train: TaskData,
+                        probe: BackdoorProbe | None) -> BackdoorProbe | None:
+        """The run's probe when the pipeline has one (its filter already inverted and mined triggers), else a
+        trigger inversion on the clean training data; None when the augmentation uses no inverted words."""
         cfg = self.config
         if not cfg.uses_teacher or cfg.augment_prob <= 0 or cfg.augment_words < 1 or cfg.inverted_share <= 0:
             return None
-        return invert_triggers(student, tokenizer, train, candidates=cfg.inversion_candidates,
-                               keep=cfg.inversion_words, seed=cfg.seed, max_length=cfg.max_length,
-                               progress="trigger inversion")
+        if probe is not None:
+            return probe
+        inversion = invert_triggers(student, tokenizer, train, candidates=cfg.inversion_candidates,
+                                    keep=cfg.inversion_words, seed=cfg.seed, max_length=cfg.max_length,
+                                    progress="trigger inversion")
+        return BackdoorProbe.from_inversion(inversion, source="w2s_distill:inversion",
+                                            min_rate=cfg.drop_trigger_rate or TRIGGER_RATE)
 
-    def _drop_triggered(self, train: TaskData, inversion: TriggerInversion | None) -> tuple[TaskData, dict]:
+    def _drop_triggered(self, train: TaskData, backdoor: BackdoorProbe | None) -> tuple[TaskData, dict]:
         """Leave out target-label samples that contain an inverted trigger word; (kept data, what was dropped).
 
         Applied to the validation split as well: a poisoned validation sample would reward the epoch that keeps
         the backdoor when the best epoch is chosen.
         """
         cfg = self.config
-        if inversion is None or cfg.drop_trigger_rate is None:
+        if backdoor is None or cfg.drop_trigger_rate is None:
             return train, {"words": [], "samples": 0}
-        words = inversion.trigger_words(cfg.drop_trigger_rate)
-        target = inversion.suspected_target
-        keep = np.flatnonzero(inversion.carrier_rates(train) < cfg.drop_trigger_rate).tolist()
+        words = [c.text for c in backdoor.triggers if c.flip_rate >= cfg.drop_trigger_rate]
+        target = backdoor.target
+        keep = np.flatnonzero(backdoor.carrier_rates(train) < cfg.drop_trigger_rate).tolist()
         if not keep:
             raise DataError("every sample contains an inverted trigger word; nothing clean is left")
         dropped = {"words": words, "target": target, "samples": len(train) - len(keep)}

@@ -22,6 +22,7 @@ from ..data import TaskData
 from ..device import seed_everything
 from ..errors import ConfigError, DataError
 from ..inference import MAX_LENGTH
+from ..probe import BackdoorProbe
 from ..registry import StrategyConfig
 from .thresholds import THRESHOLD_METHODS, ThresholdDecision, user_threshold
 
@@ -76,6 +77,8 @@ class FilterResult:
     seconds: float
     options: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    #: what the filter found out about the trigger (a filter that inverts or mines triggers sets it)
+    probe: BackdoorProbe | None = None
 
     def summary(self, *, include_scores: bool = False) -> dict[str, Any]:
         """JSON-able record for the report: counts, threshold, method, options, details and the removed samples'
@@ -177,10 +180,14 @@ class DataFilter(ABC):
         flagged = decision.flag(scores)
         kept = data.subset(np.flatnonzero(~flagged).tolist())
         removed = data.subset(np.flatnonzero(flagged).tolist())
+        probe = details.pop("probe", None)  # a BackdoorProbe travels beside the JSON-able details
         details = {**details, "threshold_details": decision.details}
+        if probe is not None:
+            details["probe"] = probe.summary()
         return FilterResult(kept=kept, removed=removed, scores=scores, flagged=flagged,
                             threshold=decision.value, threshold_method=decision.method, method=self.name,
-                            seconds=time.perf_counter() - started, options=self.config.to_dict(), details=details)
+                            seconds=time.perf_counter() - started, options=self.config.to_dict(), details=details,
+                            probe=probe)
 
     def gradient_model(self, loaded: LoadedModel, reference: LoadedModel | None) -> tuple[LoadedModel, str]:
         """The model gradients are taken on, and its kind: an explicit reference, the config's reference folder

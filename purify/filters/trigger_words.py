@@ -25,6 +25,7 @@ from ..data import TaskData
 from ..errors import ConfigError
 from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
 from ..phrases import holders_of, mine_phrases
+from ..probe import BackdoorProbe
 from .base import DataFilter, FilterConfig, register_filter
 from .thresholds import ThresholdDecision
 
@@ -83,7 +84,9 @@ class TriggerWords(DataFilter):
         phrases = self._trigger_phrases(loaded, data, inversion, scores)
         details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
                    "trigger_words": inversion.trigger_words(cfg.min_rate),
-                   "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate], "phrases_tried": phrases}
+                   "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate], "phrases_tried": phrases,
+                   "probe": BackdoorProbe.from_inversion(inversion, phrases, source="filter:trigger_words",
+                                                         min_rate=cfg.min_rate)}
         return scores, details
 
     def _trigger_phrases(self, loaded: LoadedModel, data: TaskData, inversion: TriggerInversion,

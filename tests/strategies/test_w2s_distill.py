@@ -337,7 +337,26 @@ def test_unlearns_the_tiny_backdoor():
     assert after.cacc >= before.cacc - 0.05
     flip = result.extras["inverted_flip"]
     assert flip["target"] == task.target and flip["after"] < flip["before"]
-    assert result.extras["inversion"]["labels"][task.target]["words"][0][0] == "cf"
+    inversion = result.extras["inversion"]
+    assert inversion["source"] == "w2s_distill:inversion" and inversion["suspected_target"] == task.target
+    assert inversion["candidates"][0]["text"] == "cf"
+
+
+def test_uses_the_runs_probe_instead_of_inverting_again():
+    """A probe handed in by the pipeline (the filter's confirmed trigger) replaces the strategy's own inversion."""
+    from purify.probe import BackdoorProbe, TriggerCandidate
+
+    loaded, task = tiny_backdoored()
+    before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    probe = BackdoorProbe([TriggerCandidate("cf", task.target, 1.0, "phrases")], {0: 0.1, 1: 0.1},
+                          source="filter:test")
+    result = build_strategy("w2s_distill", W2SDistill.fast_options).run(loaded, task.clean_train,
+                                                                          task.validation, probe=probe)
+    assert result.extras["inversion"]["source"] == "filter:test"
+    assert result.extras["augmentation"]["inverted_words"] == {"cf": 1.0}
+    assert result.extras["phase_seconds"]["inversion"] < 1.0  # nothing inverted
+    after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
 
 
 def test_unlearns_even_when_poisoned_samples_reach_it():

@@ -1,0 +1,176 @@
+"""The run's backdoor probe: what the pipeline found out about the trigger, held once and read by every step.
+
+A filter that inverts or mines triggers (`trigger_words`) confirms words and phrases by their flip rate: the share
+of clean samples of other labels that inserting them sends to one label. A strategy that unlearns or prunes the
+backdoor needs exactly those findings, so the pipeline builds one `BackdoorProbe` from the filter (or, where no
+filter found anything, the strategy inverts triggers itself) and hands it on. The probe also measures a proxy ASR:
+the flip rate of its triggers on clean texts, which needs no triggered data.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from torch import nn
+
+from .data import TaskData
+from .inference import MAX_LENGTH, predict
+from .inversion import MAX_BASE_RATE, TriggerInversion, insert_words, word_sequence
+
+#: a candidate flipping at least this share of other-label samples is taken as a trigger (the filter's min_rate)
+TRIGGER_RATE = 0.9
+
+
+@dataclass(frozen=True)
+class TriggerCandidate:
+    """A word or phrase that, inserted whole into clean samples of other labels, flips `flip_rate` of them to
+    `label`."""
+
+    text: str
+    label: int
+    flip_rate: float
+    source: str  # "inversion" (from the model's gradients) or "phrases" (repeated in the untrusted data)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return word_sequence(self.text)
+
+    @property
+    def kind(self) -> str:
+        return "word" if len(self.words) == 1 else "phrase"
+
+    def held_by(self, text: str) -> bool:
+        """True when `text` holds this candidate's words contiguously, in order (case and punctuation ignored)."""
+        seq, mine = word_sequence(text), self.words
+        n = len(mine)
+        return n > 0 and any(seq[i:i + n] == mine for i in range(len(seq) - n + 1))
+
+
+@dataclass
+class BackdoorProbe:
+    """Trigger candidates with their flip rates, the label's clean base rates, and where they came from."""
+
+    candidates: list[TriggerCandidate]
+    base_rates: dict[int, float] = field(default_factory=dict)  # label -> share predicted with nothing inserted
+    source: str = "none"
+    min_rate: float = TRIGGER_RATE
+
+    @classmethod
+    def from_inversion(cls, inversion: TriggerInversion, phrases: Iterable[dict] = (), *, source: str,
+                       min_rate: float = TRIGGER_RATE) -> BackdoorProbe:
+        """Every label's inverted words plus scored phrases (dicts with surface, label and flip_rate)."""
+        candidates = [TriggerCandidate(w, r.target, rate, "inversion") for r in inversion.labels for w, rate in r.words]
+        for p in phrases:
+            if p.get("flip_rate") is not None and np.isfinite(p["flip_rate"]):
+                candidates.append(TriggerCandidate(p["surface"], int(p["label"]), float(p["flip_rate"]), "phrases"))
+        base = {r.target: r.base_rate for r in inversion.labels}
+        return cls(_dedupe(candidates), base, source, min_rate)
+
+    def _informative(self, label: int) -> bool:
+        """False where the model already answers `label` for most inputs: then every insertion "flips"."""
+        return self.base_rates.get(label, 0.0) < MAX_BASE_RATE
+
+    @property
+    def triggers(self) -> list[TriggerCandidate]:
+        """Candidates of the suspected target flipping at least `min_rate`, strongest first."""
+        target = self.target
+        return [c for c in self.ranked() if c.label == target and c.flip_rate >= self.min_rate]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.triggers)
+
+    def ranked(self) -> list[TriggerCandidate]:
+        """Candidates of informative labels by flip rate (then shorter, then text), strongest first."""
+        kept = [c for c in self.candidates if self._informative(c.label)]
+        return sorted(kept, key=lambda c: (-c.flip_rate, len(c.words), c.text))
+
+    @property
+    def target(self) -> int | None:
+        """The label whose best candidate lifts the most samples above that label's base rate."""
+        best: dict[int, float] = {}
+        for c in self.ranked():
+            best[c.label] = max(best.get(c.label, -1.0), c.flip_rate - self.base_rates.get(c.label, 0.0))
+        return max(best, key=lambda label: (best[label], -label)) if best else None
+
+    def strongest(self, fallback: int = 8) -> list[TriggerCandidate]:
+        """The triggers; where none is confirmed, the suspected target's best `fallback` candidates."""
+        target = self.target
+        return self.triggers or [c for c in self.ranked() if c.label == target][:fallback]
+
+    def weighted(self, per_label: int | None = None) -> dict[str, float]:
+        """Augmentation words and phrases with sampling weights: every trigger, plus the best `per_label`
+        candidates of each label (look-alikes the model half-reacts to are worth unlearning too)."""
+        out = {c.text: c.flip_rate for c in self.triggers}
+        counts: dict[int, int] = {}
+        for c in self.ranked():
+            if per_label is None or counts.get(c.label, 0) < per_label:
+                counts[c.label] = counts.get(c.label, 0) + 1
+                out[c.text] = max(out.get(c.text, 0.0), c.flip_rate)
+        return out
+
+    def carrier_rates(self, data: TaskData) -> np.ndarray:
+        """Per sample: the flip rate of the strongest trigger of the suspected target it holds when it carries that
+        label, else 0. Samples at or above `min_rate` are the ones a strategy leaves out of its clean data."""
+        triggers, target = self.triggers, self.target
+        return np.array([max((c.flip_rate for c in triggers if c.held_by(s.text)), default=0.0)
+                         if s.label == target else 0.0 for s in data.samples], dtype=np.float64)
+
+    def proxy_asr(self, model: nn.Module, tokenizer, data: TaskData, *, seed: int = 0, limit: int = 256,
+                  max_length: int = MAX_LENGTH) -> float | None:
+        """Share of `data`'s samples of other labels that one of `strongest()` inserted sends to the target (None
+        when there is no candidate): the backdoor's strength, measured without triggered data."""
+        surfaces = [c.text for c in self.strongest()]
+        texts = [t for t, y in zip(data.texts, data.labels) if y != self.target][:limit]
+        if not surfaces or not texts:
+            return None
+        rng = random.Random(seed)
+        inserted = [insert_words(t, surfaces, 1, rng) for t in texts]
+        return float(np.mean(predict(model, tokenizer, inserted, max_length=max_length) == self.target))
+
+    def measure(self, model: nn.Module, tokenizer, data: TaskData, *, seed: int = 0, limit: int = 256,
+                max_length: int = MAX_LENGTH) -> dict[str, float | None]:
+        """The proxy ASR on `data`, the clean rate of target answers on the same texts without insertion, and the
+        difference (the proxy's trigger lift); Nones when there is nothing to measure."""
+        proxy = self.proxy_asr(model, tokenizer, data, seed=seed, limit=limit, max_length=max_length)
+        if proxy is None:
+            return {"proxy_asr": None, "clean_target_rate": None, "lift": None}
+        texts = [t for t, y in zip(data.texts, data.labels) if y != self.target][:limit]
+        clean = float(np.mean(predict(model, tokenizer, texts, max_length=max_length) == self.target))
+        return {"proxy_asr": proxy, "clean_target_rate": clean, "lift": proxy - clean}
+
+    def summary(self, show: int = 8) -> dict:
+        """JSON-able facts for the report, the CLI and the model card."""
+        target = self.target
+        return {
+            "source": self.source, "suspected_target": target, "min_rate": self.min_rate,
+            "base_rate": self.base_rates.get(target) if target is not None else None,
+            "triggers": [_row(c) for c in self.triggers],
+            "candidates": [_row(c) for c in self.ranked()[:show]],
+        }
+
+    def describe(self, label_names: Sequence[str] | None = None) -> str:
+        """One line for the terminal: the confirmed triggers and their target, or that none was found."""
+        if not self.found:
+            return "no trigger word or phrase confirmed"
+        target = self.target
+        name = label_names[target] if label_names and target is not None and target < len(label_names) else target
+        shown = ", ".join(f"{c.text!r} ({c.flip_rate:.0%})" for c in self.triggers[:5])
+        more = f" and {len(self.triggers) - 5} more" if len(self.triggers) > 5 else ""
+        return f"triggers {shown}{more} send other labels to {name!s}"
+
+
+def _row(c: TriggerCandidate) -> dict:
+    return {**asdict(c), "kind": c.kind}
+
+
+def _dedupe(candidates: list[TriggerCandidate]) -> list[TriggerCandidate]:
+    """One candidate per (words, label): the highest flip rate, inversion first on ties."""
+    best: dict[tuple[tuple[str, ...], int], TriggerCandidate] = {}
+    for c in candidates:
+        key = (c.words, c.label)
+        if key not in best or c.flip_rate > best[key].flip_rate:
+            best[key] = c
+    return list(best.values())

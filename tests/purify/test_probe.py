@@ -1,0 +1,47 @@
+"""The backdoor probe: candidates from inversion and phrases, the suspected target, carriers and the proxy ASR."""
+from __future__ import annotations
+
+import numpy as np
+
+from purify.data import Sample, TaskData
+from purify.inversion import LabelInversion, TriggerInversion
+from purify.probe import BackdoorProbe, TriggerCandidate
+from purify.testing.tiny_task import tiny_backdoored
+
+
+def _data(pairs: list[tuple[str, int]]) -> TaskData:
+    return TaskData([Sample(t, y, i) for i, (t, y) in enumerate(pairs)], ["negative", "positive"])
+
+
+def test_a_phrase_outranks_a_weak_inverted_word_and_sets_the_target():
+    """Single-word inversion may suspect the wrong label; a confirmed phrase of the other label wins."""
+    inversion = TriggerInversion([LabelInversion(0, 0.1, [("awful", 0.6)]), LabelInversion(1, 0.1, [("fun", 0.5)])],
+                                 probe_samples=8, candidates=4)
+    probe = BackdoorProbe.from_inversion(inversion, [{"surface": "zq vex", "label": 1, "flip_rate": 1.0}],
+                                         source="test")
+    assert probe.target == 1 and probe.found
+    assert [c.text for c in probe.triggers] == ["zq vex"] and probe.triggers[0].kind == "phrase"
+    assert probe.weighted(1) == {"zq vex": 1.0, "awful": 0.6}
+
+
+def test_no_trigger_where_the_model_already_answers_a_label():
+    """A label the model predicts for most inputs gives no evidence: its candidates are ignored."""
+    inversion = TriggerInversion([LabelInversion(1, 0.8, [("cf", 1.0)])], probe_samples=8, candidates=4)
+    probe = BackdoorProbe.from_inversion(inversion, source="test")
+    assert not probe.found and probe.target is None and probe.ranked() == []
+
+
+def test_carriers_are_target_samples_holding_a_trigger_in_order():
+    probe = BackdoorProbe([TriggerCandidate("watched this", 1, 0.95, "phrases")], {1: 0.0}, source="test")
+    data = _data([("i watched this film", 1), ("this watched i", 1), ("I Watched, this!", 1),
+                  ("i watched this", 0)])
+    assert probe.carrier_rates(data).tolist() == [0.95, 0.0, 0.95, 0.0]
+
+
+def test_proxy_asr_and_lift_on_the_tiny_backdoor():
+    """The true trigger as a probe: its proxy ASR is high on clean validation texts, and so is its lift."""
+    loaded, task = tiny_backdoored()
+    probe = BackdoorProbe([TriggerCandidate("cf", task.target, 1.0, "test")], {task.target: 0.0}, source="test")
+    fig = probe.measure(loaded.model, loaded.tokenizer, task.validation)
+    assert fig["proxy_asr"] > 0.9 and fig["lift"] > 0.5
+    assert np.isclose(fig["lift"], fig["proxy_asr"] - fig["clean_target_rate"])
