@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .bench_pipeline import pipeline_cells, pipeline_table, run_pipeline_cell
 from .provenance import provenance
 
 
@@ -228,7 +229,7 @@ def study_cost(study: dict, seconds: float) -> dict:
 #: suite -> runner(cell, work): `work` is the cell's scratch folder, kept across an interruption, removed on success
 RUNNERS: dict[str, Callable[[Cell, Path], dict]] = {"zoo": run_zoo_cell, "pruning": run_strategy_cell,
                                               "w2s": run_strategy_cell, "filters": run_filter_cell,
-                                              "tune": run_tune_cell}
+                                              "tune": run_tune_cell, "pipeline": run_pipeline_cell}
 
 
 # -- the matrix, resumable ---------------------------------------------------------------------------------------
@@ -392,7 +393,9 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
         default = [f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "style")]
         return [Cell("tune", e, m, 0, {"trials": TUNE_TRIALS.get(m, 12)})
                 for e in entries or default for m in (methods or ("gradient_prune", "w2s_distill"))]
-    raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s, filters or tune")
+    if suite == "pipeline":
+        return pipeline_cells(Cell, entries, methods, seeds)
+    raise ConfigError(f"unknown benchmark suite {suite!r}; choose zoo, pruning, w2s, filters, tune or pipeline")
 
 
 def default_knob_cell(entry: str, method: str) -> Cell | None:
@@ -459,7 +462,9 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
     failed = [r for r in results if "error" in r]
     missing = [r for r in results if r.get("missing")]
     lines = []
-    if suite == "zoo":
+    if suite == "pipeline":
+        lines += pipeline_table(ok)
+    elif suite == "zoo":
         lines += ["| entry | clean ref CACC | backdoored CACC | ASR | ASR floor (clean ref) | CACC drop | "
                   "build s | clean ref train s | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in ok:
@@ -596,7 +601,7 @@ def _plot(suite: str, results: list[dict], path: Path) -> None:
             ax.annotate(r["cell"]["entry"].replace("-p10-s0", ""), (100 * r["cacc"], 100 * r["asr"]), fontsize=6)
         ax.set_xlabel("backdoored CACC (%)")
         ax.set_ylabel("ASR (%)")
-    elif suite in ("pruning", "w2s", "tune"):
+    elif suite in ("pruning", "w2s", "tune", "pipeline"):
         for label in sorted({_label(r) for r in ok}):
             rs = [r for r in ok if _label(r) == label]
             ax.scatter([100 * (r["cacc_before"] - r["cacc_after"]) for r in rs], [100 * r["asr_after"] for r in rs],

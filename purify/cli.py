@@ -191,7 +191,7 @@ clean data: no triggered test data is looked at.""",
     p.add_argument("dir")
 
     p = sub.add_parser("bench", help="run a benchmark matrix (resumable; finished cells are cached)")
-    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters", "tune"),
+    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters", "tune", "pipeline"),
                    help="which matrix: zoo entries, pruning strategies, w2s_distill variants, data filters, tune")
     p.add_argument("--zoo", help="comma-separated zoo entries (default: the suite's matrix)")
     p.add_argument("--strategies", default="all", help="comma-separated methods, or all (default)")

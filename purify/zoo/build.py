@@ -32,6 +32,7 @@ from ..training import TrainConfig, train_classifier
 from .attacks import get_attack, poison_split, triggered_test
 from .bases import BASES, cache_root, load_base
 from .datasets import load_raw_dataset, split_dataset
+from .trusted import TRUSTED_SPLIT, trusted_file
 
 MANIFEST = "manifest.json"
 
@@ -150,6 +151,8 @@ class ZooEntry:
         return self.path / "clean_model"
 
     def data_file(self, split: str) -> Path:
+        if split == TRUSTED_SPLIT:  # derived from the validation split on first use by entries built before it
+            return trusted_file(self.path / "data", self.manifest["label_names"], int(self.manifest["spec"]["seed"]))
         return self.path / "data" / f"{split}.jsonl"
 
     def load(self, split: str) -> TaskData:
@@ -268,6 +271,7 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
         for split, data in (("train", train), ("validation", val), ("test_clean", test_clean),
                             ("test_triggered", test_trig)):
             write_jsonl(tmp / "data" / f"{split}.jsonl", data.samples)
+        trusted_file(tmp / "data", names, spec.seed)
         measured = {}
         partial = _partial_dir(spec, recipe, root)
         for kind in ("backdoored", "clean"):

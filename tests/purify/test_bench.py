@@ -25,7 +25,7 @@ def test_suites_name_their_cells():
     assert all(c.options["trials"] >= 1 for c in tune)
     filters = suite_cells("filters", entries=[TINY_ENTRY], methods=["gradsentry"])
     assert filters == [Cell("filters", TINY_ENTRY, "gradsentry")]
-    with pytest.raises(ConfigError, match="choose zoo, pruning, w2s, filters or tune"):
+    with pytest.raises(ConfigError, match="choose zoo, pruning, w2s, filters, tune or pipeline"):
         suite_cells("nope")
 
 

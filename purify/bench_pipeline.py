@@ -1,0 +1,114 @@
+"""`purify bench --suite pipeline`: exactly what a user runs, on every zoo entry, in the realistic setting.
+
+Each cell runs the pipeline of `purify run`: the entry's untrusted training split goes through the configured
+filter, its 200-sample trusted split is the validation data, and no ground-truth flag is read. The flags are used
+afterwards, for the filter's recall in the table, and by one reference row: `upper_bound` trains on the split
+minus its flagged lines (labelled as such, never the headline). Cells of the default pipeline carry
+`"default": true`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+#: the issue's matrix: every 10%-poison entry of MiniLM (movie, SMS, BBC) and SmolLM2 (movie)
+PIPELINE_ENTRIES: tuple[str, ...] = tuple(
+    [f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "syntactic", "style", "clean_label")]
+    + [f"minilm-{d}-{a}-p10-s0" for d in ("sms", "bbc") for a in ("badnets", "insertsent", "syntactic", "style")]
+    + [f"smollm2-movie-{a}-p10-s0" for a in ("badnets", "insertsent")]
+)
+MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
+#: rows: the default pipeline, and the flag-removed upper bound of the default strategy
+ROWS = ("default", "upper_bound")
+
+
+def pipeline_cells(cell_cls: type, entries: list[str] | None, methods: list[str] | None, seeds: int) -> list:
+    """One cell per entry, row and seed (`seeds` on the multi-seed entries, 1 elsewhere)."""
+    cells = []
+    for entry in entries or PIPELINE_ENTRIES:
+        n = seeds if entry in MULTI_SEED else 1
+        cells += [cell_cls("pipeline", entry, row, s) for row in (methods or ROWS) for s in range(n)]
+    return cells
+
+
+def _config(cell: Any, entry: Any, options: dict) -> Any:
+    """The `purify run` configuration of a cell: options go to the strategy, "filter.KEY" ones to the filter."""
+    from .pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig
+
+    strategy = options.pop("strategy", DEFAULT_STRATEGY)
+    filter_name = options.pop("filter", DEFAULT_FILTER if cell.method == "default" else "none")
+    if cell.method not in ROWS:
+        strategy = cell.method  # any registered strategy, behind the default filter
+        filter_name = options.pop("filter", DEFAULT_FILTER)
+    filter_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("filter.")}
+    return PipelineConfig(strategy=strategy, strategy_options=options, filter=filter_name,
+                          filter_options=filter_options if filter_name != "none" else {}, seed=cell.seed,
+                          trusted=str(entry.data_file("trusted")), eval_clean=str(entry.data_file("test_clean")),
+                          eval_triggered=str(entry.data_file("test_triggered")), target=entry.target,
+                          overwrite=True)
+
+
+def run_pipeline_cell(cell: Any, work: Path) -> dict:
+    """Run the pipeline on one entry; the cell record keeps the report's figures and where the time went."""
+    from .bench import _device_name, _entry, _peak_mb
+    from .data import write_jsonl
+    from .pipeline import run_pipeline
+
+    entry = _entry(cell.entry)
+    options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
+    cfg = _config(cell, entry, options)
+    data = entry.data_file("train")
+    work.mkdir(parents=True, exist_ok=True)
+    if cell.method == "upper_bound":  # the reference row: flagged lines removed, nothing filtered
+        data = work / "train_unflagged.jsonl"
+        write_jsonl(data, entry.load("train").without_poisoned().samples)
+    started = time.time()
+    report = run_pipeline(entry.model_dir, data, work / "export", cfg)
+    return _record(cell, entry, report, time.time() - started) | {"device": _device_name(), "peak_rss_mb": _peak_mb()}
+
+
+def _record(cell: Any, entry: Any, report: dict, seconds: float) -> dict:
+    """The cell's JSON fields, from the pipeline's report."""
+    before, after = report["metrics"]["before"], report["metrics"]["after"]
+    filt = report.get("filter", {})
+    truth = filt.get("ground_truth", {})
+    probe = report.get("probe") or {}
+    return {
+        "default": cell.method == "default" and not cell.options,
+        "strategy": report["strategy"]["name"], "filter": filt.get("method"),
+        "asr_before": before["asr"], "asr_after": after["asr"], "asr_floor": entry.manifest["metrics"]["clean"]["asr"],
+        "cacc_before": before["cacc"], "cacc_after": after["cacc"],
+        "trigger_lift_before": before.get("trigger_lift"), "trigger_lift": after.get("trigger_lift"),
+        "filter_removed": filt.get("n_removed"), "filter_removed_poisoned": truth.get("removed_poisoned"),
+        "poisoned": entry.manifest["counts"]["poisoned"], "n_train": filt.get("n_kept"),
+        "probe_triggers": [t["text"] for t in probe.get("triggers", [])],
+        "probe_target": probe.get("suspected_target"), "probe_before": probe.get("before"),
+        "probe_after": probe.get("after"), "verdict": report.get("verdict", {}).get("status"),
+        "seconds": round(seconds, 1), "timings": report.get("timings"),
+        "train_data": ("zoo train split minus flagged-poisoned lines (upper bound)" if cell.method == "upper_bound"
+                       else "zoo train split through the filter, trusted split as validation (realistic)"),
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def pipeline_table(ok: list[dict]) -> list[str]:
+    """Markdown rows: one per cell, the default pipeline first on each entry."""
+    lines = ["| entry | row | seed | ASR before | ASR after | floor | trigger lift | CACC before -> after | "
+             "removed (poisoned / all) | triggers found | verdict | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {row: i for i, row in enumerate(ROWS)}
+    for r in sorted(ok, key=lambda r: (r["cell"]["entry"], order.get(r["cell"]["method"], 9), r["cell"]["seed"])):
+        c = r["cell"]
+        removed = "-" if r.get("filter_removed") is None else \
+            f"{r.get('filter_removed_poisoned', '?')}/{r['poisoned']} / {r['filter_removed']}"
+        triggers = ", ".join(r.get("probe_triggers") or [])[:60] or "-"
+        row = c["method"] + (" (default)" if r.get("default") else "")
+        lines.append(f"| {c['entry']} | {row} | {c['seed']} | {_pct(r['asr_before'])} | {_pct(r['asr_after'])} | "
+                     f"{_pct(r['asr_floor'])} | {_pct(r.get('trigger_lift'))} | {_pct(r['cacc_before'])} -> "
+                     f"{_pct(r['cacc_after'])} | {removed} | {triggers} | {r.get('verdict') or '-'} | "
+                     f"{r['seconds']:.0f} |")
+    return lines

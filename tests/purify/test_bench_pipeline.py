@@ -1,0 +1,39 @@
+"""`purify bench --suite pipeline`: the realistic setting (filter + trusted split, no flags), on a tiny entry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from purify.bench import Cell, run_suite, suite_cells
+from purify.bench_pipeline import MULTI_SEED, PIPELINE_ENTRIES
+
+TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
+
+
+def test_the_matrix_covers_every_ten_percent_entry_with_three_seeds_where_asked():
+    cells = suite_cells("pipeline")
+    assert {c.entry for c in cells} == set(PIPELINE_ENTRIES) and len(PIPELINE_ENTRIES) == 15
+    for entry in MULTI_SEED:
+        assert {c.seed for c in cells if c.entry == entry and c.method == "default"} == {0, 1, 2}
+    assert {c.method for c in cells} == {"default", "upper_bound"}
+
+
+@pytest.mark.slow
+def test_a_pipeline_cell_runs_what_a_user_runs(session_cache, tmp_path):
+    fast = {"strategy": "gradient_prune", "step": "2", "filter.probe_samples": "16", "filter.candidates": "16",
+            "filter.phrases": "4"}
+    md = run_suite("pipeline", tmp_path, entries=[TINY_ENTRY], seeds=1, options=fast, log=lambda *_: None)
+    results = json.loads((tmp_path / "pipeline.json").read_text())["cells"]
+    by_row = {r["cell"]["method"]: r for r in results}
+    default, upper = by_row["default"], by_row["upper_bound"]
+    assert default["filter"] == "trigger_words" and upper["filter"] == "none"
+    assert default["n_train"] + default["filter_removed"] == upper["n_train"] + default["poisoned"]
+    assert "realistic" in default["train_data"] and "upper bound" in upper["train_data"]
+    for r in (default, upper):
+        assert r["trigger_lift"] == pytest.approx(r["asr_after"] - (r["asr_after"] - r["trigger_lift"]))
+        assert r["verdict"] in ("removed", "weakened", "survived", "unknown")
+    assert default["default"] is False  # options were given: not the default pipeline
+    table = md.read_text()
+    assert f"| {TINY_ENTRY} | default |" in table and f"| {TINY_ENTRY} | upper_bound |" in table
+    assert Cell("pipeline", TINY_ENTRY, "default").key != Cell("pipeline", TINY_ENTRY, "default", 0, fast).key
