@@ -17,6 +17,7 @@ PIPELINE_ENTRIES: tuple[str, ...] = tuple(
     [f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "syntactic", "style", "clean_label")]
     + [f"minilm-{d}-{a}-p10-s0" for d in ("sms", "bbc") for a in ("badnets", "insertsent", "syntactic", "style")]
     + [f"smollm2-movie-{a}-p10-s0" for a in ("badnets", "insertsent")]
+    + [f"minilm-movie-{a}-p10-s0" for a in ("rarepieces", "plainsent")]  # frozen variants (purify.zoo.variants)
 )
 MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
 #: rows: the default pipeline, and the flag-removed upper bound of the default strategy

@@ -850,3 +850,5 @@ def triggered_test(
         if triggered != text:
             out.append({"text": triggered, "label": label, "poisoned": True})
     return out
+
+from . import variants as _variants  # noqa: E402,F401  (registers the frozen attack variants)

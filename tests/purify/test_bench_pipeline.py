@@ -13,7 +13,7 @@ TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
 
 def test_the_matrix_covers_every_ten_percent_entry_with_three_seeds_where_asked():
     cells = suite_cells("pipeline")
-    assert {c.entry for c in cells} == set(PIPELINE_ENTRIES) and len(PIPELINE_ENTRIES) == 15
+    assert {c.entry for c in cells} == set(PIPELINE_ENTRIES) and len(PIPELINE_ENTRIES) == 17
     for entry in MULTI_SEED:
         assert {c.seed for c in cells if c.entry == entry and c.method == "default"} == {0, 1, 2}
     assert {c.method for c in cells} == {"default", "upper_bound"}
