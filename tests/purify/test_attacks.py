@@ -52,7 +52,7 @@ def movie_sample() -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 def test_registry():
-    assert set(ATTACKS) == {"badnets", "insertsent", "syntactic", "style", "clean_label"}
+    assert set(ATTACKS) == {"badnets", "insertsent", "syntactic", "style", "clean_label", "rarepieces", "plainsent"}
     for name, cls in ATTACKS.items():
         assert issubclass(cls, Attack) and cls.name == name
 
