@@ -65,6 +65,16 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def _zoo_name_help() -> str:
+    """The zoo entry name grammar with every base, dataset and attack the registries hold."""
+    from .zoo.attacks import ATTACKS
+    from .zoo.bases import BASES
+    from .zoo.datasets import DATASETS
+
+    return (f"base-dataset-attack[-pRATE][-sSEED]; bases {', '.join(BASES)}; datasets {', '.join(DATASETS)}; "
+            f"attacks {', '.join(ATTACKS)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="purify",
@@ -125,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zb = zsub.add_parser("build", help="build entries, e.g. minilm-movie-badnets-p10-s0 (cached)")
     zb.add_argument("names", nargs="+", metavar="NAME",
-                    help="base-dataset-attack[-pRATE][-sSEED]; bases minilm, smollm2, tiny-bert; datasets movie, "
-                         "sms, bbc; attacks badnets, insertsent, syntactic, style, clean_label")
+                    help=_zoo_name_help())
     zb.add_argument("--force", action="store_true",
                     help="rebuild even if cached, retraining the shared clean reference too")
     zsub.add_parser("ls", help="list built entries with their CACC and ASR")
