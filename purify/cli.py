@@ -63,6 +63,7 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
     p.add_argument("--eval-triggered", help="triggered test file (needs --target)")
     p.add_argument("--target", help="target label of the triggered file (id or name)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per available core)")
 
 
 def _zoo_name_help() -> str:
@@ -235,7 +236,7 @@ def _pipeline_config(args):
         filter=args.filter or DEFAULT_FILTER, filter_options=_parse_sets(args.filter_set), trusted=args.trusted,
         seed=args.seed, allow_pickle=args.allow_pickle, text_field=args.text_field, label_field=args.label_field,
         eval_clean=args.eval_clean, eval_triggered=args.eval_triggered,
-        target=_resolve_target(args.target, label_names), overwrite=args.overwrite,
+        target=_resolve_target(args.target, label_names), overwrite=args.overwrite, threads=args.threads,
     )
 
 

@@ -15,6 +15,7 @@ from .device import seed_everything
 from .errors import ConfigError
 from .evaluate import Evaluation, evaluate_model
 from .export import REPORT_FILE, export_checkpoint
+from .floor import epoch_floor_seconds, in_floors, set_threads
 from .plots import render_report_plots
 from .registry import build_strategy
 from .verdict import judge
@@ -47,6 +48,7 @@ class PipelineConfig:
     eval_triggered: str | None = None  # optional triggered test file (the user's own red-team data)
     target: int | None = None
     overwrite: bool = False
+    threads: int | None = None  # torch CPU threads; None = one per available core
 
     def validate(self) -> None:
         if not 0 < self.val_fraction < 0.5:
@@ -118,6 +120,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
     triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
     timings["load"] = time.time() - started
+    report_threads = set_threads(cfg.threads)
+    floor = epoch_floor_seconds(loaded.model, loaded.tokenizer, data.texts, data.labels, seed=cfg.seed)
 
     report: dict[str, Any] = {
         "model": str(model_dir), "data": str(data_path), "seed": cfg.seed, "pipeline": asdict(cfg),
@@ -193,6 +197,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
             extra_files[plot.name] = plot
         timings["total_before_export"] = time.time() - started
         report["timings"] = {k: round(v, 2) for k, v in timings.items()}
+        report["compute"] = {"threads": report_threads, "epoch_floor_seconds": round(floor, 2),
+                             "timings_in_floors": in_floors(timings, floor)}
         t0 = time.time()
         outcome = export_checkpoint(
             result.model, loaded.tokenizer, out_dir, pruned_heads=result.pruned_heads,

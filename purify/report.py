@@ -23,6 +23,8 @@ def summary_rows(report: Mapping) -> list[tuple[str, str, str]]:
         rows.append(("CACC", _fmt(before.get("cacc")), _fmt(after.get("cacc"))))
         if before.get("asr") is not None:
             rows.append(("ASR", _fmt(before.get("asr")), _fmt(after.get("asr"))))
+        if before.get("trigger_lift") is not None:
+            rows.append(("trigger lift", _fmt(before.get("trigger_lift")), _fmt(after.get("trigger_lift"))))
     floor = metrics.get("asr_floor")
     if floor is not None:
         rows.append(("ASR of the clean reference (floor)", _fmt(floor), _fmt(floor)))
@@ -54,7 +56,31 @@ def print_summary(report: Mapping) -> None:
     table.add_column("after", justify="right")
     for row in summary_rows(report):
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    verdict = report.get("verdict")
+    if verdict:
+        console.print(f"{verdict['headline']} ({verdict['evidence']})")
+    stages = time_rows(report)
+    if stages:
+        times = Table(title="where the time went")
+        for name in ("stage", "seconds", "epoch floors"):
+            times.add_column(name, justify="left" if name == "stage" else "right")
+        for row in stages:
+            times.add_row(*row)
+        console.print(times)
+
+
+def time_rows(report: Mapping) -> list[tuple[str, str, str]]:
+    """(stage, seconds, multiple of the run's epoch floor) rows; the floor is one forward+backward pass over the
+    training data, measured in the same run."""
+    timings = report.get("timings") or {}
+    compute = report.get("compute") or {}
+    floors = compute.get("timings_in_floors") or {}
+    rows = [(stage, f"{seconds:.1f}", _fmt(floors.get(stage))) for stage, seconds in timings.items()]
+    if compute.get("epoch_floor_seconds") is not None:
+        rows.append(("(epoch floor)", f"{compute['epoch_floor_seconds']:.1f}", "1"))
+    return rows
 
 
 def load_report(folder: str | Path) -> dict:

@@ -45,3 +45,21 @@ def test_proxy_asr_and_lift_on_the_tiny_backdoor():
     fig = probe.measure(loaded.model, loaded.tokenizer, task.validation)
     assert fig["proxy_asr"] > 0.9 and fig["lift"] > 0.5
     assert np.isclose(fig["lift"], fig["proxy_asr"] - fig["clean_target_rate"])
+
+
+def test_epoch_floor_leaves_weights_gradients_and_random_stream_alone():
+    """Timing the floor must not change the run: same weights, no gradients left, same next random draw."""
+    import torch
+
+    from purify.floor import epoch_floor_seconds, in_floors
+
+    loaded, task = tiny_backdoored()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    seconds = epoch_floor_seconds(loaded.model, loaded.tokenizer, task.train.texts, task.train.labels, samples=64)
+    assert torch.equal(torch.rand(1), expected)
+    assert seconds > 0 and all(p.grad is None for p in loaded.model.parameters())
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in before.items())
+    assert in_floors({"strategy": 2 * seconds}, seconds) == {"strategy": 2.0} and in_floors({"a": 1.0}, 0) == {}
