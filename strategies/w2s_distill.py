@@ -29,7 +29,7 @@ from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
-from purify.inference import MAX_LENGTH, labelled_batch, predict
+from purify.inference import MAX_LENGTH, labelled_batch, predict, predict_logits
 from purify.inversion import insert_words, insertion_vocabulary, invert_triggers, predict_inserted
 from purify.lora import lora_target_modules
 from purify.progress import track
@@ -39,7 +39,7 @@ from purify.training import accuracy_on
 
 SURGERIES = ("none", "safegrad")
 SELECTIONS = ("accuracy", "inverted_flip")
-PERTURBED_TARGETS = ("teacher", "self")
+PERTURBED_TARGETS = ("teacher", "self", "original")
 AUTO_TEACHER = "auto"  # minilm-l3 for an encoder student, minilm-l6 for a decoder student
 FLIP_PROBE_SAMPLES = 256  # validation texts used for the insertion-flip diagnostic
 
@@ -79,6 +79,9 @@ class W2SDistillConfig(StrategyConfig):
         on the non-target labels bounds the ASR a student imitating it can reach). Clean texts follow the teacher
         either way, and feature alignment always uses the teacher's feature of the text the student saw. "self"
         was measured no better on movie badnets (22.8% ASR vs 22.4; benchmarks/experiments/w2s-perturbed-target-self).
+        "original": the suspicious model's own eval-mode distribution on the unperturbed text, computed once before
+        training (frozen, unlike "self"): a trigger inserted into a clean text should change nothing, and the
+        suspicious model is usually a far better classifier of clean text than the weak teacher.
     inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
         flip the most clean samples of the other labels, found from the student and clean data alone) instead of
         the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
@@ -442,12 +445,17 @@ class W2SDistill(Strategy):
             _, s_feats = pooled_outputs(student, tokenizer, train.texts[:2], max_length=cfg.max_length)
             _, t_feats = teacher.outputs(train.texts[:2], cfg.max_length)
             projector = nn.Linear(s_feats.shape[1], t_feats.shape[1]).to(device)
+        original_logits = None
+        if cfg.perturbed_target == "original" and cfg.uses_teacher:  # before LoRA: the suspicious model itself
+            original_logits = torch.from_numpy(predict_logits(student, tokenizer, train.texts,
+                                                              max_length=cfg.max_length)).float()
         peft_model = self._with_lora(student, head_names)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         proj_params = list(projector.parameters()) if projector is not None else []
         tap = FeatureTap(peft_model.base_model.model.get_submodule(head_names[0]), last_token)
         augmenter = Augmenter(cfg, words, inverted) if teacher is not None else None
-        loop = _Loop(cfg, peft_model, tokenizer, tap, params, projector, proj_params, teacher, augmenter)
+        loop = _Loop(cfg, peft_model, tokenizer, tap, params, projector, proj_params, teacher, augmenter,
+                     original_logits)
         try:
             history, best = loop.run(train, validation, flip_texts,
                                      lambda model: _inverted_flip(model, tokenizer, validation, backdoor, cfg))
@@ -564,10 +572,12 @@ class _Loop:
 
     def __init__(self, cfg: W2SDistillConfig, model: nn.Module, tokenizer, tap: FeatureTap,
                  params: list[nn.Parameter], projector: nn.Module | None, proj_params: list[nn.Parameter],
-                 teacher: _Teacher | None, augmenter: Augmenter | None) -> None:
+                 teacher: _Teacher | None, augmenter: Augmenter | None,
+                 original_logits: torch.Tensor | None = None) -> None:
         self.cfg, self.model, self.tokenizer, self.tap = cfg, model, tokenizer, tap
         self.params, self.projector, self.proj_params = params, projector, proj_params
         self.teacher, self.augmenter = teacher, augmenter
+        self.original_logits = original_logits  # (n_train, labels): the suspicious model on each clean text
 
     def run(self, train: TaskData, validation: TaskData, probe: list[str],
             inverted_flip: Callable[[nn.Module], float | None]) -> tuple[list[dict], int]:
@@ -662,6 +672,10 @@ class _Loop:
                 t_logits, t_feats = self.teacher.outputs(batch_texts, cfg.max_length)
                 if cfg.perturbed_target == "self" and perturbed is not None and bool(perturbed.any()):
                     t_logits = self._own_targets(t_logits, originals, perturbed)
+                elif self.original_logits is not None and perturbed is not None and bool(perturbed.any()):
+                    t_logits = t_logits.clone()
+                    rows = perturbed.to(t_logits.device)
+                    t_logits[rows] = self.original_logits[torch.as_tensor(idx)][perturbed].to(t_logits.device)
             logits = model(**batch).logits  # after the no-grad passes: the tap keeps this forward's feature
             if self.projector is not None:
                 feats = self.tap.pooled(batch["attention_mask"])

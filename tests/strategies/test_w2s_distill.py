@@ -283,6 +283,16 @@ def test_self_target_unlearns_the_tiny_backdoor():
     assert after.cacc >= before.cacc - 0.05
 
 
+def test_original_target_unlearns_the_tiny_backdoor_and_keeps_clean_accuracy():
+    """perturbed_target="original": inserted triggers are pulled to the suspicious model's own clean-text output."""
+    loaded, task = tiny_backdoored()
+    before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    result, loaded, task = _run({"perturbed_target": "original"})
+    after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
+    assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
+    assert after.cacc >= before.cacc - 0.05
+
+
 def test_safegrad_with_accumulation_runs_and_reports_conflicts():
     result, _, _ = _run({"surgery": "safegrad", "grad_accum": 2, "batch_size": 16, "epochs": 2})
     fraction = result.extras["conflict_fraction"]
