@@ -25,6 +25,7 @@ from .card import model_card
 from .heads import AttentionBlock, HeadGates, find_attention_blocks, pruned_to_mask
 from .inference import encode, model_inputs
 from .provenance import provenance
+from .safeload import strip_auto_map
 
 PROBE_FILE = "purify_probe.safetensors"
 REPORT_FILE = "purify_report.json"
@@ -209,6 +210,7 @@ def export_checkpoint(
         state = sanitized_state_dict(model, pruned)
         model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        strip_auto_map(tmp / "tokenizer_config.json")  # a sanitized export never points at custom code
         save_file({"input_ids": batch["input_ids"].cpu().contiguous(),
                    "attention_mask": batch["attention_mask"].cpu().contiguous(),
                    "logits": reference.contiguous()}, str(tmp / PROBE_FILE))
@@ -216,6 +218,7 @@ def export_checkpoint(
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
         config["purify"] = meta
+        config.pop("auto_map", None)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(model_card(meta, report))
         for name, src in (extra_files or {}).items():
