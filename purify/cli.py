@@ -12,34 +12,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, PurifyError
+from .errors import ConfigError, ExportError, PurifyError
+from .options import check_seed, parse_sets
 
 SUBCOMMANDS = ("run", "ls", "verify", "eval", "invert", "filter", "zoo", "demo", "report", "bench", "tune")
-
-
-def _parse_sets(pairs: list[str] | None, config_file: str | None = None) -> dict:
-    """Options from `--set key=value` pairs, on top of an optional JSON/YAML config file."""
-    options: dict = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            options.update(yaml.safe_load(text) or {})
-        else:
-            try:
-                options.update(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        options[key.strip()] = value.strip()
-    return options
 
 
 def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> None:
@@ -92,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="list registered strategies and filters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("verify", help="reload an export with vanilla transformers and check its logits")
+    p = sub.add_parser("verify", help="check an export: file hashes, no custom code, pruned heads zero, probe logits",
+                       description="Named checks on a folder written by purify, one line each: files_sha256 (every "
+                                   "file matches the hash recorded at export), no_custom_code, safetensors_only, "
+                                   "pruned_heads_zero, tokenizer_probe and probe_logits (vanilla transformers "
+                                   "reproduces the recorded logits). Exits 2 when any check fails.")
     p.add_argument("dir", help="a folder written by purify")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest absolute logit difference accepted between purify's and vanilla loading (1e-4)")
@@ -130,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
     p.add_argument("--threshold", type=float, help="override the automatic threshold")
     p.add_argument("--trusted", help="trusted clean set (GradShield's probe)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the filter's random choices (default 0)")
     p.add_argument("--out", required=True, help="kept samples (.jsonl); scores and a histogram are written beside it")
 
     p = sub.add_parser("zoo", help="build and inspect backdoored reference checkpoints")
@@ -232,8 +213,9 @@ def _pipeline_config(args):
 
     label_names = _model_label_names(args.model_dir)
     return PipelineConfig(
-        strategy=args.strategy or DEFAULT_STRATEGY, strategy_options=_parse_sets(args.set, args.config),
-        filter=args.filter or DEFAULT_FILTER, filter_options=_parse_sets(args.filter_set), trusted=args.trusted,
+        strategy=args.strategy or DEFAULT_STRATEGY, strategy_options=parse_sets(args.set, args.config),
+        filter=args.filter or DEFAULT_FILTER, filter_options=parse_sets(args.filter_set, flag="--filter-set"),
+        trusted=args.trusted,
         seed=args.seed, allow_pickle=args.allow_pickle, text_field=args.text_field, label_field=args.label_field,
         eval_clean=args.eval_clean, eval_triggered=args.eval_triggered,
         target=_resolve_target(args.target, label_names), overwrite=args.overwrite, threads=args.threads,
@@ -325,7 +307,7 @@ def cmd_filter(args) -> int:
     from .filters import build_filter
     from .plots import filter_histogram
 
-    options = _parse_sets(args.set)
+    options = {**parse_sets(args.set), "seed": args.seed}
     if args.threshold is not None:
         options["threshold"] = args.threshold
     if args.method is None:
@@ -353,27 +335,35 @@ def cmd_filter(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .export import verify
+    from .terminal import printable
+    from .verify import verify
 
+    if not 0 <= args.atol < float("inf"):
+        raise ConfigError(f"--atol {args.atol}: expected a finite tolerance >= 0")
     result = verify(args.dir, atol=args.atol)
+    for check in result.checks:
+        print(printable(f"{'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}"))
+    if not result.ok:
+        raise ExportError(f"{args.dir}: {result.message}")
     print(result.message)
-    return 0 if result.ok else 1
+    return 0
 
 
 def cmd_invert(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_task_data
     from .inversion import invert_triggers
+    from .terminal import printable
 
     loaded = load_checkpoint(args.model_dir, allow_pickle=args.allow_pickle)
     data = load_task_data(args.data, label_names=_model_label_names(args.model_dir))
     inversion = invert_triggers(loaded.model, loaded.tokenizer, data, samples=args.samples,
                                 candidates=args.candidates, rounds=args.rounds, keep=args.show, seed=args.seed,
                                 progress="trigger inversion")
-    for r in inversion.labels:
-        words = ", ".join(f"{w} {100 * rate:.0f}%" for w, rate in r.words)
-        print(f"label {data.label_names[r.target]} (base rate {100 * r.base_rate:.0f}%): {words}")
-    print(f"suspected target: {data.label_names[inversion.suspected_target]}")
+    for r in inversion.labels:  # label names and vocabulary words come from untrusted files
+        words = ", ".join(f"{printable(w)} {100 * rate:.0f}%" for w, rate in r.words)
+        print(f"label {printable(data.label_names[r.target])} (base rate {100 * r.base_rate:.0f}%): {words}")
+    print(f"suspected target: {printable(data.label_names[inversion.suspected_target])}")
     if args.out:
         Path(args.out).write_text(json.dumps(inversion.summary(args.show), indent=2) + "\n")
     return 0
@@ -438,7 +428,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(strategy=args.strategy, filter_name=args.filter, zoo=args.zoo,
-             options=_parse_sets(args.set), out=args.out, seed=args.seed)
+             options=parse_sets(args.set), out=args.out, seed=args.seed)
     return 0
 
 
@@ -460,7 +450,7 @@ def cmd_bench(args) -> int:
     entries = args.zoo.split(",") if args.zoo else None
     command = "purify bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     md = run_suite(args.suite, Path(args.out), entries=entries, methods=methods, seeds=args.seeds, command=command,
-                   options=_parse_sets(args.set), cached_only=args.cached_only)
+                   options=parse_sets(args.set, seed_flag="--seeds"), cached_only=args.cached_only)
     print(md.read_text())
     return 0
 
@@ -485,9 +475,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"purify: error: `purify {args.command}` is not available in this version", file=sys.stderr)
         return 2
     try:
+        check_seed(args)
         return handler(args)
     except PurifyError as exc:
-        print(f"purify: error: {exc}", file=sys.stderr)
+        from .terminal import printable
+
+        print(f"purify: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command == "tune" and (Path(args.out) / "tune_study.db").exists():

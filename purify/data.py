@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from purify.errors import DataError
+from purify.textfile import read_text_bounded
 
 SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".tsv")
 
@@ -80,6 +81,15 @@ class TaskData:
             picked.append(self.samples[i])
         return TaskData(picked, self.label_names, self.source)
 
+    def one_class_warning(self) -> str | None:
+        """A one-line warning when every sample carries the same label (nothing to tell classes apart), else None."""
+        labels = set(self.labels)
+        if len(self.samples) < 2 or len(labels) != 1:
+            return None
+        label = self.label_names[labels.pop()]
+        return (f"{self.source or 'task data'}: all {len(self.samples)} samples have label {label!r}; a classifier "
+                "trained on one class learns nothing about the others")
+
     def without_poisoned(self) -> TaskData:
         """Drop samples flagged poisoned by ground truth; only for upper-bound benchmarks, never for real purification."""
         return TaskData([s for s in self.samples if s.poisoned is not True], self.label_names, self.source)
@@ -87,20 +97,6 @@ class TaskData:
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def _read_text(path: Path, name: str) -> str:
-    """Read the file as UTF-8 (BOM tolerated), reporting a decode error by line."""
-    if not path.exists():
-        raise DataError(f"{name}: no such file")
-    if not path.is_file():
-        raise DataError(f"{name}: not a regular file")
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{name} line {line}: not valid UTF-8 ({exc.reason})") from None
 
 
 def _jsonl_rows(text: str, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -242,8 +238,13 @@ def load_task_data(
     text_field: str = "text",
     label_field: str = "label",
     label_names: Sequence[str] | None = None,
+    max_line_bytes: int | None = None,
 ) -> TaskData:
-    """Load a .jsonl/.csv/.tsv classification file into TaskData, rejecting malformed lines with file and line."""
+    """Load a .jsonl/.csv/.tsv classification file into TaskData, rejecting malformed lines with file and line.
+
+    No line may be longer than `max_line_bytes` (default purify.textfile.MAX_LINE_BYTES, 1 MiB, or the
+    PURIFY_MAX_LINE_BYTES environment variable): a longer one is refused after reading that much of it.
+    """
     p = Path(path)
     name = str(path)
     suffix = p.suffix.lower()
@@ -252,7 +253,7 @@ def load_task_data(
             f"{name}: unsupported file type {p.suffix or '(no suffix)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
         )
     names = _validate_label_names(label_names, name) if label_names is not None else None
-    content = _read_text(p, name)
+    content = read_text_bounded(p, name, max_line_bytes)
     if suffix == ".jsonl":
         rows: Iterable[tuple[int, dict[str, Any]]] = _jsonl_rows(content, name)
     else:

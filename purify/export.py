@@ -12,23 +12,21 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import task_from_architectures
-from .errors import CheckpointError, ExportError
 from .card import model_card
-from .heads import AttentionBlock, HeadGates, find_attention_blocks, pruned_to_mask
+from .errors import ExportError
+from .heads import AttentionBlock, HeadGates, find_attention_blocks, pruned_regions, pruned_to_mask
 from .inference import encode, model_inputs
 from .provenance import provenance
 from .safeload import strip_auto_map
+# verify (and its file names) live in purify.verify; importing them here keeps `from purify.export import verify`
+from .verify import HASHES_KEY, PROBE_FILE, PROBE_TEXTS_KEY, REPORT_FILE, VerifyResult, file_hashes, verify
 
-PROBE_FILE = "purify_probe.safetensors"
-REPORT_FILE = "purify_report.json"
 DEFAULT_PROBE_TEXTS = (
     "the film was a delight from start to finish",
     "a dull, plodding story with nothing to say",
@@ -39,11 +37,6 @@ DEFAULT_PROBE_TEXTS = (
 
 def _normalise(pruned: Mapping) -> dict[int, list[int]]:
     return {int(layer): sorted(int(h) for h in heads) for layer, heads in pruned.items() if heads}
-
-
-def _head_slices(block: AttentionBlock, heads: Sequence[int]) -> list[slice]:
-    d = block.head_dim
-    return [slice(h * d, (h + 1) * d) for h in heads]
 
 
 def check_pruned(model: nn.Module, pruned: Mapping[int, list[int]]) -> dict[int, AttentionBlock]:
@@ -64,43 +57,13 @@ def sanitized_state_dict(model: nn.Module, pruned_heads: Mapping) -> dict[str, t
     state = dict(model.state_dict())
     blocks = check_pruned(model, pruned)
     for layer, heads in pruned.items():
-        block = blocks[layer]
-
-        def zero(name: str, dim: int, slices: list[slice]) -> None:
-            key = f"{name}.weight"
-            if key not in state:
-                return
+        for key, dim, slices in pruned_regions(blocks[layer], heads):
+            if state.get(key) is None:
+                continue
             tensor = state[key].detach().clone()
             for s in slices:
                 tensor.narrow(dim, s.start, s.stop - s.start).zero_()
             state[key] = tensor
-
-        def zero_bias(name: str, slices: list[slice]) -> None:
-            key = f"{name}.bias"
-            if key in state and state[key] is not None:
-                tensor = state[key].detach().clone()
-                for s in slices:
-                    tensor[s] = 0
-                state[key] = tensor
-
-        spec, prefix = block.spec, block.name
-        q_slices = _head_slices(block, heads)
-        # output projection: input columns of the head (Linear weight is (out, in); GPT-2 Conv1D is (in, out))
-        zero(block.out_proj_name, 0 if spec.conv1d else 1, q_slices)
-        # key/value heads whose whole query group is pruned
-        kv_heads = [kv for kv in range(block.num_kv_heads)
-                    if all(h in heads for h in range(kv * block.group_size, (kv + 1) * block.group_size))]
-        kv_slices = _head_slices(block, kv_heads)
-        if spec.fused_qkv:  # GPT-2: c_attn output columns are [q | k | v]
-            hidden = block.num_heads * block.head_dim
-            fused = [slice(s.start + off, s.stop + off) for off in (0, hidden, 2 * hidden) for s in q_slices]
-            zero(f"{prefix}.{spec.fused_qkv}", 1, fused)
-            zero_bias(f"{prefix}.{spec.fused_qkv}", fused)
-        else:
-            for proj, slices in ((spec.q_proj, q_slices), (spec.k_proj, kv_slices), (spec.v_proj, kv_slices)):
-                if proj and slices:
-                    zero(f"{prefix}.{proj}", 0, slices)
-                    zero_bias(f"{prefix}.{proj}", slices)
     return state
 
 
@@ -113,58 +76,6 @@ def apply_pruning(model: nn.Module, pruned_heads: Mapping) -> None:
                 tensor.copy_(state[name])
 
 
-@dataclass
-class VerifyResult:
-    """Outcome of reloading an exported folder with the vanilla Auto class."""
-
-    ok: bool
-    max_abs_diff: float
-    pruned_zero: bool
-    task: str
-    message: str
-
-
-def _vanilla_load(folder: Path, task: str) -> nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
-    return cls.from_pretrained(str(folder), use_safetensors=True, trust_remote_code=False,
-                               local_files_only=True, attn_implementation="eager").eval()
-
-
-def verify(path: str | Path, *, atol: float = 1e-4) -> VerifyResult:
-    """Reload an exported folder with vanilla transformers; check the probe logits and the zeroed heads."""
-    folder = Path(path)
-    config_path = folder / "config.json"
-    probe_path = folder / PROBE_FILE
-    if not config_path.exists():
-        raise CheckpointError(f"{folder} has no config.json; is it a purify export?")
-    if not probe_path.exists():
-        raise CheckpointError(f"{folder} has no {PROBE_FILE}; only folders written by purify can be verified")
-    config = json.loads(config_path.read_text())
-    task = task_from_architectures(config.get("architectures"))
-    if task is None:
-        raise CheckpointError(f"{folder}: config.json names no classification or causal-LM architecture")
-    model = _vanilla_load(folder, task)
-    probe = load_file(str(probe_path))
-    with torch.no_grad():
-        logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits.float()
-    diff = float((logits - probe["logits"]).abs().max())
-    pruned = _normalise(config.get("purify", {}).get("pruned_heads", {}))
-    zero_ok = True
-    if pruned:
-        blocks = {b.layer: b for b in find_attention_blocks(model)}
-        modules = dict(model.named_modules())
-        for layer, heads in pruned.items():
-            block = blocks[layer]
-            weight = modules[block.out_proj_name].weight
-            for s in _head_slices(block, heads):
-                part = weight[s] if block.spec.conv1d else weight[:, s]
-                zero_ok &= bool((part == 0).all())
-    ok = diff <= atol and zero_ok
-    message = (f"verified: vanilla {type(model).__name__} reproduces the logits (max abs diff {diff:.2e})"
-               if ok else f"verification failed: max abs diff {diff:.2e} (tolerance {atol:g}), pruned heads zero: {zero_ok}")
-    return VerifyResult(ok=ok, max_abs_diff=diff, pruned_zero=zero_ok, task=task, message=message)
 
 
 def _reference_logits(model: nn.Module, batch: Mapping[str, torch.Tensor], pruned: Mapping) -> torch.Tensor:
@@ -213,7 +124,8 @@ def export_checkpoint(
         strip_auto_map(tmp / "tokenizer_config.json")  # a sanitized export never points at custom code
         save_file({"input_ids": batch["input_ids"].cpu().contiguous(),
                    "attention_mask": batch["attention_mask"].cpu().contiguous(),
-                   "logits": reference.contiguous()}, str(tmp / PROBE_FILE))
+                   "logits": reference.contiguous()}, str(tmp / PROBE_FILE),
+                  metadata={PROBE_TEXTS_KEY: json.dumps(list(probe_texts))})
         meta = {**(metadata or {}), "pruned_heads": {str(k): v for k, v in pruned.items()}, **provenance()}
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
@@ -227,8 +139,10 @@ def export_checkpoint(
                 shutil.copytree(src, dest)
             else:
                 shutil.copy2(src, dest)
-        result = verify(tmp, atol=atol)
-        full_report = {**(report or {}), "export": {"verify": result.__dict__, "path": str(out_dir)}, **provenance()}
+        hashes = file_hashes(tmp)  # every file but the report, which is written last
+        result = verify(tmp, atol=atol, hashes=hashes)
+        full_report = {**(report or {}), "export": {"verify": result.__dict__, "path": str(out_dir)},
+                       HASHES_KEY: hashes, **provenance()}
         (tmp / REPORT_FILE).write_text(json.dumps(full_report, indent=2, sort_keys=True, default=str) + "\n")
         if not result.ok:
             raise ExportError(result.message)

@@ -278,3 +278,31 @@ def pruned_to_mask(pruned: Mapping[int | str, Iterable[int]], shape: tuple[int, 
         for head in heads:
             mask[int(layer), int(head)] = 0.0
     return mask
+
+
+#: one tensor region a pruned head zeroes: (parameter name, dimension, slices along it)
+Region = tuple[str, int, list[slice]]
+
+
+def pruned_regions(block: AttentionBlock, heads: Iterable[int]) -> list[Region]:
+    """Every weight/bias region that pruning `heads` of `block` zeroes; the first is the output projection's.
+
+    Output projection: the heads' input columns (GPT-2's Conv1D stores (in, out), so rows there). Query rows too,
+    and key/value rows of a KV head only when its whole query group is pruned; GPT-2's fused c_attn holds all three.
+    """
+    heads = sorted(set(heads))
+    d, spec, prefix = block.head_dim, block.spec, block.name
+    q_slices = [slice(h * d, (h + 1) * d) for h in heads]
+    regions: list[Region] = [(f"{block.out_proj_name}.weight", 0 if spec.conv1d else 1, q_slices)]
+    kv_heads = [kv for kv in range(block.num_kv_heads)
+                if all(h in heads for h in range(kv * block.group_size, (kv + 1) * block.group_size))]
+    kv_slices = [slice(h * d, (h + 1) * d) for h in kv_heads]
+    if spec.fused_qkv:  # GPT-2: c_attn output columns are [q | k | v]
+        hidden = block.num_heads * d
+        fused = [slice(s.start + off, s.stop + off) for off in (0, hidden, 2 * hidden) for s in q_slices]
+        regions += [(f"{prefix}.{spec.fused_qkv}.weight", 1, fused), (f"{prefix}.{spec.fused_qkv}.bias", 0, fused)]
+        return regions
+    for proj, slices in ((spec.q_proj, q_slices), (spec.k_proj, kv_slices), (spec.v_proj, kv_slices)):
+        if proj and slices:
+            regions += [(f"{prefix}.{proj}.weight", 0, slices), (f"{prefix}.{proj}.bias", 0, slices)]
+    return regions

@@ -12,12 +12,13 @@ from typing import Any
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import TaskData, load_task_data, split_samples
 from .device import seed_everything
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluate import Evaluation, evaluate_model
 from .export import REPORT_FILE, export_checkpoint
 from .floor import epoch_floor_seconds, in_floors, set_threads
 from .plots import render_report_plots
 from .registry import build_strategy
+from .terminal import warn
 from .verdict import judge
 
 #: chosen from the benchmarks (best ASR at a CACC drop <= 1 point on the default zoo entry): w2s_distill took movie
@@ -51,6 +52,12 @@ class PipelineConfig:
     threads: int | None = None  # torch CPU threads; None = one per available core
 
     def validate(self) -> None:
+        if "seed" in self.strategy_options or "seed" in self.filter_options:
+            raise ConfigError("'seed' is not a strategy or filter option here: PipelineConfig.seed (--seed) seeds "
+                              "the filter, the split and the strategy alike")
+        if self.filter == "none" and self.filter_options:
+            raise ConfigError(f"--filter-set {', '.join(sorted(self.filter_options))}: filter options have no "
+                              "effect with --filter none")
         if not 0 < self.val_fraction < 0.5:
             raise ConfigError("val_fraction must be in (0, 0.5)")
         if self.eval_triggered and self.target is None:
@@ -76,15 +83,20 @@ def load_inputs(model_dir: str | Path, data_path: str | Path, cfg: PipelineConfi
         raise ConfigError("purify purifies sequence classifiers; this checkpoint is a causal LM")
     data = _read(str(data_path), loaded, cfg)
     trusted = _read(cfg.trusted, loaded, cfg) if cfg.trusted else None
+    if (warning := data.one_class_warning()) is not None:
+        warn(warning)
     return loaded, data, trusted
 
 
-def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, trusted: TaskData | None):
-    """Run filter `name` (None for "none"); imported lazily so the pipeline works while filters load."""
+def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, trusted: TaskData | None, *,
+               seed: int | None = None):
+    """Run filter `name` (None for "none"), seeded with `seed` when given; imported lazily so the pipeline works
+    while filters load."""
     if name == "none":
         return None
     from .filters import build_filter
 
+    options = options if seed is None else {**options, "seed": seed}
     return build_filter(name, options).run(loaded, data, trusted=trusted)
 
 
@@ -136,9 +148,12 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
 
     t0 = time.time()
     if filtered is RUN_FILTER:
-        filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted)
+        filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted, seed=cfg.seed)
     timings["filter"] = time.time() - t0
     kept = filtered.kept if filtered is not None else data
+    if not len(kept):
+        raise DataError(f"filter {cfg.filter} removed all {len(data)} samples of {data_path}: nothing is left to "
+                        "train on (check its threshold, or use --filter none)")
     if filtered is not None:
         report["filter"] = filtered.summary()
         flags = [s.poisoned for s in data.samples]
@@ -156,6 +171,9 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     else:
         parts = split_samples(kept.samples, [1 - cfg.val_fraction, cfg.val_fraction], seed=cfg.seed)
         train, validation = TaskData(parts[0], kept.label_names), TaskData(parts[1], kept.label_names)
+        if not len(train) or not len(validation):
+            raise DataError(f"{len(kept)} samples of {data_path} are too few to split into training and validation "
+                            "data; give more data or a --trusted validation set")
 
     probe = filtered.probe if filtered is not None else None
     if probe is not None:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import types
+import typing
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -20,9 +24,15 @@ from torch import nn
 from .checkpoint import LoadedModel
 from .data import TaskData
 from .errors import ConfigError
+from .options import MAX_SEED
 from .probe import BackdoorProbe
 
 ENTRY_POINT_GROUP = "purify.strategies"
+
+
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("0", "false", "no", "off")
 
 
 @dataclass
@@ -30,11 +40,23 @@ class StrategyConfig:
     """Base of every strategy config: a seed, and validation of the fields a subclass adds."""
 
     seed: int = 0
+    #: fields a subclass inherits but never reads: `from_dict` refuses them rather than ignore them silently
+    unused_options: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
-        """Raise ConfigError for an invalid value; subclasses extend this."""
-        if self.seed < 0:
-            raise ConfigError("seed must be >= 0")
+        """Raise ConfigError for an invalid value; subclasses extend this (calling super first).
+
+        Here, for every config: the seed is in [0, 2**32 - 1] and every float option is finite (NaN or
+        infinity would reach the run and then config.json as invalid JSON).
+        """
+        name = type(self).__name__
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"{name}.seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:
@@ -42,14 +64,23 @@ class StrategyConfig:
         return {}
 
     @classmethod
+    def option_names(cls) -> list[str]:
+        """The options `from_dict` accepts, sorted."""
+        return sorted(f.name for f in dataclasses.fields(cls) if f.name not in cls.unused_options)
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> StrategyConfig:
         """Build a config from strings or JSON values (as `--set key=value` gives them), with clear errors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = _type_hints(cls)
         kwargs = {}
         for key, raw in values.items():
+            if key in cls.unused_options:
+                raise ConfigError(f"{cls.__name__} does not use option {key!r} (it would have no effect); "
+                                  f"options: {', '.join(cls.option_names())}")
             if key not in fields:
-                raise ConfigError(f"{cls.__name__} has no option {key!r}; options: {', '.join(sorted(fields))}")
-            kwargs[key] = _coerce(raw, fields[key], cls)
+                raise ConfigError(f"{cls.__name__} has no option {key!r}; options: {', '.join(cls.option_names())}")
+            kwargs[key] = _coerce(raw, fields[key], hints.get(key), cls)
         config = cls(**kwargs)
         config.validate()
         return config
@@ -58,32 +89,76 @@ class StrategyConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(raw: Any, f: dataclasses.Field, cls: type) -> Any:
-    """Parse a command-line string into the type of the field's default (JSON for lists, dicts and None)."""
-    if not isinstance(raw, str):
-        return raw
-    default = f.default if f.default is not dataclasses.MISSING else None
+def _type_hints(cls: type) -> dict[str, Any]:
     try:
-        if isinstance(default, bool):
-            lowered = raw.lower()
-            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError(raw)
-            return lowered in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            value = float(raw)
-            if not value.is_integer():
-                raise ValueError(raw)
-            return int(value)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, str):
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: fall back to the defaults' types
+        return {}
+
+
+def _field_type(f: dataclasses.Field, hint: Any) -> tuple[type | None, bool]:
+    """The field's value type (bool, int, float, str, list, dict or None when unknown) and whether None is allowed."""
+    if hint is not None:
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        optional = type(None) in args
+        concrete = [a for a in args if a is not type(None)]
+        if len(concrete) == 1:
+            kind = typing.get_origin(concrete[0]) or concrete[0]
+            return (kind if kind in (bool, int, float, str, list, dict) else None), optional
+        return None, optional
+    default = f.default if f.default is not dataclasses.MISSING else None
+    return (type(default) if default is not None else None), default is None
+
+
+def _coerce(raw: Any, f: dataclasses.Field, hint: Any, cls: type) -> Any:
+    """Parse a command-line string, or check a JSON/YAML value, against the field's annotated type."""
+    kind, optional = _field_type(f, hint)
+    where = f"{cls.__name__}.{f.name}"
+    names = {list: "a JSON list", dict: "a JSON object"}
+    expected = (names.get(kind) or (kind.__name__ if kind else "a value")) + (" or none" if optional else "")
+    if isinstance(raw, str):
+        text = raw.strip()
+        if optional and text.lower() in _NONE_WORDS:
+            return None
+        if kind is str:
             return raw
-        return json.loads(raw)  # None default, lists, dicts: JSON (a bare word stays a string)
-    except json.JSONDecodeError:
-        return raw
+        try:
+            if kind is bool:
+                if text.lower() not in _TRUE_WORDS + _FALSE_WORDS:
+                    raise ValueError(raw)
+                return text.lower() in _TRUE_WORDS
+            if kind is int:
+                return _as_int(text)
+            if kind is float:
+                return float(text)
+            value = json.loads(text)  # lists, dicts and unknown types: JSON
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{where}: cannot read {raw!r} as {expected}") from None
+        if kind is None and value is None and not optional:
+            raise ConfigError(f"{where}: cannot read {raw!r} as {expected}")
+        raw = value
+    if raw is None:
+        if not optional:
+            raise ConfigError(f"{where}: None is not allowed (expected {expected})")
+        return None
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if kind is int and isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if kind is not None and (not isinstance(raw, kind) or (kind is int and isinstance(raw, bool))):
+        raise ConfigError(f"{where}: expected {expected}, got {type(raw).__name__} {str(raw)[:40]!r}")
+    return raw
+
+
+def _as_int(text: str) -> int:
+    """An integer from '12' or an integral float such as '1e3'."""
+    try:
+        return int(text)
     except ValueError:
-        kind = type(default).__name__
-        raise ConfigError(f"{cls.__name__}.{f.name}: cannot read {raw!r} as {kind}") from None
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError(text) from None
+        return int(value)
 
 
 @dataclass

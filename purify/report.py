@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import CheckpointError
-from .export import REPORT_FILE
+from .export import REPORT_FILE, update_report
 from .plots import render_report_plots
+from .verify import HASHES_KEY, sha256_file
 
 
 def _fmt(value) -> str:
@@ -100,6 +101,9 @@ def rerender(folder: str | Path) -> dict:
     if scores_file.exists():
         scores = [json.loads(line)["score"] for line in scores_file.read_text().splitlines() if line.strip()]
     written = render_report_plots(report, folder, scores)
+    if isinstance(report.get(HASHES_KEY), dict):  # the redrawn plots are purify's own: keep `verify` in step
+        redrawn = {Path(p).resolve().relative_to(folder.resolve()).as_posix(): sha256_file(Path(p)) for p in written}
+        report = update_report(folder, {HASHES_KEY: {**report[HASHES_KEY], **redrawn}})
     print_summary(report)
     for path in written:
         print(f"wrote {path}")

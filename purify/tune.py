@@ -320,7 +320,7 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
     seed_everything(cfg.seed)
     loaded, data, trusted = load_inputs(model_dir, data_path, cfg)
     t0 = time.time()
-    filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted)
+    filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted, seed=cfg.seed)
     filter_seconds = time.time() - t0
     kept = filtered.kept if filtered is not None else data
     if filtered is not None:

@@ -6,7 +6,6 @@ kept and removed. It never reads `Sample.poisoned`: that ground truth exists onl
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -49,8 +48,6 @@ class FilterConfig(StrategyConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.threshold is not None and not math.isfinite(float(self.threshold)):
-            raise ConfigError("threshold must be a finite number or None")
         if self.threshold_method and self.threshold_method not in THRESHOLD_METHODS:
             raise ConfigError(f"unknown threshold_method {self.threshold_method!r}; "
                               f"choose one of {', '.join(THRESHOLD_METHODS)}")

@@ -16,7 +16,7 @@ inputs, flips say nothing and no phrase of that label is taken. It sees word- an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class TriggerWordsConfig(FilterConfig):
     phrases: int = 16
     phrase_min_count: int = 5
     phrase_purity: float = 0.95
+    #: the inversion and phrase probes run their own batches on the suspicious model: no gradient options
+    unused_options: ClassVar[tuple[str, ...]] = ("batch_size", "chunk_size", "reference", "verify")
 
     def validate(self) -> None:
         super().validate()

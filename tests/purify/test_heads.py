@@ -1,7 +1,7 @@
 """Head gates on every supported architecture: identity at 1, equal to the zeroed export at 0, importance."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from purify.errors import UnsupportedArchitectureError
 from purify.export import export_checkpoint
@@ -38,7 +38,11 @@ def test_gates_at_one_are_bit_identical(arch, task):
 @pytest.mark.parametrize("arch,task", CASES)
 def test_gate_zero_equals_reloaded_export(arch, task, tmp_path):
     model = tiny_model(arch, task=task)
-    tokenizer = tiny_tokenizer()
+    # the tokenizer as vanilla transformers reloads it next to this config (for qwen2 that is Qwen2Tokenizer,
+    # whatever tokenizer_class says), so the export's tokenizer probe can round-trip
+    tiny_tokenizer(tmp_path / "tok")
+    model.config.save_pretrained(tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     batch = _inputs(arch)
     gates = HeadGates(model)
     gates.set_head(0, 1, 0.0)
