@@ -15,6 +15,7 @@ from .device import seed_everything
 from .errors import ConfigError
 from .evaluate import evaluate_model
 from .export import REPORT_FILE, export_checkpoint
+from .outputs import check_run_destination, pause_point
 from .plots import render_report_plots
 from .registry import build_strategy
 
@@ -99,10 +100,12 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     before the plots are drawn, and `extra_files` are copied into the export folder.
     """
     cfg.validate()
+    check_run_destination(model_dir, data_path, out_dir, cfg)  # before any work: a bad --out costs nothing
     strategy = build_strategy(cfg.strategy, {**cfg.strategy_options, "seed": cfg.seed})
     timings: dict[str, float] = {}
     started = time.time()
     seed_everything(cfg.seed)
+    pause_point("load")
     loaded, data, trusted = load_inputs(model_dir, data_path, cfg)
     clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
     triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
@@ -144,6 +147,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
 
     t0 = time.time()
     log(f"[purify] strategy {cfg.strategy} on {len(train)} clean training and {len(validation)} validation samples")
+    pause_point("strategy")
     result = strategy.run(loaded, train, validation)
     timings["strategy"] = time.time() - t0
     report["result"] = result.summary()
@@ -156,7 +160,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         report["metrics"] = {"before": before.to_dict(), "after": after.to_dict()}
         log(f"[purify] after: CACC {after.cacc:.4f}" + (f", ASR {after.asr:.4f}" if after.asr is not None else ""))
 
-    with tempfile.TemporaryDirectory() as extra:
+    with result, tempfile.TemporaryDirectory() as extra:  # `result` deletes its temporary files on the way out
         extra_files = {**dict(result.files), **dict(extra_files or {})}
         extra_dir = Path(extra)
         scores = None
