@@ -118,6 +118,7 @@ def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work`
     else:
         strategy = build_strategy(cell.method, {**options, "seed": cell.seed})
         result = strategy.run(loaded, train, validation)
+        result.cleanup()  # a cell exports nothing: the strategy's temporary files can go now
         model = result.model
         pruned = sum(len(v) for v in result.pruned_heads.values())
         extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()},

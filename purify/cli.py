@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ConfigError, ExportError, PurifyError
 from .options import check_seed, parse_sets
+from .outputs import interrupt_message, reset_progress
 
 SUBCOMMANDS = ("run", "ls", "verify", "eval", "invert", "filter", "zoo", "demo", "report", "bench", "tune")
 
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted", help="trusted clean set (GradShield's probe)")
     p.add_argument("--seed", type=int, default=0, help="seed for the filter's random choices (default 0)")
     p.add_argument("--out", required=True, help="kept samples (.jsonl); scores and a histogram are written beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and the files beside it if they exist")
 
     p = sub.add_parser("zoo", help="build and inspect backdoored reference checkpoints")
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
@@ -305,6 +307,7 @@ def cmd_filter(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_task_data, write_jsonl
     from .filters import build_filter
+    from .outputs import atomic_files, check_output_files
     from .plots import filter_histogram
 
     options = {**parse_sets(args.set), "seed": args.seed}
@@ -315,20 +318,23 @@ def cmd_filter(args) -> int:
 
         args.method = DEFAULT_FILTER
     flt = build_filter(args.method, options)
+    out = Path(args.out)
+    stem = out.with_suffix("")
+    scores_path = Path(f"{stem}.scores.jsonl")
+    paths = [out, scores_path, Path(f"{stem}.hist.png"), Path(f"{stem}.filter.json")]
+    check_output_files(paths, [args.data, args.model, args.trusted], overwrite=args.overwrite)
     loaded = load_checkpoint(args.model)
     names = _model_label_names(args.model)
     data = load_task_data(args.data, label_names=names)
     trusted = load_task_data(args.trusted, label_names=names) if args.trusted else None
     result = flt.run(loaded, data, trusted=trusted)
-    out = Path(args.out)
-    write_jsonl(out, result.kept.samples, include_poisoned=False)
-    stem = out.with_suffix("")
-    scores_path = Path(f"{stem}.scores.jsonl")
-    with open(scores_path, "w") as fh:
-        for sample, score, flag in zip(data.samples, result.scores, result.flagged):
-            fh.write(json.dumps({"index": sample.index, "score": float(score), "removed": bool(flag)}) + "\n")
-    filter_histogram(result.scores, result.threshold, Path(f"{stem}.hist.png"), title=f"{args.method} scores")
-    Path(f"{stem}.filter.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    with atomic_files(paths) as (kept_tmp, scores_tmp, hist_tmp, summary_tmp):  # all four appear together
+        write_jsonl(kept_tmp, result.kept.samples, include_poisoned=False)
+        with open(scores_tmp, "w") as fh:
+            for sample, score, flag in zip(data.samples, result.scores, result.flagged):
+                fh.write(json.dumps({"index": sample.index, "score": float(score), "removed": bool(flag)}) + "\n")
+        filter_histogram(result.scores, result.threshold, hist_tmp, title=f"{args.method} scores")
+        summary_tmp.write_text(json.dumps(result.summary(), indent=2) + "\n")
     print(f"{args.method}: kept {len(result.kept)} of {len(data)} samples (threshold {result.threshold:.4g}, "
           f"{result.threshold_method}); wrote {out}, {scores_path}, {stem}.hist.png")
     return 0
@@ -353,8 +359,11 @@ def cmd_invert(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_task_data
     from .inversion import invert_triggers
+    from .outputs import atomic_files, check_output_files
     from .terminal import printable
 
+    if args.out:  # a result file, replaced if it exists; never one of the inputs
+        check_output_files([args.out], [args.model_dir, args.data], overwrite=True)
     loaded = load_checkpoint(args.model_dir, allow_pickle=args.allow_pickle)
     data = load_task_data(args.data, label_names=_model_label_names(args.model_dir))
     inversion = invert_triggers(loaded.model, loaded.tokenizer, data, samples=args.samples,
@@ -365,7 +374,8 @@ def cmd_invert(args) -> int:
         print(f"label {printable(data.label_names[r.target])} (base rate {100 * r.base_rate:.0f}%): {words}")
     print(f"suspected target: {printable(data.label_names[inversion.suspected_target])}")
     if args.out:
-        Path(args.out).write_text(json.dumps(inversion.summary(args.show), indent=2) + "\n")
+        with atomic_files([args.out]) as (tmp,):
+            tmp.write_text(json.dumps(inversion.summary(args.show), indent=2) + "\n")
     return 0
 
 
@@ -373,7 +383,10 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_task_data
     from .evaluate import evaluate_model
+    from .outputs import atomic_files, check_output_files
 
+    if args.out:  # a result file, replaced if it exists; never one of the inputs
+        check_output_files([args.out], [args.model_dir, args.clean, args.triggered], overwrite=True)
     loaded = load_checkpoint(args.model_dir, allow_pickle=args.allow_pickle)
     names = _model_label_names(args.model_dir)
     clean = load_task_data(args.clean, label_names=names)
@@ -394,7 +407,8 @@ def cmd_eval(args) -> int:
                  f"{ev.clean_target_rate:.4f} without the trigger)")
     print(line)
     if args.out:
-        Path(args.out).write_text(json.dumps(ev.to_dict(), indent=2) + "\n")
+        with atomic_files([args.out]) as (tmp,):
+            tmp.write_text(json.dumps(ev.to_dict(), indent=2) + "\n")
     return 0
 
 
@@ -474,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         print(f"purify: error: `purify {args.command}` is not available in this version", file=sys.stderr)
         return 2
+    reset_progress()
     try:
         check_seed(args)
         return handler(args)
@@ -487,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"purify: interrupted; the study is kept in {Path(args.out) / 'tune_study.db'}: rerun the same "
                   "command to resume it", file=sys.stderr)
         else:
-            print("purify: interrupted; nothing was written at the destination", file=sys.stderr)
+            print(f"purify: interrupted; {interrupt_message()}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os._exit(0)

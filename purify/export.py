@@ -3,14 +3,14 @@
 A pruned head's columns of the attention output projection are zeroed (the same function as gate 0), and its
 query/key/value rows too where that changes nothing else (with grouped-query attention a key/value head only
 when its whole group is pruned). Shapes are kept, so the checkpoint loads anywhere. The folder is written to a
-temporary sibling, verified, then renamed: on any failure nothing is left at the destination.
+temporary sibling, verified, then swapped in with renames (purify/outputs.py): on any failure the destination
+holds the old export or the new one, whole.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from .card import model_card
 from .errors import ExportError
 from .heads import AttentionBlock, HeadGates, find_attention_blocks, pruned_regions, pruned_to_mask
 from .inference import encode, model_inputs
+from .outputs import check_replaceable, collect_stale, pause_point, staged_folder, swap_into_place
 from .provenance import provenance
 from .safeload import strip_auto_map
 # verify (and its file names) live in purify.verify; importing them here keeps `from purify.export import verify`
@@ -109,13 +110,14 @@ def export_checkpoint(
     must reproduce); `metadata` becomes the ``purify`` block of config.json.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    if out_dir.parent.is_dir():
+        collect_stale(out_dir.parent)  # what killed exports left beside it: an old export moved aside goes back
+    check_replaceable(out_dir, overwrite)
     pruned = _normalise(pruned_heads or {})
     check_pruned(model, pruned)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_folder(out_dir) as stage:
+        tmp = stage.staged
         batch = model_inputs(model, encode(tokenizer, list(probe_texts)))
         reference = _reference_logits(model, batch, pruned)
         state = sanitized_state_dict(model, pruned)
@@ -139,6 +141,7 @@ def export_checkpoint(
                 shutil.copytree(src, dest)
             else:
                 shutil.copy2(src, dest)
+        pause_point("staging")
         hashes = file_hashes(tmp)  # every file but the report, which is written last
         result = verify(tmp, atol=atol, hashes=hashes)
         full_report = {**(report or {}), "export": {"verify": result.__dict__, "path": str(out_dir)},
@@ -146,13 +149,8 @@ def export_checkpoint(
         (tmp / REPORT_FILE).write_text(json.dumps(full_report, indent=2, sort_keys=True, default=str) + "\n")
         if not result.ok:
             raise ExportError(result.message)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        swap_into_place(stage)  # old -> aside, new -> out_dir, old deleted: the old or the new export is whole
         return result
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def update_report(folder: str | Path, updates: Mapping) -> dict:

@@ -16,6 +16,7 @@ from .errors import ConfigError, DataError
 from .evaluate import Evaluation, evaluate_model
 from .export import REPORT_FILE, export_checkpoint
 from .floor import epoch_floor_seconds, in_floors, set_threads
+from .outputs import check_run_destination, pause_point
 from .plots import render_report_plots
 from .registry import build_strategy
 from .terminal import warn
@@ -124,10 +125,12 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     before the plots are drawn, and `extra_files` are copied into the export folder.
     """
     cfg.validate()
+    check_run_destination(model_dir, data_path, out_dir, cfg)  # before any work: a bad --out costs nothing
     strategy = build_strategy(cfg.strategy, {**cfg.strategy_options, "seed": cfg.seed})
     timings: dict[str, float] = {}
     started = time.time()
     seed_everything(cfg.seed)
+    pause_point("load")
     loaded, data, trusted = load_inputs(model_dir, data_path, cfg)
     clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
     triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
@@ -182,6 +185,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         log(f"[purify] backdoor probe ({probe.source}): {probe.describe(kept.label_names)}")
     t0 = time.time()
     log(f"[purify] strategy {cfg.strategy} on {len(train)} clean training and {len(validation)} validation samples")
+    pause_point("strategy")
     result = strategy.run(loaded, train, validation, probe=probe)
     timings["strategy"] = time.time() - t0
     report["result"] = result.summary()
@@ -200,7 +204,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     report["verdict"] = verdict.to_dict()
     log(f"[purify] {'WARNING: ' if verdict.survived else ''}verdict {verdict.status}: {verdict.evidence}")
 
-    with tempfile.TemporaryDirectory() as extra:
+    with result, tempfile.TemporaryDirectory() as extra:  # `result` deletes its temporary files on the way out
         extra_files = {**dict(result.files), **dict(extra_files or {})}
         extra_dir = Path(extra)
         scores = None

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import numbers
+import tempfile
 import types
 import typing
 import warnings
@@ -174,6 +175,19 @@ class StrategyResult:
     final_val_accuracy: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # name in the export folder -> local path to copy there
+    #: temporary folders holding `files`: deleted by `cleanup()`, or when the result is garbage-collected
+    scratch: list[tempfile.TemporaryDirectory] = field(default_factory=list, repr=False)
+
+    def cleanup(self) -> None:
+        """Delete the temporary folders behind `files` (once they are copied into an export)."""
+        while self.scratch:
+            self.scratch.pop().cleanup()
+
+    def __enter__(self) -> StrategyResult:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
 
     def summary(self) -> dict:
         """JSON-able record for the report."""

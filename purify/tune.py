@@ -44,6 +44,7 @@ from .device import seed_everything
 from .errors import ConfigError, PurifyError
 from .export import REPORT_FILE
 from .inference import predict
+from .outputs import check_run_destination
 from .pipeline import PipelineConfig, load_inputs, run_filter, run_pipeline
 from .registry import StrategyConfig, build_strategy, get_strategy
 
@@ -315,6 +316,8 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
                           + (f" (pinned with --set: {', '.join(pinned)})" if pinned else " (empty search space)"))
     out = Path(out_dir)
     _check_run_folder(out, cfg.overwrite)  # created once the canary is planted: a failed canary leaves nothing
+    # not an input, writable, and (the study may resume in it) never a folder purify did not write
+    check_run_destination(model_dir, data_path, out, dataclasses.replace(cfg, overwrite=True))
 
     # 1. data and canary
     seed_everything(cfg.seed)
@@ -429,6 +432,7 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             log(f"[purify] tune trial {trial.number} failed: {type(exc).__name__}: {exc}")
             raise
+        result.cleanup()  # a trial exports nothing: the strategy's temporary files can go now
         cacc = float(np.mean(predict(result.model, tokenizer, canary.clean_eval.texts)
                              == np.asarray(canary.clean_eval.labels)))
         drop = 100.0 * (canary.cacc - cacc)

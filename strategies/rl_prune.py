@@ -419,16 +419,23 @@ class RLPrune(PruningStrategy):
         self._order: list[tuple[int, int]] = []
         self._facts: dict = {}
         self._policy_path: Path | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None  # holds the policy; the result takes it over
 
     def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
             probe: BackdoorProbe | None = None) -> StrategyResult:
         self._validation = validation
         try:
             result = super().fit(loaded, train, validation, probe=probe)
+        except BaseException:
+            if self._scratch is not None:
+                self._scratch.cleanup()
+            raise
         finally:
             self._validation = None
-        if self._policy_path is not None:
+            scratch, self._scratch = self._scratch, None
+        if self._policy_path is not None and scratch is not None:
             result.files = {**result.files, "rl_policy.zip": str(self._policy_path)}
+            result.scratch.append(scratch)
         return result
 
     def _rl_evaluator(self, gates: HeadGates, tokenizer, evaluate: MaskEvaluator) -> MaskEvaluator:
@@ -461,8 +468,10 @@ class RLPrune(PruningStrategy):
             greedy_env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)
             self._order, reason = rollout(model, greedy_env, cfg.seed)
         seconds = time.perf_counter() - started
-        folder = Path(tempfile.mkdtemp(prefix="purify-rl-policy-"))
-        self._policy_path = folder / "rl_policy.zip"
+        if self._scratch is not None:  # a second fit on this object: the first policy folder is not needed
+            self._scratch.cleanup()
+        self._scratch = tempfile.TemporaryDirectory(prefix="purify-rl-policy-")
+        self._policy_path = Path(self._scratch.name) / "rl_policy.zip"
         model.save(self._policy_path)
         self._facts = {
             "rl_training": {

@@ -463,10 +463,15 @@ class W2SDistill(Strategy):
             tap.remove()
             if teacher is not None:
                 teacher.tap.remove()
-        adapter_dir = tempfile.mkdtemp(prefix="purify-w2s-lora-")
-        peft_model.save_pretrained(adapter_dir)
-        merged = peft_model.merge_and_unload().eval()
-        final = accuracy_on(merged, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
+        scratch = tempfile.TemporaryDirectory(prefix="purify-w2s-lora-")  # handed to the result, which deletes it
+        try:
+            adapter_dir = scratch.name
+            peft_model.save_pretrained(adapter_dir)
+            merged = peft_model.merge_and_unload().eval()
+            final = accuracy_on(merged, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
+        except BaseException:
+            scratch.cleanup()
+            raise
         conflicts = [h["conflict_fraction"] for h in history if "conflict_fraction" in h]
         kept = next(h for h in history if h["epoch"] == best)  # its flip rates were measured on these weights
         extras = {
@@ -496,7 +501,8 @@ class W2SDistill(Strategy):
                               "validation": round(sum(h["validation_seconds"] for h in history), 1)},
         }
         return StrategyResult(model=merged, trajectory=history, baseline_val_accuracy=baseline,
-                              final_val_accuracy=final, extras=extras, files={"lora_adapter": adapter_dir})
+                              final_val_accuracy=final, extras=extras, files={"lora_adapter": adapter_dir},
+                              scratch=[scratch])
 
     def _backdoor_probe(self, student: nn.Module, tokenizer, train: TaskData,
                         probe: BackdoorProbe | None) -> BackdoorProbe | None:

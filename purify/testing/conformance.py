@@ -30,6 +30,7 @@ def _run(name: str, seed: int = 0, arch: str = "bert") -> tuple[StrategyResult, 
     loaded, task = tiny_backdoored(arch)
     strategy = build_strategy(name, {**entry.strategy_cls.fast_options, "seed": seed})
     result = strategy.run(loaded, task.clean_train, task.validation)
+    result.cleanup()  # the checks below export no strategy files
     return result, loaded, task
 
 
