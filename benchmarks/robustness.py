@@ -1,11 +1,13 @@
 """Hostile inputs against the `purify` command line, each case in its own process, tallied into one table.
 
-    python benchmarks/robustness.py [--interrupts benchmarks/interrupts.json] [--out benchmarks/robustness.md]
+    python benchmarks/robustness.py [--subprocess] [--interrupts benchmarks/interrupts.json] [--out FILE]
 
 Every case of the probe kit (`purify.testing.hostile.all_cases()`: outputs, loading, inputs) lays out its files in
-a fresh folder and runs `python -m purify.cli ...` there. A case is refused cleanly when it exits 2 and the last line
-of stderr is one `purify: error: ...` line; a traceback is any "Traceback (most recent call last)" on stderr; data
-lost is any protected input whose bytes changed or vanished. The interrupt rows come from the JSON that
+a fresh folder and runs its `purify` command there: through `purify.cli.main` in this process (an exception that
+escapes main is a traceback), or with `--subprocess` as `python -m purify.cli ...` in its own process (a traceback
+is any "Traceback (most recent call last)" on stderr; about 5 s more per case for the imports). A case is refused
+cleanly when it exits 2 and the last line of stderr is one `purify: error: ...` line; data lost is any protected
+input whose bytes changed or vanished. The interrupt rows come from the JSON that
 `benchmarks/interrupts.py --json` writes (SIGINT and SIGKILL at each stage of a real run, the overwrite swap
 included).
 """
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from purify.provenance import git_hash  # noqa: E402
-from purify.testing.hostile import AREAS, Case, Outcome, all_cases, fingerprint, lost_files  # noqa: E402
+from purify.testing.hostile import AREAS, Case, Outcome, all_cases, fingerprint, lost_files, run_case  # noqa: E402
 
 CASE_TIMEOUT = 300
 INTERRUPT_COLUMNS = ("stage", "signal", "destination", "after_collection", "inputs_intact", "next_export_ok", "ok")
@@ -53,7 +55,14 @@ def area_of(case: Case, areas: dict[str, set[str]]) -> str:
     return next((area for area, names in areas.items() if case.name in names), "?")
 
 
-def run_all() -> list[dict]:
+def run_here(case: Case, tmp: Path) -> tuple[Outcome, float]:
+    """`case` through `purify.cli.main` in this process; (outcome, seconds)."""
+    started = time.perf_counter()
+    outcome = run_case(case, tmp)
+    return outcome, time.perf_counter() - started
+
+
+def run_all(runner=run_here) -> list[dict]:
     """One row per case: area, name, expectation, exit code, one-line refusal, traceback, data lost, pass."""
     import importlib
 
@@ -61,7 +70,7 @@ def run_all() -> list[dict]:
     rows = []
     for case in all_cases():
         with tempfile.TemporaryDirectory(prefix="purify-robustness-") as tmp:
-            outcome, seconds = run_in_process(case, Path(tmp))
+            outcome, seconds = runner(case, Path(tmp))
         last = next((line for line in reversed(outcome.stderr.strip().splitlines()) if line.strip()), "")
         rows.append({"area": area_of(case, areas), "case": case.name, "expect": case.expect,
                      "exit_code": outcome.exit_code, "traceback": outcome.traceback, "lost": outcome.lost,
@@ -72,10 +81,13 @@ def run_all() -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], interrupts: list[dict] | None, command: str) -> str:
+def markdown(rows: list[dict], interrupts: list[dict] | None, command: str, subprocess_mode: bool) -> str:
     """The summary table per area, the failures in full, and the interrupt rows."""
+    mode = ("Each case ran as `python -m purify.cli` in its own process." if subprocess_mode else
+            "Each case ran through `purify.cli.main` in one process (an exception escaping main counts as a "
+            "traceback).")
     lines = [f"# Robustness: hostile inputs and interrupts\n\nProduced by:\n\n    {command}\n\n"
-             f"git {git_hash()}. Each case runs `python -m purify.cli` in its own process.\n",
+             f"git {git_hash()}. {mode}\n",
              "| area | cases | expected to be refused | refused with a one-line error | ran as expected (ok cases) "
              "| tracebacks | data lost | passed |", "|---|---|---|---|---|---|---|---|"]
     for area in [*AREAS, "all"]:
@@ -105,13 +117,14 @@ def main() -> int:
     parser.add_argument("--interrupts", type=Path, help="the JSON written by benchmarks/interrupts.py --json")
     parser.add_argument("--out", type=Path, help="write the markdown here (printed either way)")
     parser.add_argument("--json", type=Path, help="also write every case's row as JSON here")
+    parser.add_argument("--subprocess", action="store_true", help="run each case as its own `python -m purify.cli`")
     args = parser.parse_args()
-    rows = run_all()
+    rows = run_all(run_in_process if args.subprocess else run_here)
     interrupts = json.loads(args.interrupts.read_text()) if args.interrupts else None
     if isinstance(interrupts, dict):
         interrupts = interrupts.get("rows")
     command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:])
-    text = markdown(rows, interrupts, command)
+    text = markdown(rows, interrupts, command, args.subprocess)
     print(text)
     if args.out:
         args.out.write_text(text)
