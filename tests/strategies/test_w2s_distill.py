@@ -274,20 +274,12 @@ def test_self_target_replaces_exactly_the_perturbed_rows():
     assert torch.equal(teacher_logits, torch.full((5, 2), 7.0))  # the teacher's tensor is left alone
 
 
-def test_self_target_unlearns_the_tiny_backdoor():
+@pytest.mark.parametrize("target", ["self", "original"])
+def test_perturbed_targets_unlearn_the_tiny_backdoor(target):
+    """"self": the student's own output on the clean text; "original": the suspicious model's, cached once."""
     loaded, task = tiny_backdoored()
     before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
-    result, loaded, task = _run({"perturbed_target": "self"})
-    after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
-    assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
-    assert after.cacc >= before.cacc - 0.05
-
-
-def test_original_target_unlearns_the_tiny_backdoor_and_keeps_clean_accuracy():
-    """perturbed_target="original": inserted triggers are pulled to the suspicious model's own clean-text output."""
-    loaded, task = tiny_backdoored()
-    before = evaluate_model(loaded.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
-    result, loaded, task = _run({"perturbed_target": "original"})
+    result, loaded, task = _run({"perturbed_target": target})
     after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
     assert after.asr < 0.5 * before.asr, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
     assert after.cacc >= before.cacc - 0.05
