@@ -228,6 +228,27 @@ def data_filter_removes_all(tmp: Path) -> list[str]:
 
 
 _EXPORT = ("export",)
+#: valid JSON lines of the wrong shape: each must be refused with its file and line
+_BAD_ROWS = ('[1, 2]', '"just a string"', '{"text": 5, "label": 1}', '{"text": null, "label": 0}',
+             '{"text": "good film", "label": [1]}', '{"text": "good film"}', '{"label": 1}',
+             '{"text": "good film", "label": 1.5}')
+
+
+def _fuzzed_data(seed: int):
+    """A data file whose line 3 is seeded random bytes (even seeds) or a JSON row of the wrong shape (odd)."""
+    import random
+
+    def build(tmp: Path) -> list[str]:
+        model, data = _model_and_data(tmp)
+        lines = data.read_bytes().splitlines(keepends=True)
+        rng = random.Random(seed)
+        bad = (bytes(rng.randrange(256) for _ in range(rng.randint(1, 300))).replace(b"\n", b"\xff") if seed % 2 == 0
+               else _BAD_ROWS[(seed // 2) % len(_BAD_ROWS)].encode())
+        data.write_bytes(b"".join(lines[:2]) + bad + b"\n" + b"".join(lines[2:]))
+        return ["run", str(model), "--data", str(data), "--out", str(tmp / "out"), *FAST]
+    return build
+
+
 _INPUTS = ("model", "data.jsonl")
 
 CASES: list[Case] = [
@@ -288,4 +309,5 @@ CASES: list[Case] = [
     Case("data_one_class_runs_with_warning", data_one_class, expect="ok", protected=_INPUTS),
     Case("data_filter_removes_every_sample", data_filter_removes_all, protected=_INPUTS,
          mentions="removed all 16 samples"),
+    *[Case(f"data_fuzz_{seed:02d}", _fuzzed_data(seed), protected=_INPUTS, mentions="line 3") for seed in range(16)],
 ]
