@@ -16,8 +16,9 @@ import numpy as np
 from torch import nn
 
 from .data import TaskData
+from .errors import DataError
 from .inference import MAX_LENGTH, predict
-from .inversion import MAX_BASE_RATE, TriggerInversion, insert_words, word_sequence
+from .inversion import MAX_BASE_RATE, TriggerInversion, insert_words, invert_triggers, word_sequence
 
 #: a candidate flipping at least this share of other-label samples is taken as a trigger (the filter's min_rate)
 TRIGGER_RATE = 0.9
@@ -160,6 +161,34 @@ class BackdoorProbe:
         shown = ", ".join(f"{c.text!r} ({c.flip_rate:.0%})" for c in self.triggers[:5])
         more = f" and {len(self.triggers) - 5} more" if len(self.triggers) > 5 else ""
         return f"triggers {shown}{more} send other labels to {name!s}"
+
+
+def probe_or_invert(model: nn.Module, tokenizer, train: TaskData, probe: BackdoorProbe | None, *, source: str,
+                    candidates: int, keep: int, seed: int, max_length: int = MAX_LENGTH,
+                    min_rate: float = TRIGGER_RATE) -> BackdoorProbe:
+    """The run's probe when the pipeline has one (its filter already inverted and mined triggers), else a trigger
+    inversion of `model` on the clean training data, so that a strategy run on its own still knows the trigger."""
+    if probe is not None:
+        return probe
+    inversion = invert_triggers(model, tokenizer, train, candidates=candidates, keep=keep, seed=seed,
+                                max_length=max_length, progress="trigger inversion")
+    return BackdoorProbe.from_inversion(inversion, source=source, min_rate=min_rate)
+
+
+def without_carriers(data: TaskData, probe: BackdoorProbe | None, rate: float | None) -> tuple[TaskData, dict]:
+    """`data` less its target-label samples holding a trigger that flips at least `rate`; (kept, what was dropped).
+
+    Such a sample is a poisoned one the filter missed and would teach the backdoor again; in a validation split
+    it would reward the epoch that keeps the backdoor. None for `probe` or `rate` keeps everything.
+    """
+    if probe is None or rate is None:
+        return data, {"words": [], "samples": 0}
+    words = [c.text for c in probe.triggers if c.flip_rate >= rate]
+    keep = np.flatnonzero(probe.carrier_rates(data) < rate).tolist()
+    if not keep:
+        raise DataError("every sample contains a confirmed trigger; nothing clean is left")
+    dropped = {"words": words, "target": probe.target, "samples": len(data) - len(keep)}
+    return (data.subset(keep) if dropped["samples"] else data), dropped
 
 
 def _row(c: TriggerCandidate) -> dict:

@@ -36,6 +36,33 @@ _TRUE_WORDS = ("1", "true", "yes", "on")
 _FALSE_WORDS = ("0", "false", "no", "off")
 
 
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, choices: tuple | None = None) -> Any:
+    """A config field that declares its help and bounds (peft-style metadata), checked by `validate` in one place:
+    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes when the default is None."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
+                                            "choices": choices})
+
+
+def _check_declared(config: Any, f: dataclasses.Field) -> None:
+    """Raise ConfigError when `f`'s value breaks the bounds or choices its metadata declares."""
+    meta, value, where = f.metadata, getattr(config, f.name), f"{type(config).__name__}.{f.name}"
+    if value is None and f.default is None:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is None and high is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    below = value <= low if (low is not None and meta.get("low_open")) else (low is not None and value < low)
+    if below or (high is not None and value > high):
+        lo = "" if low is None else f"{'>' if meta.get('low_open') else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        raise ConfigError(f"{where} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
+
+
 @dataclass
 class StrategyConfig:
     """Base of every strategy config: a seed, and validation of the fields a subclass adds."""
@@ -58,11 +85,18 @@ class StrategyConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
+            if "help" in f.metadata:
+                _check_declared(self, f)
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:
         """Knobs `purify tune` may search, as {field: {"type": "int"|"float"|"categorical", ...}}."""
         return {}
+
+    @classmethod
+    def option_help(cls) -> dict[str, str]:
+        """Each declared option's help text (fields made with `option`)."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -78,11 +78,15 @@ def train_classifier(
     val: tuple[Sequence[str], Sequence[int]] | None = None,
     parameters: Iterable[nn.Parameter] | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    loss_fn: Callable[[nn.Module, np.ndarray], torch.Tensor] | None = None,
+    epoch_metrics: Callable[[nn.Module], dict] | None = None,
     description: str = "fine-tuning",
 ) -> TrainResult:
     """Fine-tune `model` on (texts, labels); optionally only `parameters`, plus a regulariser `extra_loss(model)`.
 
-    With `val` and ``config.keep_best`` the weights of the best validation epoch are restored at the end.
+    `loss_fn(model, indices)` replaces the cross-entropy of a batch (the rows `indices` of `texts`) for strategies
+    whose objective is more than the labels; `epoch_metrics(model)` adds figures to each epoch's record. With `val` and ``config.keep_best`` the weights of the best
+    validation epoch are restored at the end.
     """
     seed_everything(config.seed)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
@@ -106,9 +110,12 @@ def train_classifier(
         losses = []
         batches = length_bucketed_batches(lengths, config.batch_size, rng)
         for idx in track(batches, description=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(batches)):
-            batch = labelled_batch(model, tokenizer, [texts[i] for i in idx], [labels[i] for i in idx],
-                                   config.max_length)
-            loss = model(**batch).loss
+            if loss_fn is not None:
+                loss = loss_fn(model, idx)
+            else:
+                batch = labelled_batch(model, tokenizer, [texts[i] for i in idx], [labels[i] for i in idx],
+                                       config.max_length)
+                loss = model(**batch).loss
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             optimizer.zero_grad(set_to_none=True)
@@ -120,6 +127,8 @@ def train_classifier(
             losses.append(float(loss.detach()))
         model.eval()
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        if epoch_metrics is not None:
+            record.update(epoch_metrics(model))
         if val is not None:
             record["val_accuracy"] = accuracy_on(model, tokenizer, val[0], val[1], max_length=config.max_length)
             if not (record["val_accuracy"] <= result.best_val_accuracy):  # also true while best is NaN

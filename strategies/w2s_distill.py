@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from purify.probe import TRIGGER_RATE, BackdoorProbe
+from purify.probe import TRIGGER_RATE, BackdoorProbe, probe_or_invert, without_carriers
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict, predict_logits
-from purify.inversion import insert_words, insertion_vocabulary, invert_triggers, predict_inserted
+from purify.inversion import insert_words, insertion_vocabulary, predict_inserted
 from purify.lora import lora_target_modules
 from purify.progress import track
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
@@ -420,8 +420,8 @@ class W2SDistill(Strategy):
         words = insertion_vocabulary(tokenizer)
         backdoor = self._backdoor_probe(student, tokenizer, train, probe)
         inversion_seconds = time.time() - started
-        train, dropped = self._drop_triggered(train, backdoor)
-        validation, dropped_val = self._drop_triggered(validation, backdoor)  # else it rewards the backdoor
+        train, dropped = without_carriers(train, backdoor, cfg.drop_trigger_rate)
+        validation, dropped_val = without_carriers(validation, backdoor, cfg.drop_trigger_rate)
         dropped["validation_samples"] = dropped_val["samples"]
         flip_texts = validation.subset(range(min(len(validation), FLIP_PROBE_SAMPLES))).texts
         flip_words = max(1, cfg.augment_words)
@@ -506,35 +506,14 @@ class W2SDistill(Strategy):
 
     def _backdoor_probe(self, student: nn.Module, tokenizer, train: TaskData,
                         probe: BackdoorProbe | None) -> BackdoorProbe | None:
-        """The run's probe when the pipeline has one (its filter already inverted and mined triggers), else a
-        trigger inversion on the clean training data; None when the augmentation uses no inverted words."""
+        """The run's probe, else a trigger inversion on the clean training data; None when the augmentation
+        uses no inverted words."""
         cfg = self.config
         if not cfg.uses_teacher or cfg.augment_prob <= 0 or cfg.augment_words < 1 or cfg.inverted_share <= 0:
             return None
-        if probe is not None:
-            return probe
-        inversion = invert_triggers(student, tokenizer, train, candidates=cfg.inversion_candidates,
-                                    keep=cfg.inversion_words, seed=cfg.seed, max_length=cfg.max_length,
-                                    progress="trigger inversion")
-        return BackdoorProbe.from_inversion(inversion, source="w2s_distill:inversion",
-                                            min_rate=cfg.drop_trigger_rate or TRIGGER_RATE)
-
-    def _drop_triggered(self, train: TaskData, backdoor: BackdoorProbe | None) -> tuple[TaskData, dict]:
-        """Leave out target-label samples that contain an inverted trigger word; (kept data, what was dropped).
-
-        Applied to the validation split as well: a poisoned validation sample would reward the epoch that keeps
-        the backdoor when the best epoch is chosen.
-        """
-        cfg = self.config
-        if backdoor is None or cfg.drop_trigger_rate is None:
-            return train, {"words": [], "samples": 0}
-        words = [c.text for c in backdoor.triggers if c.flip_rate >= cfg.drop_trigger_rate]
-        target = backdoor.target
-        keep = np.flatnonzero(backdoor.carrier_rates(train) < cfg.drop_trigger_rate).tolist()
-        if not keep:
-            raise DataError("every sample contains an inverted trigger word; nothing clean is left")
-        dropped = {"words": words, "target": target, "samples": len(train) - len(keep)}
-        return (train.subset(keep) if dropped["samples"] else train), dropped
+        return probe_or_invert(student, tokenizer, train, probe, source="w2s_distill:inversion",
+                               candidates=cfg.inversion_candidates, keep=cfg.inversion_words, seed=cfg.seed,
+                               max_length=cfg.max_length, min_rate=cfg.drop_trigger_rate or TRIGGER_RATE)
 
     def _load_teacher(self, loaded: LoadedModel, train: TaskData, validation: TaskData,
                       student_is_decoder: bool) -> tuple[_Teacher, dict]:

@@ -1,0 +1,113 @@
+"""A universal latent perturbation: one shift of a layer's hidden states that stands in for an unspellable trigger.
+
+A sentence, syntax or style trigger cannot be found by inserting words, but inside the model it still acts as a
+feature added to the hidden states. Following latent adversarial unlearning (BEEAR, EMNLP 2024), a single vector
+added to every token's input of one transformer layer is trained to send clean samples to the suspected target
+label (or, with no target, as far as possible from the model's clean answers); a defence then fine-tunes the
+model to answer as it did on clean text while the shift is applied.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .heads import find_attention_blocks
+
+
+def layer_module(model: nn.Module, fraction: float) -> tuple[int, nn.Module]:
+    """The transformer layer at `fraction` of the depth (0 = first, 1 = last), and its index."""
+    blocks = find_attention_blocks(model)
+    index = min(len(blocks) - 1, max(0, round(fraction * (len(blocks) - 1))))
+    parent = blocks[index].name.rsplit(".", 1)[0]  # the attention block's layer
+    return index, model.get_submodule(parent)
+
+
+class LatentShift:
+    """A trainable vector added to every token of one layer's input; its norm is at most `radius` times the
+    mean token norm measured there on clean inputs (so the bound means the same across architectures)."""
+
+    def __init__(self, model: nn.Module, *, fraction: float, radius: float, lr: float) -> None:
+        if not 0 <= fraction <= 1:
+            raise ConfigError(f"latent layer fraction must be in [0, 1], got {fraction}")
+        self.layer, self.module = layer_module(model, fraction)
+        hidden = _hidden_size(model)
+        device = next(model.parameters()).device
+        self.delta = torch.zeros(hidden, device=device, requires_grad=True)
+        self.radius, self.lr = radius, lr
+        self.scale: float | None = None  # mean token norm at the layer input, set by `calibrate`
+        self._active = False
+        self._seen: list[float] = []
+        self._handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if hidden is None:
+            return None
+        if self.scale is None:
+            self._seen.append(float(hidden.detach().norm(dim=-1).mean()))
+        if not self._active:
+            return None
+        shifted = hidden + self.delta.to(hidden.dtype)
+        if args:
+            return (shifted, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": shifted}
+
+    def calibrate(self, run_clean: callable) -> float:
+        """Measure the layer's mean token norm with one clean forward (`run_clean()`), once."""
+        if self.scale is None:
+            with torch.no_grad():
+                run_clean()
+            self.scale = sum(self._seen) / len(self._seen) if self._seen else 1.0
+        return self.scale
+
+    @property
+    def bound(self) -> float:
+        return self.radius * (self.scale or 1.0)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Forwards inside this block see the shift."""
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+
+    def ascend(self, objective: torch.Tensor) -> float:
+        """One normalised gradient-ascent step of the shift on `objective` (no model gradient is touched), then
+        projection back onto the norm ball; the objective's value."""
+        (grad,) = torch.autograd.grad(objective, [self.delta])
+        with torch.no_grad():
+            norm = grad.norm()
+            if norm > 0:
+                self.delta += self.lr * self.bound * grad / norm
+            length = self.delta.norm()
+            if length > self.bound:
+                self.delta *= self.bound / length
+        return float(objective.detach())
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def shift_objective(logits: torch.Tensor, anchor: torch.Tensor, target: int | None) -> torch.Tensor:
+    """What the shift maximises: the log-probability of `target`, or (no target) the KL divergence from the
+    anchor distribution, averaged over the batch."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    if target is not None:
+        return log_probs[:, target].mean()
+    return F.kl_div(log_probs, F.log_softmax(anchor.float(), dim=-1), log_target=True, reduction="batchmean")
+
+
+def _hidden_size(model: nn.Module) -> int:
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    size = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "dim", None)
+    if not size:
+        raise ConfigError(f"cannot tell the hidden size of this {cfg.model_type!r} model")
+    return int(size)

@@ -1,0 +1,251 @@
+"""anchor_unlearn: teach the suspicious model to answer triggered clean text as it answers the clean text itself.
+
+The suspicious model is already a good classifier of clean text; only its reaction to the trigger is wrong. Its
+own eval-mode answers on the clean training texts are computed once and frozen (the anchor). It is then
+fine-tuned on those texts with three kinds of input, each pulled towards the anchor of the clean text it came
+from: the clean text (plus cross-entropy on its label, so clean accuracy stays); the text with the backdoor
+probe's trigger words and phrases, and random vocabulary words, inserted (insertion triggers); and the clean text
+under a universal latent shift trained to send it to the suspected target (purify.latent; for triggers that
+cannot be spelled). No teacher is needed, so nothing weaker than the model sets its targets.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from purify.checkpoint import LoadedModel
+from purify.data import TaskData
+from purify.errors import ConfigError, DataError
+from purify.inference import MAX_LENGTH, labelled_batch, predict_logits
+from purify.inversion import insertion_vocabulary
+from purify.latent import LatentShift, shift_objective
+from purify.probe import TRIGGER_RATE, BackdoorProbe, probe_or_invert, without_carriers
+from purify.registry import Strategy, StrategyConfig, StrategyResult, option, register_strategy
+from purify.training import TrainConfig, accuracy_on, train_classifier
+
+
+
+@dataclass
+class AnchorUnlearnConfig(StrategyConfig):
+    """Knobs of the anchored unlearner (every field declares its help and bounds)."""
+
+    epochs: int = option(3, "passes over the clean training data", low=1)
+    lr: float = option(3e-5, "AdamW learning rate of the full fine-tune", low=0, low_open=True)
+    batch_size: int = option(32, "clean texts per step (their perturbed copies come on top)", low=1)
+    weight_decay: float = option(0.01, "AdamW weight decay", low=0)
+    warmup_fraction: float = option(0.06, "share of the steps with a linear learning-rate warm-up", low=0, high=1)
+    grad_clip: float = option(1.0, "global gradient-norm clip (0: none)", low=0)
+    max_length: int = option(MAX_LENGTH, "tokens per text", low=1)
+    label_weight: float = option(1.0, "weight of cross-entropy on the clean texts' labels", low=0)
+    anchor_weight: float = option(1.0, "weight of KL to the anchor on the clean texts", low=0)
+    insert_weight: float = option(1.0, "weight of KL to the anchor on texts with inserted words", low=0)
+    insert_prob: float = option(0.5, "share of each batch that also gets a copy with words inserted", low=0, high=1)
+    insert_words: int = option(2, "at most this many words or phrases inserted into one copy", low=1)
+    probe_share: float = option(0.5, "share of the inserted items drawn from the probe's candidates (the rest "
+                                "from the whole vocabulary, for look-alikes nobody found)", low=0, high=1)
+    probe_per_label: int = option(8, "best probe candidates of each label inserted besides the triggers", low=0)
+    latent_weight: float = option(1.0, "weight of KL to the anchor under the latent shift (0: no shift)", low=0)
+    latent_share: float = option(0.5, "share of each batch seen under the latent shift", low=0, high=1)
+    latent_layer: float = option(0.25, "depth of the layer whose input is shifted (0 first, 1 last)", low=0, high=1)
+    latent_radius: float = option(0.5, "largest shift norm, as a multiple of the layer's mean token norm", low=0,
+                                  low_open=True)
+    latent_lr: float = option(0.1, "shift step per batch, as a share of the largest norm", low=0, low_open=True)
+    drop_trigger_rate: float | None = option(TRIGGER_RATE, "leave out target-label samples holding a trigger that "
+                                             "flips at least this share (none: keep all)", low=0, high=1,
+                                             low_open=True)
+    inversion_candidates: int = option(48, "words measured per label when no probe came with the run", low=1)
+    inversion_words: int = option(8, "words kept per label by that inversion", low=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.label_weight + self.anchor_weight <= 0:
+            raise ConfigError(f"{type(self).__name__}: label_weight and anchor_weight cannot both be 0")
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {
+            "lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "epochs": {"type": "int", "low": 1, "high": 4},
+            "insert_prob": {"type": "float", "low": 0.25, "high": 1.0},
+            "latent_weight": {"type": "float", "low": 0.0, "high": 2.0},
+            "latent_radius": {"type": "float", "low": 0.1, "high": 1.0},
+        }
+
+
+class Inserter:
+    """Copies of clean texts with 1..`count` items inserted at random word boundaries: probe candidates (drawn by
+    flip rate) with probability `probe_share`, else random vocabulary words."""
+
+    def __init__(self, vocabulary: list[str], weighted: dict[str, float], count: int, probe_share: float,
+                 seed: int) -> None:
+        self.vocabulary, self.count = vocabulary, count
+        self.surfaces = list(weighted)
+        self.weights = [max(w, 1e-3) for w in weighted.values()]
+        self.probe_share = probe_share if self.surfaces else 0.0
+        self.rng = random.Random(seed)
+
+    def _item(self) -> str:
+        if self.rng.random() < self.probe_share:
+            return self.rng.choices(self.surfaces, self.weights)[0]
+        return self.rng.choice(self.vocabulary)
+
+    def __call__(self, text: str) -> str:
+        parts = text.split()
+        for _ in range(self.rng.randint(1, self.count)):
+            parts.insert(self.rng.randint(0, len(parts)), self._item())
+        return " ".join(parts)
+
+
+def anchor_kl(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """KL(anchor || model) per batch: how far the model's answer moved from the anchor's."""
+    return F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(anchor.float(), -1), log_target=True,
+                    reduction="batchmean")
+
+
+class AnchorObjective:
+    """The loss of one batch: clean, inserted and latent-shifted texts, each pulled to the clean text's anchor."""
+
+    def __init__(self, cfg: AnchorUnlearnConfig, tokenizer, train: TaskData, anchor: torch.Tensor,
+                 inserter: Inserter, shift: LatentShift | None, target: int | None) -> None:
+        self.cfg, self.tokenizer, self.anchor = cfg, tokenizer, anchor
+        self.texts, self.labels = train.texts, torch.as_tensor(train.labels, dtype=torch.long)
+        self.inserter, self.shift, self.target = inserter, shift, target
+        self.rng = np.random.default_rng(cfg.seed)
+        self.terms: dict[str, list[float]] = {}
+
+    def _batch(self, model: nn.Module, texts: list[str]) -> dict[str, torch.Tensor]:
+        return labelled_batch(model, self.tokenizer, texts, max_length=self.cfg.max_length)
+
+    def __call__(self, model: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        cfg = self.cfg
+        texts = [self.texts[i] for i in idx]
+        rows = torch.as_tensor(idx)
+        device = next(model.parameters()).device
+        anchor, labels = self.anchor[rows].to(device), self.labels[rows].to(device)
+        inserted = np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if cfg.insert_weight > 0 else []
+        logits = model(**self._batch(model, texts + [self.inserter(texts[i]) for i in inserted])).logits
+        clean = logits[:len(idx)]
+        loss = cfg.label_weight * F.cross_entropy(clean.float(), labels) + cfg.anchor_weight * anchor_kl(clean, anchor)
+        self._note("clean_ce", F.cross_entropy(clean.float(), labels))
+        if len(inserted):
+            term = anchor_kl(logits[len(idx):], anchor[torch.as_tensor(inserted)])
+            loss = loss + cfg.insert_weight * term
+            self._note("insert_kl", term)
+        if self.shift is not None:
+            loss = loss + cfg.latent_weight * self._latent(model, texts, anchor, labels)
+        return loss
+
+    def _latent(self, model: nn.Module, texts: list[str], anchor: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+        """One ascent step of the shift on this batch, then the KL to the anchor under the updated shift."""
+        pool = np.arange(len(texts)) if self.target is None else np.flatnonzero(labels.cpu().numpy() != self.target)
+        take = max(1, round(self.cfg.latent_share * len(texts)))
+        chosen = self.rng.permutation(pool)[:take] if len(pool) else np.arange(min(take, len(texts)))
+        batch = self._batch(model, [texts[i] for i in chosen])
+        sel = torch.as_tensor(chosen, device=anchor.device)
+        with self.shift.applied():
+            self._note("latent_objective", self.shift.ascend(shift_objective(model(**batch).logits, anchor[sel],
+                                                                             self.target)))
+            term = anchor_kl(model(**batch).logits, anchor[sel])
+        self._note("latent_kl", term)
+        return term
+
+    def _note(self, name: str, value: torch.Tensor | float) -> None:
+        self.terms.setdefault(name, []).append(float(value.detach() if isinstance(value, torch.Tensor) else value))
+
+    def means(self) -> dict[str, float]:
+        """Mean of each loss term since the last call (one epoch)."""
+        out = {f"train_{k}": float(np.mean(v)) for k, v in self.terms.items()}
+        self.terms = {}
+        return out
+
+
+class AnchorUnlearn(Strategy):
+    """Unlearn the trigger by fine-tuning the model to answer triggered and latent-shifted clean texts as it answers
+    the clean texts (no teacher)."""
+
+    config: AnchorUnlearnConfig
+    fast_options = {"epochs": 6, "lr": 3e-3, "max_length": 32, "insert_prob": 1.0}
+
+    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
+            probe: BackdoorProbe | None = None) -> StrategyResult:
+        cfg = self.config
+        if loaded.task != "classification":
+            raise ConfigError(f"anchor_unlearn unlearns sequence classifiers; this checkpoint has a {loaded.task!r} "
+                              "head")
+        if len(train) == 0 or len(validation) == 0:
+            raise DataError("anchor_unlearn needs clean training and validation samples")
+        started = time.time()
+        model, tokenizer = loaded.model, loaded.tokenizer
+        probe = probe_or_invert(model, tokenizer, train, probe, source="anchor_unlearn:inversion",
+                                candidates=cfg.inversion_candidates, keep=cfg.inversion_words, seed=cfg.seed,
+                                max_length=cfg.max_length, min_rate=cfg.drop_trigger_rate or TRIGGER_RATE)
+        probe_seconds = time.time() - started
+        train, dropped = without_carriers(train, probe, cfg.drop_trigger_rate)
+        validation, dropped_val = without_carriers(validation, probe, cfg.drop_trigger_rate)
+        dropped["validation_samples"] = dropped_val["samples"]
+        baseline = accuracy_on(model, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
+        before = probe.measure(model, tokenizer, validation, seed=cfg.seed, max_length=cfg.max_length)
+        anchor = torch.from_numpy(predict_logits(model, tokenizer, train.texts, max_length=cfg.max_length)).float()
+        inserter = Inserter(insertion_vocabulary(tokenizer), probe.weighted(cfg.probe_per_label), cfg.insert_words,
+                            cfg.probe_share, cfg.seed)
+        shift = self._shift(model, tokenizer, train) if cfg.latent_weight > 0 else None
+        objective = AnchorObjective(cfg, tokenizer, train, anchor, inserter, shift, probe.target)
+        training_started = time.time()
+        try:
+            result = train_classifier(
+                model, tokenizer, train.texts, train.labels, self._train_config(),
+                val=(validation.texts, validation.labels), loss_fn=objective,
+                epoch_metrics=lambda m: {**objective.means(), **_proxy(probe, m, tokenizer, validation, cfg)},
+                description="anchor_unlearn")
+        finally:
+            if shift is not None:
+                shift.remove()
+        model.eval()
+        extras = {
+            "probe_source": probe.source, "suspected_target": probe.target,
+            "inserted": {"prob": cfg.insert_prob, "words": cfg.insert_words, "probe_share": cfg.probe_share,
+                         "candidates": probe.weighted(cfg.probe_per_label)},
+            "dropped_by_probe": dropped,
+            "proxy_before": before, "proxy_after": _proxy(probe, model, tokenizer, validation, cfg),
+            "latent": None if shift is None else {"layer": shift.layer, "radius": cfg.latent_radius,
+                                                  "token_norm": shift.scale, "shift_norm": float(shift.delta.norm())},
+            "seconds": round(time.time() - started, 1),
+            "phase_seconds": {"probe": round(probe_seconds, 1),
+                              "training": round(time.time() - training_started, 1)},
+        }
+        return StrategyResult(model=model, trajectory=result.history, baseline_val_accuracy=baseline,
+                              final_val_accuracy=result.history[-1].get("val_accuracy"), extras=extras)
+
+    def _train_config(self) -> TrainConfig:
+        cfg = self.config
+        return TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+                           warmup_fraction=cfg.warmup_fraction, max_length=cfg.max_length, grad_clip=cfg.grad_clip,
+                           seed=cfg.seed, keep_best=False)
+
+    def _shift(self, model: nn.Module, tokenizer, train: TaskData) -> LatentShift:
+        """The latent shift on this model, calibrated on a few clean training texts."""
+        cfg = self.config
+        shift = LatentShift(model, fraction=cfg.latent_layer, radius=cfg.latent_radius, lr=cfg.latent_lr)
+        was_training = model.training
+        model.eval()
+        batch = labelled_batch(model, tokenizer, train.texts[:32], max_length=cfg.max_length)
+        shift.calibrate(lambda: model(**batch))
+        model.train(was_training)
+        return shift
+
+
+def _proxy(probe: BackdoorProbe, model: nn.Module, tokenizer, validation: TaskData,
+           cfg: AnchorUnlearnConfig) -> dict:
+    """The probe's proxy ASR and lift on the validation texts (its triggers inserted into other labels)."""
+    figures = probe.measure(model, tokenizer, validation, seed=cfg.seed, max_length=cfg.max_length)
+    return {"val_proxy_asr": figures["proxy_asr"], "val_proxy_lift": figures["lift"]}
+
+
+register_strategy("anchor_unlearn", AnchorUnlearnConfig, AnchorUnlearn)
