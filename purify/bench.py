@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError
 from .bench_pipeline import pipeline_cells, pipeline_table, run_pipeline_cell

@@ -1,4 +1,4 @@
-"""Publishing a finished cache folder (a trained teacher, a zoo model, a converted base) so concurrent processes agree.
+"""Where purify caches things, and publishing a finished cache folder (a trained teacher, a zoo model, a converted base) so concurrent processes agree.
 
 Several benchmark processes may train the same cached artefact at once. The first complete copy wins: a later one is
 discarded rather than swapped in, because another process may be loading the copy already in place.
@@ -11,6 +11,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where purify caches zoo entries, converted bases and teachers: $PURIFY_CACHE or ~/.cache/purify."""
+    return Path(os.environ.get("PURIFY_CACHE") or Path.home() / ".cache" / "purify")
 
 
 def private_tmp(dest: Path) -> Path:

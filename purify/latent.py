@@ -9,7 +9,7 @@ model to answer as it did on clean text while the shift is applied.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,19 +28,20 @@ def layer_module(model: nn.Module, fraction: float) -> tuple[int, nn.Module]:
 
 
 class LatentShift:
-    """A trainable vector added to every token of one layer's input; its norm is at most `radius` times the
-    mean token norm measured there on clean inputs (so the bound means the same across architectures)."""
+    """A trainable vector added to every token of one layer's input, in the rows of a batch chosen per forward; its
+    norm is at most `radius` times the mean token norm measured there on clean inputs (so the bound means the same
+    across architectures). The defence and the shift share one backward pass: the model descends its loss, and
+    `step` moves the shift up the gradient that pass left on it (free adversarial training)."""
 
     def __init__(self, model: nn.Module, *, fraction: float, radius: float, lr: float) -> None:
         if not 0 <= fraction <= 1:
             raise ConfigError(f"latent layer fraction must be in [0, 1], got {fraction}")
         self.layer, self.module = layer_module(model, fraction)
-        hidden = _hidden_size(model)
         device = next(model.parameters()).device
-        self.delta = torch.zeros(hidden, device=device, requires_grad=True)
+        self.delta = torch.zeros(_hidden_size(model), device=device, requires_grad=True)
         self.radius, self.lr = radius, lr
         self.scale: float | None = None  # mean token norm at the layer input, set by `calibrate`
-        self._active = False
+        self._rows: torch.Tensor | None = None  # (batch,) 1 where the shift applies; None: off
         self._seen: list[float] = []
         self._handle = self.module.register_forward_pre_hook(self._hook, with_kwargs=True)
 
@@ -50,14 +51,15 @@ class LatentShift:
             return None
         if self.scale is None:
             self._seen.append(float(hidden.detach().norm(dim=-1).mean()))
-        if not self._active:
+        if self._rows is None:
             return None
-        shifted = hidden + self.delta.to(hidden.dtype)
+        rows = self._rows.to(hidden.device, hidden.dtype)
+        shifted = hidden + rows.view(-1, *([1] * (hidden.dim() - 1))) * self.delta.to(hidden.dtype)
         if args:
             return (shifted, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": shifted}
 
-    def calibrate(self, run_clean: callable) -> float:
+    def calibrate(self, run_clean: Callable[[], object]) -> float:
         """Measure the layer's mean token norm with one clean forward (`run_clean()`), once."""
         if self.scale is None:
             with torch.no_grad():
@@ -70,25 +72,34 @@ class LatentShift:
         return self.radius * (self.scale or 1.0)
 
     @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Forwards inside this block see the shift."""
-        self._active = True
+    def applied(self, rows: torch.Tensor | None = None) -> Iterator[None]:
+        """Forwards inside this block see the shift in the batch rows where `rows` is 1 (None: every row)."""
+        self._rows = rows if rows is not None else torch.ones(1)
         try:
             yield
         finally:
-            self._active = False
+            self._rows = None
 
-    def ascend(self, objective: torch.Tensor) -> float:
-        """One normalised gradient-ascent step of the shift on `objective` (no model gradient is touched), then
-        projection back onto the norm ball; the objective's value."""
-        (grad,) = torch.autograd.grad(objective, [self.delta])
+    def step(self, ascend: bool = True) -> bool:
+        """Move the shift by `lr` times the largest norm along the gradient a backward pass left on it (up the loss
+        when `ascend`), project it back into the ball and clear the gradient; False when there was none."""
+        grad = self.delta.grad
+        if grad is None:
+            return False
         with torch.no_grad():
             norm = grad.norm()
             if norm > 0:
-                self.delta += self.lr * self.bound * grad / norm
+                self.delta += (1 if ascend else -1) * self.lr * self.bound * grad / norm
             length = self.delta.norm()
             if length > self.bound:
                 self.delta *= self.bound / length
+        self.delta.grad = None
+        return True
+
+    def ascend(self, objective: torch.Tensor) -> float:
+        """One step up `objective` using its own gradient (no model gradient is touched); the objective's value."""
+        (self.delta.grad,) = torch.autograd.grad(objective, [self.delta])
+        self.step()
         return float(objective.detach())
 
     def remove(self) -> None:

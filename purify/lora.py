@@ -5,10 +5,6 @@ from torch import nn
 
 from .heads import find_attention_blocks
 
-# per-architecture attention projections LoRA adapts (query/value, the W2SDefense default, plus the rest)
-_FALLBACK_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "q_lin", "v_lin",
-                     "c_attn", "out_proj")
-
 
 def lora_target_modules(model: nn.Module) -> list[str]:
     """Leaf names of the attention projections of `model` (found from its attention blocks)."""

@@ -39,7 +39,7 @@ _FALSE_WORDS = ("0", "false", "no", "off")
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
            low_open: bool = False, choices: tuple | None = None) -> Any:
     """A config field that declares its help and bounds (peft-style metadata), checked by `validate` in one place:
-    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes when the default is None."""
+    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes where the field's type allows it."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
                                             "choices": choices})
 
@@ -47,7 +47,7 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
 def _check_declared(config: Any, f: dataclasses.Field) -> None:
     """Raise ConfigError when `f`'s value breaks the bounds or choices its metadata declares."""
     meta, value, where = f.metadata, getattr(config, f.name), f"{type(config).__name__}.{f.name}"
-    if value is None and f.default is None:
+    if value is None and "None" in str(f.type):  # an optional field: None means "off"
         return
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")

@@ -5,8 +5,9 @@ own eval-mode answers on the clean training texts are computed once and frozen (
 fine-tuned on those texts with three kinds of input, each pulled towards the anchor of the clean text it came
 from: the clean text (plus cross-entropy on its label, so clean accuracy stays); the text with the backdoor
 probe's trigger words and phrases, and random vocabulary words, inserted (insertion triggers); and the clean text
-under a universal latent shift trained to send it to the suspected target (purify.latent; for triggers that
-cannot be spelled). No teacher is needed, so nothing weaker than the model sets its targets.
+under a universal latent shift (purify.latent; for triggers that cannot be spelled), started towards the suspected
+target and then moved, in the same backward pass, up the loss the model descends. All three share one forward
+pass per step. No teacher is needed, so nothing weaker than the model sets its targets.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class AnchorUnlearnConfig(StrategyConfig):
     latent_radius: float = option(0.5, "largest shift norm, as a multiple of the layer's mean token norm", low=0,
                                   low_open=True)
     latent_lr: float = option(0.1, "shift step per batch, as a share of the largest norm", low=0, low_open=True)
+    latent_warmup: int = option(10, "ascent steps of the shift towards the suspected target before training", low=0)
     drop_trigger_rate: float | None = option(TRIGGER_RATE, "leave out target-label samples holding a trigger that "
                                              "flips at least this share (none: keep all)", low=0, high=1,
                                              low_open=True)
@@ -119,42 +121,48 @@ class AnchorObjective:
         self.rng = np.random.default_rng(cfg.seed)
         self.terms: dict[str, list[float]] = {}
 
-    def _batch(self, model: nn.Module, texts: list[str]) -> dict[str, torch.Tensor]:
-        return labelled_batch(model, self.tokenizer, texts, max_length=self.cfg.max_length)
-
     def __call__(self, model: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        """One forward over the clean texts, their inserted copies and their latent-shifted copies (one batch, one
+        backward: the shift steps on the gradient the previous backward left on it)."""
         cfg = self.cfg
+        if self.shift is not None:
+            self.shift.step()
         texts = [self.texts[i] for i in idx]
         rows = torch.as_tensor(idx)
         device = next(model.parameters()).device
         anchor, labels = self.anchor[rows].to(device), self.labels[rows].to(device)
         inserted = np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if cfg.insert_weight > 0 else []
-        logits = model(**self._batch(model, texts + [self.inserter(texts[i]) for i in inserted])).logits
-        clean = logits[:len(idx)]
-        loss = cfg.label_weight * F.cross_entropy(clean.float(), labels) + cfg.anchor_weight * anchor_kl(clean, anchor)
-        self._note("clean_ce", F.cross_entropy(clean.float(), labels))
+        shifted = self._latent_rows(labels) if self.shift is not None else []
+        batch_texts = texts + [self.inserter(texts[i]) for i in inserted] + [texts[i] for i in shifted]
+        batch = labelled_batch(model, self.tokenizer, batch_texts, max_length=cfg.max_length)
+        if self.shift is None:
+            logits = model(**batch).logits
+        else:
+            mask = torch.zeros(len(batch_texts))
+            mask[len(batch_texts) - len(shifted):] = 1
+            with self.shift.applied(mask):
+                logits = model(**batch).logits
+        n, m = len(idx), len(idx) + len(inserted)
+        clean = logits[:n]
+        ce = F.cross_entropy(clean.float(), labels)
+        loss = cfg.label_weight * ce + cfg.anchor_weight * anchor_kl(clean, anchor)
+        self._note("clean_ce", ce)
         if len(inserted):
-            term = anchor_kl(logits[len(idx):], anchor[torch.as_tensor(inserted)])
+            term = anchor_kl(logits[n:m], anchor[torch.as_tensor(inserted, device=device)])
             loss = loss + cfg.insert_weight * term
             self._note("insert_kl", term)
-        if self.shift is not None:
-            loss = loss + cfg.latent_weight * self._latent(model, texts, anchor, labels)
+        if len(shifted):
+            term = anchor_kl(logits[m:], anchor[torch.as_tensor(shifted, device=device)])
+            loss = loss + cfg.latent_weight * term
+            self._note("latent_kl", term)
         return loss
 
-    def _latent(self, model: nn.Module, texts: list[str], anchor: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-        """One ascent step of the shift on this batch, then the KL to the anchor under the updated shift."""
-        pool = np.arange(len(texts)) if self.target is None else np.flatnonzero(labels.cpu().numpy() != self.target)
-        take = max(1, round(self.cfg.latent_share * len(texts)))
-        chosen = self.rng.permutation(pool)[:take] if len(pool) else np.arange(min(take, len(texts)))
-        batch = self._batch(model, [texts[i] for i in chosen])
-        sel = torch.as_tensor(chosen, device=anchor.device)
-        with self.shift.applied():
-            self._note("latent_objective", self.shift.ascend(shift_objective(model(**batch).logits, anchor[sel],
-                                                                             self.target)))
-            term = anchor_kl(model(**batch).logits, anchor[sel])
-        self._note("latent_kl", term)
-        return term
+    def _latent_rows(self, labels: torch.Tensor) -> np.ndarray:
+        """Which texts of the batch get a shifted copy: `latent_share` of them, from the labels other than the
+        suspected target (the ones a trigger would flip)."""
+        pool = np.arange(len(labels)) if self.target is None else np.flatnonzero(labels.cpu().numpy() != self.target)
+        take = max(1, round(self.cfg.latent_share * len(labels)))
+        return np.sort(self.rng.permutation(pool)[:take]) if len(pool) else np.arange(0)
 
     def _note(self, name: str, value: torch.Tensor | float) -> None:
         self.terms.setdefault(name, []).append(float(value.detach() if isinstance(value, torch.Tensor) else value))
@@ -195,7 +203,7 @@ class AnchorUnlearn(Strategy):
         anchor = torch.from_numpy(predict_logits(model, tokenizer, train.texts, max_length=cfg.max_length)).float()
         inserter = Inserter(insertion_vocabulary(tokenizer), probe.weighted(cfg.probe_per_label), cfg.insert_words,
                             cfg.probe_share, cfg.seed)
-        shift = self._shift(model, tokenizer, train) if cfg.latent_weight > 0 else None
+        shift = self._shift(model, tokenizer, train, anchor, probe.target) if cfg.latent_weight > 0 else None
         objective = AnchorObjective(cfg, tokenizer, train, anchor, inserter, shift, probe.target)
         training_started = time.time()
         try:
@@ -215,7 +223,7 @@ class AnchorUnlearn(Strategy):
             "dropped_by_probe": dropped,
             "proxy_before": before, "proxy_after": _proxy(probe, model, tokenizer, validation, cfg),
             "latent": None if shift is None else {"layer": shift.layer, "radius": cfg.latent_radius,
-                                                  "token_norm": shift.scale, "shift_norm": float(shift.delta.norm())},
+                                                  "token_norm": shift.scale, "shift_norm": float(shift.delta.detach().norm())},
             "seconds": round(time.time() - started, 1),
             "phase_seconds": {"probe": round(probe_seconds, 1),
                               "training": round(time.time() - training_started, 1)},
@@ -229,15 +237,26 @@ class AnchorUnlearn(Strategy):
                            warmup_fraction=cfg.warmup_fraction, max_length=cfg.max_length, grad_clip=cfg.grad_clip,
                            seed=cfg.seed, keep_best=False)
 
-    def _shift(self, model: nn.Module, tokenizer, train: TaskData) -> LatentShift:
-        """The latent shift on this model, calibrated on a few clean training texts."""
+    def _shift(self, model: nn.Module, tokenizer, train: TaskData, anchor: torch.Tensor,
+               target: int | None) -> LatentShift:
+        """The latent shift on this model, calibrated on clean training texts and warmed up towards the suspected
+        target (or away from the anchor) before training, so that it starts out along the backdoor."""
         cfg = self.config
         shift = LatentShift(model, fraction=cfg.latent_layer, radius=cfg.latent_radius, lr=cfg.latent_lr)
+        rows = [i for i, y in enumerate(train.labels) if y != target][:32] or list(range(min(32, len(train))))
+        batch = labelled_batch(model, tokenizer, [train.texts[i] for i in rows], max_length=cfg.max_length)
         was_training = model.training
         model.eval()
-        batch = labelled_batch(model, tokenizer, train.texts[:32], max_length=cfg.max_length)
-        shift.calibrate(lambda: model(**batch))
-        model.train(was_training)
+        try:
+            shift.calibrate(lambda: model(**batch))
+            for _ in range(cfg.latent_warmup):
+                with shift.applied():
+                    shift.ascend(shift_objective(model(**batch).logits, anchor[rows].to(shift.delta.device),
+                                                 target))
+        finally:
+            model.train(was_training)
+            for p in model.parameters():
+                p.grad = None
         return shift
 
 

@@ -197,11 +197,6 @@ def posterior_order(inclusion: torch.Tensor, uncertainty: torch.Tensor) -> list[
     return [(l, h) for _, _, l, h in sorted(keys)]
 
 
-def order_scores(order: list[tuple[int, int]], shape: tuple[int, int]) -> torch.Tensor:
-    """Scores in [0, 1) that follow `order` (the k-th head scores k / N), so low = prune first."""
-    return order_to_scores(order, shape)
-
-
 class BayesPrune(PruningStrategy):
     """Prune heads with low posterior inclusion under a sparsity prior over head gates (SVI in pyro)."""
 
@@ -253,7 +248,7 @@ class BayesPrune(PruningStrategy):
             "svi_loss_curve": [round(float(x), 4) for x in losses[::every]],
             "svi_final_loss": float(losses[-max(1, len(losses) // 10):].mean()),
         }
-        return order_scores(self._order, gates.shape)
+        return order_to_scores(self._order, gates.shape)
 
     def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
         return {"order": list(self._order)}

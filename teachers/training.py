@@ -17,7 +17,7 @@ from purify.device import seed_everything, select_device
 from purify.errors import DataError
 from purify.training import TrainConfig, train_classifier
 from purify.cachedir import publishing
-from purify.zoo.bases import cache_root
+from purify.cachedir import cache_root
 
 from .recipes import TeacherRecipe, ensure_not_student, get_recipe
 

@@ -1,8 +1,6 @@
 """Tiny random-initialised models and tokenizers for tests: every supported architecture, built in milliseconds."""
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import torch

@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..cachedir import publishing
+from ..cachedir import cache_root, publishing
 from ..checkpoint import LoadedModel, load_checkpoint, quiet_transformers
 from ..errors import CheckpointError, ConfigError
-
-
-def cache_root() -> Path:
-    """Where purify caches zoo entries, converted bases and teachers: $PURIFY_CACHE or ~/.cache/purify."""
-    return Path(os.environ.get("PURIFY_CACHE") or Path.home() / ".cache" / "purify")
 
 
 def _package_dir(package: str, pip_name: str) -> Path:

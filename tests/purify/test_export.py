@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from purify.checkpoint import load_checkpoint
 from purify.errors import ExportError

@@ -8,7 +8,8 @@ import torch
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.testing.tiny_task import tiny_backdoored
-from strategies.bayes_prune import BayesPrune, BayesPruneConfig, order_scores, posterior_order
+from purify.pruning import order_to_scores
+from strategies.bayes_prune import BayesPrune, BayesPruneConfig, posterior_order
 
 FAST = BayesPrune.fast_options
 
@@ -81,7 +82,7 @@ def test_order_is_inclusion_then_uncertainty():
     uncertainty = torch.tensor([[0.01, 0.3, 0.05], [0.2, 0.02, 0.4]])
     order = posterior_order(inclusion, uncertainty)
     assert order == [(1, 2), (0, 1), (1, 0), (0, 2), (1, 1), (0, 0)]
-    scores = order_scores(order, (2, 3))
+    scores = order_to_scores(order, (2, 3))
     assert [float(scores[l, h]) for l, h in order] == sorted(float(scores[l, h]) for l, h in order)
 
 
