@@ -79,8 +79,10 @@ def _record(cell: Any, entry: Any, report: dict, seconds: float) -> dict:
         "default": cell.method == "default" and not cell.options,
         "strategy": report["strategy"]["name"], "filter": filt.get("method"),
         "asr_before": before["asr"], "asr_after": after["asr"], "asr_floor": entry.manifest["metrics"]["clean"]["asr"],
+        "clean_reference_cacc": entry.manifest["metrics"]["clean"]["cacc"],
         "cacc_before": before["cacc"], "cacc_after": after["cacc"],
         "trigger_lift_before": before.get("trigger_lift"), "trigger_lift": after.get("trigger_lift"),
+        "clean_target_rate": after.get("clean_target_rate"),
         "filter_removed": filt.get("n_removed"), "filter_removed_poisoned": truth.get("removed_poisoned"),
         "poisoned": entry.manifest["counts"]["poisoned"], "n_train": filt.get("n_kept"),
         "probe_triggers": [t["text"] for t in probe.get("triggers", [])],
@@ -102,8 +104,12 @@ def pipeline_table(ok: list[dict]) -> list[str]:
              "removed (poisoned / all) | triggers found | verdict | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {row: i for i, row in enumerate(ROWS)}
+    last_entry = None
     for r in sorted(ok, key=lambda r: (r["cell"]["entry"], order.get(r["cell"]["method"], 9), r["cell"]["seed"])):
         c = r["cell"]
+        if c["entry"] != last_entry and last_entry is not None:
+            lines.append(_clean_reference_row(last_entry, previous))
+        last_entry, previous = c["entry"], r
         removed = "-" if r.get("filter_removed") is None else \
             f"{r.get('filter_removed_poisoned', '?')}/{r['poisoned']} / {r['filter_removed']}"
         triggers = ", ".join(r.get("probe_triggers") or [])[:60] or "-"
@@ -112,4 +118,13 @@ def pipeline_table(ok: list[dict]) -> list[str]:
                      f"{_pct(r['asr_floor'])} | {_pct(r.get('trigger_lift'))} | {_pct(r['cacc_before'])} -> "
                      f"{_pct(r['cacc_after'])} | {removed} | {triggers} | {r.get('verdict') or '-'} | "
                      f"{r['seconds']:.0f} |")
+    if last_entry is not None:
+        lines.append(_clean_reference_row(last_entry, previous))
     return lines
+
+
+def _clean_reference_row(entry: str, record: dict) -> str:
+    """The zoo's clean model on this entry (trained on the split before poisoning): the bar, not a product row."""
+    cacc = _pct(record.get("clean_reference_cacc"))
+    return (f"| {entry} | zoo clean reference | - | - | {_pct(record['asr_floor'])} | {_pct(record['asr_floor'])} | - "
+            f"| - -> {cacc} | - | - | - | - |")

@@ -27,6 +27,10 @@ from .progress import track
 #: a suspected target the model already predicts for this share of the other labels' samples gives no evidence
 MAX_BASE_RATE = 0.5
 PLACEHOLDER = "the"  # a word every tokenizer keeps as one token; only its position matters
+#: candidates are screened on this many probe samples before the exact measurement (see invert_triggers)
+SCREEN_SAMPLES = 16
+#: a screened candidate flipping at least this share is measured on the whole probe whatever its rank
+SCREEN_RATE = 0.5
 
 
 def insertion_vocabulary(tokenizer) -> list[str]:
@@ -187,9 +191,37 @@ def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: S
     return grad
 
 
+def _flip_rates(model: nn.Module, tokenizer, words: Sequence[str], texts: Sequence[str], slots: Sequence[int],
+                target: int, max_length: int) -> np.ndarray:
+    """(len(words), len(texts)) booleans: word w inserted at each text's slot sends it to `target`."""
+    if not words or not texts:
+        return np.zeros((len(words), len(texts)), dtype=bool)
+    # every candidate's probe texts in one call: batched by length, they pad far less than per word
+    placed = [_insert_at(t, w, s)[0] for w in words for t, s in zip(texts, slots)]
+    hits = predict(model, tokenizer, placed, max_length=max_length, batch_size=64) == target
+    return hits.reshape(len(words), len(texts))
+
+
+def _screened_rates(model: nn.Module, tokenizer, words: list[str], probe: Sequence[str], slots: Sequence[int],
+                    target: int, *, keep: int, screen: int, max_length: int) -> dict[str, float]:
+    """Exact flip rates on the whole probe for the words that can matter, after a cheap screen on its first
+    `screen` samples: the `keep` best screened words and every one flipping at least SCREEN_RATE of them."""
+    if screen <= 0 or screen >= len(probe):
+        rows = _flip_rates(model, tokenizer, words, probe, slots, target, max_length)
+        return {w: float(r.mean()) for w, r in zip(words, rows)}
+    head = _flip_rates(model, tokenizer, words, probe[:screen], slots[:screen], target, max_length)
+    first = head.mean(axis=1)
+    ranked = sorted(range(len(words)), key=lambda i: (-first[i], i))
+    chosen = sorted(set(ranked[:keep]) | {i for i in range(len(words)) if first[i] >= SCREEN_RATE})
+    rest = _flip_rates(model, tokenizer, [words[i] for i in chosen], probe[screen:], slots[screen:], target,
+                       max_length)
+    return {words[i]: float(np.concatenate([head[i], r]).mean()) for i, r in zip(chosen, rest)}
+
+
 def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
                     rounds: int = 2, keep: int = 8, keep_above: float = 0.9, seed: int = 0, max_length: int = 64,
-                    batch_size: int = 32, progress: str | None = None) -> TriggerInversion:
+                    batch_size: int = 32, screen: int = SCREEN_SAMPLES,
+                    progress: str | None = None) -> TriggerInversion:
     """Search, for every label, the single inserted words that flip the most clean samples of other labels to it.
 
     samples: clean samples per label probed (seeded choice among those whose label is not the target).
@@ -197,6 +229,8 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     rounds: ranking rounds; the first ranks around a neutral placeholder word, each later one around the best word
         found so far (a trigger's look-alikes sit near it), so a backdoor shows more of its trigger family.
     keep: best words kept per label in the result; words flipping at least `keep_above` are kept beyond that.
+    screen: candidates are first measured on this many probe samples; only the `keep` best and those flipping at
+        least SCREEN_RATE of them are measured on the whole probe (0: every candidate on the whole probe).
     """
     if len(data) == 0:
         raise DataError("trigger inversion needs clean samples")
@@ -223,11 +257,8 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
                 gain = -(weight[ids.to(weight.device)].float() @ grad.float()).cpu()
                 fresh = [k for k in torch.argsort(gain, descending=True).tolist() if vocab[k] not in measured]
                 chosen = [vocab[k] for k in fresh[:candidates]]
-                # every candidate's probe texts in one call: batched by length, they pad far less than per word
-                texts = [_insert_at(t, w, s)[0] for w in chosen for t, s in zip(probe, slots)]
-                hits = predict(model, tokenizer, texts, max_length=max_length, batch_size=64) == target
-                for w, row in zip(chosen, hits.reshape(len(chosen), len(probe))):
-                    measured[w] = float(row.mean())
+                measured.update(_screened_rates(model, tokenizer, chosen, probe, slots, target, keep=keep,
+                                                screen=screen, max_length=max_length))
                 placeholder = max(measured, key=lambda w: (measured[w], w))  # next round: expand around the best
             rates = list(measured.items())
             rates.sort(key=lambda wr: (-wr[1], wr[0]))

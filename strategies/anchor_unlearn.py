@@ -46,6 +46,8 @@ class AnchorUnlearnConfig(StrategyConfig):
     label_weight: float = option(1.0, "weight of cross-entropy on the clean texts' labels", low=0)
     anchor_weight: float = option(1.0, "weight of KL to the anchor on the clean texts", low=0)
     insert_weight: float = option(1.0, "weight of KL to the anchor on texts with inserted words", low=0)
+    insert_label_weight: float = option(0.0, "weight of cross-entropy on the clean label for texts with inserted "
+                                        "words (a margin against the trigger, beyond matching the anchor)", low=0)
     insert_prob: float = option(0.5, "share of each batch that also gets a copy with words inserted", low=0, high=1)
     insert_words: int = option(2, "at most this many words or phrases inserted into one copy", low=1)
     probe_share: float = option(0.5, "share of the inserted items drawn from the probe's candidates (the rest "
@@ -131,7 +133,8 @@ class AnchorObjective:
         rows = torch.as_tensor(idx)
         device = next(model.parameters()).device
         anchor, labels = self.anchor[rows].to(device), self.labels[rows].to(device)
-        inserted = np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if cfg.insert_weight > 0 else []
+        uses_inserted = cfg.insert_weight > 0 or cfg.insert_label_weight > 0
+        inserted = np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if uses_inserted else []
         shifted = self._latent_rows(labels) if self.shift is not None else []
         batch_texts = texts + [self.inserter(texts[i]) for i in inserted] + [texts[i] for i in shifted]
         batch = labelled_batch(model, self.tokenizer, batch_texts, max_length=cfg.max_length)
@@ -148,9 +151,12 @@ class AnchorObjective:
         loss = cfg.label_weight * ce + cfg.anchor_weight * anchor_kl(clean, anchor)
         self._note("clean_ce", ce)
         if len(inserted):
-            term = anchor_kl(logits[n:m], anchor[torch.as_tensor(inserted, device=device)])
+            rows_inserted = torch.as_tensor(inserted, device=device)
+            term = anchor_kl(logits[n:m], anchor[rows_inserted])
             loss = loss + cfg.insert_weight * term
             self._note("insert_kl", term)
+            if cfg.insert_label_weight > 0:
+                loss = loss + cfg.insert_label_weight * F.cross_entropy(logits[n:m].float(), labels[rows_inserted])
         if len(shifted):
             term = anchor_kl(logits[m:], anchor[torch.as_tensor(shifted, device=device)])
             loss = loss + cfg.latent_weight * term

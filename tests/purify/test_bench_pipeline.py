@@ -31,9 +31,11 @@ def test_a_pipeline_cell_runs_what_a_user_runs(session_cache, tmp_path):
     assert default["n_train"] + default["filter_removed"] == upper["n_train"] + default["poisoned"]
     assert "realistic" in default["train_data"] and "upper bound" in upper["train_data"]
     for r in (default, upper):
-        assert r["trigger_lift"] == pytest.approx(r["asr_after"] - (r["asr_after"] - r["trigger_lift"]))
+        assert r["trigger_lift"] == pytest.approx(r["asr_after"] - r["clean_target_rate"])
+        assert 0 <= r["clean_target_rate"] <= 1
         assert r["verdict"] in ("removed", "weakened", "survived", "unknown")
     assert default["default"] is False  # options were given: not the default pipeline
     table = md.read_text()
     assert f"| {TINY_ENTRY} | default |" in table and f"| {TINY_ENTRY} | upper_bound |" in table
+    assert f"| {TINY_ENTRY} | zoo clean reference |" in table and default["clean_reference_cacc"] > 0.5
     assert Cell("pipeline", TINY_ENTRY, "default").key != Cell("pipeline", TINY_ENTRY, "default", 0, fast).key

@@ -108,3 +108,25 @@ def test_a_collapsed_model_yields_no_trigger_words():
                                  probe_samples=64, candidates=32)
     assert collapsed.suspected_target == 1
     assert not collapsed.informative and collapsed.trigger_words(0.9) == []
+
+
+def test_screened_rates_are_exact_for_the_words_they_keep_and_drop_only_weak_ones():
+    """The screen measures every candidate on a few probe samples, then the ones that can matter on all of them:
+    their rates equal the exhaustive ones exactly, and every dropped word flipped under SCREEN_RATE of the screen."""
+    from purify.inversion import SCREEN_RATE, _flip_rates, _screened_rates
+
+    loaded, task = tiny_backdoored()
+    probe = [t for t, y in zip(task.clean_train.texts, task.clean_train.labels) if y != 1][:40]
+    slots = [i % 4 for i in range(len(probe))]
+    words = ["cf", "good", "bad", "movie", "plot", "fun", "awful", "story"]
+    exact = {w: float(r.mean()) for w, r in zip(words, _flip_rates(loaded.model, loaded.tokenizer, words, probe,
+                                                                   slots, 1, 32))}
+    screened = _screened_rates(loaded.model, loaded.tokenizer, words, probe, slots, 1, keep=2, screen=10,
+                               max_length=32)
+    assert "cf" in screened and len(screened) >= 2
+    for w, rate in screened.items():
+        assert rate == pytest.approx(exact[w])
+    head = _flip_rates(loaded.model, loaded.tokenizer, words, probe[:10], slots[:10], 1, 32).mean(axis=1)
+    for w, first in zip(words, head):
+        if w not in screened:
+            assert first < SCREEN_RATE
