@@ -24,7 +24,7 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
         p.add_argument("model_dir", help="the suspicious checkpoint: a Hugging Face folder with safetensors")
         p.add_argument("--data", required=True, help="untrusted task data (.jsonl, .csv or .tsv with text and label)")
         p.add_argument("--out", required=True, help="folder for the sanitized checkpoint (written atomically)")
-    p.add_argument("--strategy", default=None, help="strategy name (see `purify ls`); default: w2s_distill, the benchmarked choice (README)")
+    p.add_argument("--strategy", default=None, help="strategy name (see `purify ls`); default: anchor_unlearn, the benchmarked choice (README)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
     p.add_argument("--config", help="JSON or YAML file of strategy options (--set wins)")
     p.add_argument("--filter", default=None, help="data filter: gradsentry, gradshield, trigger_words "

@@ -22,9 +22,9 @@ from .registry import build_strategy
 from .terminal import warn
 from .verdict import judge
 
-#: chosen from the benchmarks (best ASR at a CACC drop <= 1 point on the default zoo entry): w2s_distill took movie
-#: badnets from 100% to 22.4% ASR at +0.5 CACC; every pruning strategy left ASR at 100% (benchmarks/*.md)
-DEFAULT_STRATEGY = "w2s_distill"
+#: the rule: lowest trigger lift at a CACC drop <= 1 point, speed breaking ties (benchmarks/pipeline.md and the
+#: README say what was measured)
+DEFAULT_STRATEGY = "anchor_unlearn"
 #: chosen from benchmarks/filters.md: trigger_words removed every poisoned sample of movie badnets and insertsent
 #: (10%) while keeping >= 99.9% of the clean ones; GradSentry removed no poisoned sample anywhere, GradShield some
 #: only where it also removed most clean samples or few poisoned ones

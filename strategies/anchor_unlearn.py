@@ -37,23 +37,27 @@ class AnchorUnlearnConfig(StrategyConfig):
     """Knobs of the anchored unlearner (every field declares its help and bounds)."""
 
     epochs: int = option(3, "passes over the clean training data", low=1)
-    lr: float = option(3e-5, "AdamW learning rate of the full fine-tune", low=0, low_open=True)
+    lr: float = option(1e-4, "AdamW learning rate of the full fine-tune", low=0, low_open=True)
     batch_size: int = option(32, "clean texts per step (their perturbed copies come on top)", low=1)
     weight_decay: float = option(0.01, "AdamW weight decay", low=0)
     warmup_fraction: float = option(0.06, "share of the steps with a linear learning-rate warm-up", low=0, high=1)
     grad_clip: float = option(1.0, "global gradient-norm clip (0: none)", low=0)
     max_length: int = option(MAX_LENGTH, "tokens per text", low=1)
+    anchor_prior: str = option("data", "data: shift the anchor's logits so that its mean answer on the training "
+                               "texts has the clean labels' frequencies (label-flipping poison tilts a model towards "
+                               "its target even without the trigger); none: the model's answers as they are",
+                               choices=("data", "none"))
     label_weight: float = option(1.0, "weight of cross-entropy on the clean texts' labels", low=0)
-    anchor_weight: float = option(1.0, "weight of KL to the anchor on the clean texts", low=0)
+    anchor_weight: float = option(0.5, "weight of KL to the anchor on the clean texts", low=0)
     insert_weight: float = option(1.0, "weight of KL to the anchor on texts with inserted words", low=0)
-    insert_label_weight: float = option(0.0, "weight of cross-entropy on the clean label for texts with inserted "
+    insert_label_weight: float = option(1.0, "weight of cross-entropy on the clean label for texts with inserted "
                                         "words (a margin against the trigger, beyond matching the anchor)", low=0)
-    insert_prob: float = option(0.5, "share of each batch that also gets a copy with words inserted", low=0, high=1)
+    insert_prob: float = option(1.0, "share of each batch that also gets a copy with words inserted", low=0, high=1)
     insert_words: int = option(2, "at most this many words or phrases inserted into one copy", low=1)
-    probe_share: float = option(0.5, "share of the inserted items drawn from the probe's candidates (the rest "
+    probe_share: float = option(0.75, "share of the inserted items drawn from the probe's candidates (the rest "
                                 "from the whole vocabulary, for look-alikes nobody found)", low=0, high=1)
     probe_per_label: int = option(8, "best probe candidates of each label inserted besides the triggers", low=0)
-    latent_weight: float = option(1.0, "weight of KL to the anchor under the latent shift (0: no shift)", low=0)
+    latent_weight: float = option(0.0, "weight of KL to the anchor under the latent shift (0: no shift)", low=0)
     latent_share: float = option(0.5, "share of each batch seen under the latent shift", low=0, high=1)
     latent_layer: float = option(0.25, "depth of the layer whose input is shifted (0 first, 1 last)", low=0, high=1)
     latent_radius: float = option(0.5, "largest shift norm, as a multiple of the layer's mean token norm", low=0,
@@ -110,6 +114,20 @@ def anchor_kl(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """KL(anchor || model) per batch: how far the model's answer moved from the anchor's."""
     return F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(anchor.float(), -1), log_target=True,
                     reduction="batchmean")
+
+
+def prior_corrected(logits: torch.Tensor, labels: list[int], steps: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits` plus one per-label offset, chosen so that their mean softmax equals the label frequencies of
+    `labels` (a few fixed-point steps of the log-ratio update); the corrected logits and the offset."""
+    num = logits.shape[1]
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num).float()
+    wanted = (counts + 1.0) / (counts.sum() + num)  # add-one: a label missing from the data keeps a little mass
+    offset = torch.zeros(num)
+    for _ in range(steps):
+        mean = torch.softmax(logits + offset, dim=-1).mean(0)
+        offset = offset + torch.log(wanted) - torch.log(mean)
+        offset = offset - offset.mean()
+    return logits + offset, offset
 
 
 class AnchorObjective:
@@ -185,7 +203,7 @@ class AnchorUnlearn(Strategy):
     the clean texts (no teacher)."""
 
     config: AnchorUnlearnConfig
-    fast_options = {"epochs": 6, "lr": 3e-3, "max_length": 32, "insert_prob": 1.0}
+    fast_options = {"epochs": 6, "lr": 3e-3, "max_length": 32, "latent_weight": 1.0}
 
     def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
             probe: BackdoorProbe | None = None) -> StrategyResult:
@@ -207,6 +225,9 @@ class AnchorUnlearn(Strategy):
         baseline = accuracy_on(model, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
         before = probe.measure(model, tokenizer, validation, seed=cfg.seed, max_length=cfg.max_length)
         anchor = torch.from_numpy(predict_logits(model, tokenizer, train.texts, max_length=cfg.max_length)).float()
+        prior_shift = None
+        if cfg.anchor_prior == "data":
+            anchor, prior_shift = prior_corrected(anchor, train.labels)
         inserter = Inserter(insertion_vocabulary(tokenizer), probe.weighted(cfg.probe_per_label), cfg.insert_words,
                             cfg.probe_share, cfg.seed)
         shift = self._shift(model, tokenizer, train, anchor, probe.target) if cfg.latent_weight > 0 else None
@@ -227,6 +248,7 @@ class AnchorUnlearn(Strategy):
             "inserted": {"prob": cfg.insert_prob, "words": cfg.insert_words, "probe_share": cfg.probe_share,
                          "candidates": probe.weighted(cfg.probe_per_label)},
             "dropped_by_probe": dropped,
+            "anchor_prior_shift": None if prior_shift is None else [round(float(x), 4) for x in prior_shift],
             "proxy_before": before, "proxy_after": _proxy(probe, model, tokenizer, validation, cfg),
             "latent": None if shift is None else {"layer": shift.layer, "radius": cfg.latent_radius,
                                                   "token_norm": shift.scale, "shift_norm": float(shift.delta.detach().norm())},

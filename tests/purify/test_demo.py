@@ -49,7 +49,7 @@ def test_run_shorthand_with_filter_none(session_cache, tmp_path):
 
 @pytest.mark.slow
 def test_demo_with_the_default_strategy_on_tiny_entry(session_cache, tmp_path, capsys):
-    """The default strategy (w2s_distill) runs the whole pipeline: export, report and its training-trajectory plot."""
+    """The default strategy runs the whole pipeline: export, report and its training-trajectory plot."""
     from purify.demo import run_demo
     from purify.pipeline import DEFAULT_STRATEGY
     from purify.registry import get_strategy

@@ -166,3 +166,16 @@ def test_same_seed_same_weights():
     random.seed(999)
     b = _run({"seed": 5, "epochs": 2})[2].model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prior_correction_gives_the_anchor_the_labels_frequencies_and_keeps_its_ranking():
+    from strategies.anchor_unlearn import prior_corrected
+
+    torch.manual_seed(0)
+    logits = torch.randn(400, 3) + torch.tensor([0.0, 1.5, 0.0])  # tilted towards label 1
+    labels = [0] * 200 + [1] * 100 + [2] * 100
+    corrected, offset = prior_corrected(logits, labels)
+    mean = torch.softmax(corrected, -1).mean(0)
+    assert torch.allclose(mean, torch.tensor([200.0, 100.0, 100.0]) / 400, atol=0.01)
+    assert offset[1] < offset[0]  # the tilt is taken out
+    assert torch.equal((corrected - logits).std(0), torch.zeros(3)) or float((corrected - logits).std(0).max()) < 1e-6

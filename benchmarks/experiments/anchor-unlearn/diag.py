@@ -1,0 +1,38 @@
+"""Diagnostic (not a benchmark): anchor_unlearn on a zoo entry in the realistic setting, with test ASR per epoch.
+The filter's kept set and probe are cached per entry so that several option sets can be compared."""
+import json, pickle, sys, time
+from pathlib import Path
+import numpy as np
+from purify.bench import _entry
+from purify.pipeline import run_filter
+from purify.checkpoint import load_checkpoint
+from purify.evaluate import evaluate_model
+from purify.registry import build_strategy
+import strategies.anchor_unlearn as au
+
+entry_name, options = sys.argv[1], json.loads(sys.argv[2])
+entry = _entry(entry_name)
+loaded = load_checkpoint(entry.model_dir, task="classification")
+train = entry.load("train"); trusted = entry.load("trusted")
+test_clean, test_trig = entry.load("test_clean"), entry.load("test_triggered")
+cache = Path(f"/work/runs/diag/{entry_name}.filter.pkl")
+if cache.exists():
+    kept, probe = pickle.loads(cache.read_bytes())
+else:
+    t = time.time()
+    res = run_filter("trigger_words", {}, loaded, train, trusted, seed=0)
+    kept, probe = res.kept, res.probe
+    cache.write_bytes(pickle.dumps((kept, probe)))
+    print("filter", round(time.time() - t), "s", flush=True)
+inner = au._proxy
+def proxy(probe_, model, tok, val, cfg):
+    out = inner(probe_, model, tok, val, cfg)
+    ev = evaluate_model(model, tok, test_clean, test_trig, entry.target)
+    out.update(test_asr=ev.asr, test_cacc=ev.cacc, test_lift=ev.trigger_lift)
+    print("  epoch", {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}, flush=True)
+    return out
+au._proxy = proxy
+t = time.time()
+r = build_strategy("anchor_unlearn", options).run(loaded, kept, trusted, probe=probe)
+print(json.dumps({"entry": entry_name, "options": options, "seconds": round(time.time() - t),
+                  "trajectory": r.trajectory, "latent": r.extras["latent"]}, default=str))
