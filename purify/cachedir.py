@@ -1,4 +1,5 @@
-"""Where purify caches things, and publishing a finished cache folder (a trained teacher, a zoo model, a converted base) so concurrent processes agree.
+"""Where purify caches things, and how a finished cache folder (a trained teacher, a zoo model, a converted base)
+is published so that concurrent processes agree.
 
 Several benchmark processes may train the same cached artefact at once. The first complete copy wins: a later one is
 discarded rather than swapped in, because another process may be loading the copy already in place.

@@ -39,7 +39,7 @@ _FALSE_WORDS = ("0", "false", "no", "off")
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
            low_open: bool = False, choices: tuple | None = None) -> Any:
     """A config field that declares its help and bounds (peft-style metadata), checked by `validate` in one place:
-    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes where the field's type allows it."""
+    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes where the type allows it."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
                                             "choices": choices})
 

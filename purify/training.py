@@ -85,8 +85,8 @@ def train_classifier(
     """Fine-tune `model` on (texts, labels); optionally only `parameters`, plus a regulariser `extra_loss(model)`.
 
     `loss_fn(model, indices)` replaces the cross-entropy of a batch (the rows `indices` of `texts`) for strategies
-    whose objective is more than the labels; `epoch_metrics(model)` adds figures to each epoch's record. With `val` and ``config.keep_best`` the weights of the best
-    validation epoch are restored at the end.
+    whose objective is more than the labels; `epoch_metrics(model)` adds figures to each epoch's record. With `val`
+    and ``config.keep_best`` the weights of the best validation epoch are restored at the end.
     """
     seed_everything(config.seed)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]

@@ -224,10 +224,7 @@ class AnchorUnlearn(Strategy):
         dropped["validation_samples"] = dropped_val["samples"]
         baseline = accuracy_on(model, tokenizer, validation.texts, validation.labels, max_length=cfg.max_length)
         before = probe.measure(model, tokenizer, validation, seed=cfg.seed, max_length=cfg.max_length)
-        anchor = torch.from_numpy(predict_logits(model, tokenizer, train.texts, max_length=cfg.max_length)).float()
-        prior_shift = None
-        if cfg.anchor_prior == "data":
-            anchor, prior_shift = prior_corrected(anchor, train.labels)
+        anchor, prior_shift = self._anchor(model, tokenizer, train)
         inserter = Inserter(insertion_vocabulary(tokenizer), probe.weighted(cfg.probe_per_label), cfg.insert_words,
                             cfg.probe_share, cfg.seed)
         shift = self._shift(model, tokenizer, train, anchor, probe.target) if cfg.latent_weight > 0 else None
@@ -250,14 +247,22 @@ class AnchorUnlearn(Strategy):
             "dropped_by_probe": dropped,
             "anchor_prior_shift": None if prior_shift is None else [round(float(x), 4) for x in prior_shift],
             "proxy_before": before, "proxy_after": _proxy(probe, model, tokenizer, validation, cfg),
-            "latent": None if shift is None else {"layer": shift.layer, "radius": cfg.latent_radius,
-                                                  "token_norm": shift.scale, "shift_norm": float(shift.delta.detach().norm())},
+            "latent": _latent_summary(shift, cfg),
             "seconds": round(time.time() - started, 1),
             "phase_seconds": {"probe": round(probe_seconds, 1),
                               "training": round(time.time() - training_started, 1)},
         }
         return StrategyResult(model=model, trajectory=result.history, baseline_val_accuracy=baseline,
                               final_val_accuracy=result.history[-1].get("val_accuracy"), extras=extras)
+
+    def _anchor(self, model: nn.Module, tokenizer, train: TaskData) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The frozen targets: the model's eval-mode logits on each clean training text, prior-corrected when
+        `anchor_prior` is "data"; and the per-label offset that correction added (None without it)."""
+        cfg = self.config
+        anchor = torch.from_numpy(predict_logits(model, tokenizer, train.texts, max_length=cfg.max_length)).float()
+        if cfg.anchor_prior == "data":
+            return prior_corrected(anchor, train.labels)
+        return anchor, None
 
     def _train_config(self) -> TrainConfig:
         cfg = self.config
@@ -286,6 +291,14 @@ class AnchorUnlearn(Strategy):
             for p in model.parameters():
                 p.grad = None
         return shift
+
+
+def _latent_summary(shift: LatentShift | None, cfg: AnchorUnlearnConfig) -> dict | None:
+    """Where the shift acted and how large it ended, for the report."""
+    if shift is None:
+        return None
+    return {"layer": shift.layer, "radius": cfg.latent_radius, "token_norm": shift.scale,
+            "shift_norm": float(shift.delta.detach().norm())}
 
 
 def _proxy(probe: BackdoorProbe, model: nn.Module, tokenizer, validation: TaskData,
