@@ -78,7 +78,7 @@ class AnchorUnlearnConfig(StrategyConfig):
     @classmethod
     def search_space(cls) -> dict[str, dict]:
         return {
-            "lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True},
+            "lr": {"type": "float", "low": 1e-5, "high": 3e-4, "log": True},
             "epochs": {"type": "int", "low": 1, "high": 4},
             "insert_prob": {"type": "float", "low": 0.25, "high": 1.0},
             "latent_weight": {"type": "float", "low": 0.0, "high": 2.0},
