@@ -38,6 +38,11 @@ class RetrainBaseConfig(StrategyConfig):
     max_length: int = option(64, "tokens per text", low=1)
     patience: int | None = option(None, "stop after this many epochs without a better validation accuracy", low=1)
 
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        return {"lr": {"type": "float", "low": 2e-5, "high": 3e-4, "log": True},
+                "epochs": {"type": "int", "low": 1, "high": 4}}
+
 
 def _shape(config) -> tuple:
     return tuple(getattr(config, name, None) for name in _SHAPE_FIELDS)
