@@ -67,6 +67,8 @@ class AnchorUnlearnConfig(StrategyConfig):
     drop_trigger_rate: float | None = option(TRIGGER_RATE, "leave out target-label samples holding a trigger that "
                                              "flips at least this share (none: keep all)", low=0, high=1,
                                              low_open=True)
+    calibrate_bias: bool = option(False, "after training, shift the output layer's bias so that the model's mean "
+                                  "answer on the validation texts has their label frequencies (heads with a bias)")
     inversion_candidates: int = option(48, "words measured per label when no probe came with the run", low=1)
     inversion_words: int = option(8, "words kept per label by that inversion", low=1)
 
@@ -128,6 +130,20 @@ def prior_corrected(logits: torch.Tensor, labels: list[int], steps: int = 20) ->
         offset = offset + torch.log(wanted) - torch.log(mean)
         offset = offset - offset.mean()
     return logits + offset, offset
+
+
+def calibrate_output_bias(model: nn.Module, tokenizer, validation: TaskData, max_length: int) -> list[float] | None:
+    """Add to the output layer's bias the per-label offset that gives the model's mean answer on `validation` the
+    labels' frequencies there; the offset, or None when the head's last layer has no bias."""
+    num = int(model.config.num_labels)
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num]
+    if not heads or heads[-1].bias is None:
+        return None
+    logits = torch.from_numpy(predict_logits(model, tokenizer, validation.texts, max_length=max_length)).float()
+    _, offset = prior_corrected(logits, validation.labels)
+    with torch.no_grad():
+        heads[-1].bias += offset.to(heads[-1].bias)
+    return [round(float(x), 4) for x in offset]
 
 
 class AnchorObjective:
@@ -240,7 +256,10 @@ class AnchorUnlearn(Strategy):
             if shift is not None:
                 shift.remove()
         model.eval()
+        calibration = calibrate_output_bias(model, tokenizer, validation, cfg.max_length) if cfg.calibrate_bias \
+            else None
         extras = {
+            "bias_calibration": calibration,
             "probe_source": probe.source, "suspected_target": probe.target,
             "inserted": {"prob": cfg.insert_prob, "words": cfg.insert_words, "probe_share": cfg.probe_share,
                          "candidates": probe.weighted(cfg.probe_per_label)},

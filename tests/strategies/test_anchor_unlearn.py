@@ -179,3 +179,18 @@ def test_prior_correction_gives_the_anchor_the_labels_frequencies_and_keeps_its_
     assert torch.allclose(mean, torch.tensor([200.0, 100.0, 100.0]) / 400, atol=0.01)
     assert offset[1] < offset[0]  # the tilt is taken out
     assert torch.equal((corrected - logits).std(0), torch.zeros(3)) or float((corrected - logits).std(0).max()) < 1e-6
+
+
+def test_bias_calibration_matches_the_validation_label_frequencies():
+    from strategies.anchor_unlearn import calibrate_output_bias
+
+    loaded, task = tiny_backdoored()
+    model, tok = loaded.model, loaded.tokenizer
+    with torch.no_grad():
+        model.classifier.bias += torch.tensor([-1.5, 1.5])  # tilt towards label 1
+    offset = calibrate_output_bias(model, tok, task.validation, 32)
+    assert offset is not None and offset[1] < offset[0]
+    probs = torch.softmax(torch.from_numpy(predict_logits(model, tok, task.validation.texts, max_length=32)), -1)
+    share = sum(task.validation.labels) / len(task.validation)
+    assert abs(float(probs[:, 1].mean()) - share) < 0.02
+    assert calibrate_output_bias(tiny_model("llama"), tok, task.validation, 32) is None  # score has no bias

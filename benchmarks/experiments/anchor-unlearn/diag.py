@@ -34,5 +34,9 @@ def proxy(probe_, model, tok, val, cfg):
 au._proxy = proxy
 t = time.time()
 r = build_strategy("anchor_unlearn", options).run(loaded, kept, trusted, probe=probe)
+final = evaluate_model(r.model, loaded.tokenizer, test_clean, test_trig, entry.target)
 print(json.dumps({"entry": entry_name, "options": options, "seconds": round(time.time() - t),
-                  "trajectory": r.trajectory, "latent": r.extras["latent"]}, default=str))
+                  "trajectory": r.trajectory, "latent": r.extras["latent"],
+                  "bias_calibration": r.extras.get("bias_calibration"),
+                  "final": {"test_asr": final.asr, "test_cacc": final.cacc, "test_lift": final.trigger_lift}},
+                 default=str))
