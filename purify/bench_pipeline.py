@@ -88,7 +88,7 @@ def _record(cell: Any, entry: Any, report: dict, seconds: float) -> dict:
         "probe_triggers": [t["text"] for t in probe.get("triggers", [])],
         "probe_target": probe.get("suspected_target"), "probe_before": probe.get("before"),
         "probe_after": probe.get("after"), "verdict": report.get("verdict", {}).get("status"),
-        "seconds": round(seconds, 1), "timings": report.get("timings"),
+        "seconds": round(seconds, 1), "timings": report.get("timings"), "compute": report.get("compute"),
         "train_data": ("zoo train split minus flagged-poisoned lines (upper bound)" if cell.method == "upper_bound"
                        else "zoo train split through the filter, trusted split as validation (realistic)"),
     }
@@ -99,28 +99,55 @@ def _pct(value: float | None) -> str:
 
 
 def pipeline_table(ok: list[dict]) -> list[str]:
-    """Markdown rows: one per cell, the default pipeline first on each entry."""
+    """Markdown rows: one per cell, the default pipeline first on each entry, a mean ± sd row under a row with
+    several seeds, and the zoo's clean reference last on each entry."""
     lines = ["| entry | row | seed | ASR before | ASR after | floor | trigger lift | CACC before -> after | "
              "removed (poisoned / all) | triggers found | verdict | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {row: i for i, row in enumerate(ROWS)}
-    last_entry = None
-    for r in sorted(ok, key=lambda r: (r["cell"]["entry"], order.get(r["cell"]["method"], 9), r["cell"]["seed"])):
-        c = r["cell"]
-        if c["entry"] != last_entry and last_entry is not None:
-            lines.append(_clean_reference_row(last_entry, previous))
-        last_entry, previous = c["entry"], r
-        removed = "-" if r.get("filter_removed") is None else \
-            f"{r.get('filter_removed_poisoned', '?')}/{r['poisoned']} / {r['filter_removed']}"
-        triggers = ", ".join(r.get("probe_triggers") or [])[:60] or "-"
-        row = c["method"] + (" (default)" if r.get("default") else "")
-        lines.append(f"| {c['entry']} | {row} | {c['seed']} | {_pct(r['asr_before'])} | {_pct(r['asr_after'])} | "
-                     f"{_pct(r['asr_floor'])} | {_pct(r.get('trigger_lift'))} | {_pct(r['cacc_before'])} -> "
-                     f"{_pct(r['cacc_after'])} | {removed} | {triggers} | {r.get('verdict') or '-'} | "
-                     f"{r['seconds']:.0f} |")
-    if last_entry is not None:
-        lines.append(_clean_reference_row(last_entry, previous))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(ok, key=lambda r: (r["cell"]["entry"], order.get(r["cell"]["method"], 9), r["cell"]["method"],
+                                       r["cell"]["seed"])):
+        groups.setdefault((r["cell"]["entry"], r["cell"]["method"]), []).append(r)
+    entries = list(dict.fromkeys(entry for entry, _ in groups))
+    for entry in entries:
+        for (e, _method), rows in groups.items():
+            if e != entry:
+                continue
+            lines += [_cell_row(r) for r in rows]
+            if len(rows) > 1:
+                lines.append(_spread_row(rows))
+        last = [rows[-1] for (e, _), rows in groups.items() if e == entry][-1]
+        lines.append(_clean_reference_row(entry, last))
     return lines
+
+
+def _cell_row(r: dict) -> str:
+    c = r["cell"]
+    removed = "-" if r.get("filter_removed") is None else \
+        f"{r.get('filter_removed_poisoned', '?')}/{r['poisoned']} / {r['filter_removed']}"
+    triggers = ", ".join(r.get("probe_triggers") or [])[:60] or "-"
+    row = c["method"] + (" (default)" if r.get("default") else "")
+    return (f"| {c['entry']} | {row} | {c['seed']} | {_pct(r['asr_before'])} | {_pct(r['asr_after'])} | "
+            f"{_pct(r['asr_floor'])} | {_pct(r.get('trigger_lift'))} | {_pct(r['cacc_before'])} -> "
+            f"{_pct(r['cacc_after'])} | {removed} | {triggers} | {r.get('verdict') or '-'} | {r['seconds']:.0f} |")
+
+
+def _spread_row(rows: list[dict]) -> str:
+    """Mean ± sample standard deviation over the seeds of one entry and row."""
+    import numpy as np
+
+    def ms(key: str) -> str:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if not values:
+            return "-"
+        return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
+
+    c = rows[0]["cell"]
+    seconds = np.mean([r["seconds"] for r in rows])
+    return (f"| {c['entry']} | {c['method']}: mean ± sd | {len(rows)} seeds | {ms('asr_before')} | {ms('asr_after')} | "
+            f"{_pct(rows[0]['asr_floor'])} | {ms('trigger_lift')} | {ms('cacc_before')} -> {ms('cacc_after')} | - | - | "
+            f"- | {seconds:.0f} |")
 
 
 def _clean_reference_row(entry: str, record: dict) -> str:

@@ -33,6 +33,7 @@ def test_a_pipeline_cell_runs_what_a_user_runs(session_cache, tmp_path):
     for r in (default, upper):
         assert r["trigger_lift"] == pytest.approx(r["asr_after"] - r["clean_target_rate"])
         assert 0 <= r["clean_target_rate"] <= 1
+        assert r["compute"]["epoch_floor_seconds"] > 0 and "strategy" in r["compute"]["timings_in_floors"]
         assert r["verdict"] in ("removed", "weakened", "survived", "unknown")
     assert default["default"] is False  # options were given: not the default pipeline
     table = md.read_text()
