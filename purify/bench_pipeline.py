@@ -20,8 +20,11 @@ PIPELINE_ENTRIES: tuple[str, ...] = tuple(
     + [f"minilm-movie-{a}-p10-s0" for a in ("rarepieces", "plainsent")]  # frozen variants (purify.zoo.variants)
 )
 MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
-#: rows: the default pipeline, and the flag-removed upper bound of the default strategy
-ROWS = ("default", "upper_bound")
+#: rows: the default pipeline, the flag-removed upper bound of the default strategy, and the reference strategies a
+#: user could pick instead (behind the default filter; they need what a user often lacks, e.g. the base model)
+PIPELINE_ROWS = ("default", "upper_bound")
+REFERENCE_ROWS = ("retrain_base",)
+ROWS = PIPELINE_ROWS + REFERENCE_ROWS
 
 
 def pipeline_cells(cell_cls: type, entries: list[str] | None, methods: list[str] | None, seeds: int) -> list:
@@ -39,8 +42,8 @@ def _config(cell: Any, entry: Any, options: dict) -> Any:
 
     strategy = options.pop("strategy", DEFAULT_STRATEGY)
     filter_name = options.pop("filter", DEFAULT_FILTER if cell.method == "default" else "none")
-    if cell.method not in ROWS:
-        strategy = cell.method  # any registered strategy, behind the default filter
+    if cell.method not in PIPELINE_ROWS:
+        strategy = cell.method  # a reference row or any registered strategy, behind the default filter
         filter_name = options.pop("filter", DEFAULT_FILTER)
     filter_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("filter.")}
     return PipelineConfig(strategy=strategy, strategy_options=options, filter=filter_name,
