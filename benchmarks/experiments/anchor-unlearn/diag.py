@@ -1,9 +1,15 @@
 """Diagnostic (not a benchmark): anchor_unlearn on a zoo entry in the realistic setting, with test ASR per epoch.
-The filter's kept set and probe are cached per entry so that several option sets can be compared."""
-import json, pickle, sys, time
-from pathlib import Path
-import numpy as np
+
+The filter's kept set and probe are cached per entry (a pickle this script wrote itself, under the purify cache)
+so that several option sets can be compared. Usage: diag.py ENTRY '{"option": value, ...}'
+"""
+import json
+import pickle
+import sys
+import time
+
 from purify.bench import _entry
+from purify.cachedir import cache_root
 from purify.pipeline import run_filter
 from purify.checkpoint import load_checkpoint
 from purify.evaluate import evaluate_model
@@ -15,7 +21,8 @@ entry = _entry(entry_name)
 loaded = load_checkpoint(entry.model_dir, task="classification")
 train = entry.load("train"); trusted = entry.load("trusted")
 test_clean, test_trig = entry.load("test_clean"), entry.load("test_triggered")
-cache = Path(f"/work/runs/diag/{entry_name}.filter.pkl")
+cache = cache_root() / "diag" / f"{entry_name}.filter.pkl"  # the filter's kept samples and probe, once per entry
+cache.parent.mkdir(parents=True, exist_ok=True)
 if cache.exists():
     kept, probe = pickle.loads(cache.read_bytes())
 else:

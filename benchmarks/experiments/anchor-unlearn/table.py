@@ -20,6 +20,10 @@ def main(path: str) -> None:
             print(f"| {r['name']} | {opts} | {h['epoch']} | {100 * h['test_asr']:.1f} | {100 * h['test_lift']:.1f} | "
                   f"{100 * h['test_cacc']:.1f} | {100 * h['val_proxy_lift']:.1f} | "
                   f"{r['seconds'] if h['epoch'] == len(r['trajectory']) else ''} |")
+        if r.get("final") and r.get("bias_calibration") is not None:
+            f = r["final"]
+            print(f"| {r['name']} | {opts} | after bias calibration | {100 * f['test_asr']:.1f} | "
+                  f"{100 * f['test_lift']:.1f} | {100 * f['test_cacc']:.1f} | | |")
 
 
 if __name__ == "__main__":
