@@ -215,8 +215,10 @@ class AnchorObjective:
 
 
 class AnchorUnlearn(Strategy):
-    """Unlearn the trigger by fine-tuning the model to answer triggered and latent-shifted clean texts as it answers
-    the clean texts (no teacher)."""
+    """Unlearn the trigger: fine-tune the model to answer triggered copies of clean texts as it answered the texts.
+
+    The copies carry the backdoor probe's words and phrases (and, optionally, a latent shift); no teacher is used.
+    """
 
     config: AnchorUnlearnConfig
     fast_options = {"epochs": 6, "lr": 3e-3, "max_length": 32, "latent_weight": 1.0}
