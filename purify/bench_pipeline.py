@@ -138,16 +138,13 @@ def _cell_row(r: dict) -> str:
 
 def _spread_row(rows: list[dict]) -> str:
     """Mean ± sample standard deviation over the seeds of one entry and row."""
-    import numpy as np
+    from .bench import _mean_sd
 
     def ms(key: str) -> str:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        if not values:
-            return "-"
-        return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
+        return _mean_sd([r.get(key) for r in rows])
 
     c = rows[0]["cell"]
-    seconds = np.mean([r["seconds"] for r in rows])
+    seconds = sum(r["seconds"] for r in rows) / len(rows)
     return (f"| {c['entry']} | {c['method']}: mean ± sd | {len(rows)} seeds | {ms('asr_before')} | {ms('asr_after')} | "
             f"{_pct(rows[0]['asr_floor'])} | {ms('trigger_lift')} | {ms('cacc_before')} -> {ms('cacc_after')} | - | - | "
             f"- | {seconds:.0f} |")

@@ -73,11 +73,17 @@ def _text_config(config):
     return sub if sub is not None and getattr(config, "model_type", "") == "gemma3" else config
 
 
+def hidden_size(config) -> int:
+    """The width of the residual stream, whatever the architecture calls it."""
+    cfg = _text_config(config)
+    return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "dim"))
+
+
 def _head_geometry(config) -> tuple[int, int, int]:
     cfg = _text_config(config)
     n_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or getattr(cfg, "n_heads")
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "dim")
+    hidden = hidden_size(config)
     head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
     return int(n_heads), int(n_kv), int(head_dim)
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .heads import find_attention_blocks
+from .heads import find_attention_blocks, hidden_size
 
 
 def layer_module(model: nn.Module, fraction: float) -> tuple[int, nn.Module]:
@@ -38,7 +38,7 @@ class LatentShift:
             raise ConfigError(f"latent layer fraction must be in [0, 1], got {fraction}")
         self.layer, self.module = layer_module(model, fraction)
         device = next(model.parameters()).device
-        self.delta = torch.zeros(_hidden_size(model), device=device, requires_grad=True)
+        self.delta = torch.zeros(hidden_size(model.config), device=device, requires_grad=True)
         self.radius, self.lr = radius, lr
         self.scale: float | None = None  # mean token norm at the layer input, set by `calibrate`
         self._rows: torch.Tensor | None = None  # (batch,) 1 where the shift applies; None: off
@@ -113,12 +113,3 @@ def shift_objective(logits: torch.Tensor, anchor: torch.Tensor, target: int | No
     if target is not None:
         return log_probs[:, target].mean()
     return F.kl_div(log_probs, F.log_softmax(anchor.float(), dim=-1), log_target=True, reduction="batchmean")
-
-
-def _hidden_size(model: nn.Module) -> int:
-    cfg = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    size = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "dim", None)
-    if not size:
-        raise ConfigError(f"cannot tell the hidden size of this {cfg.model_type!r} model")
-    return int(size)

@@ -25,6 +25,7 @@ from purify.data import TaskData
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict_logits
 from purify.inversion import insertion_vocabulary
+from purify.losses import kd_loss
 from purify.latent import LatentShift, shift_objective
 from purify.probe import TRIGGER_RATE, BackdoorProbe, probe_or_invert, without_carriers
 from purify.registry import Strategy, StrategyConfig, StrategyResult, option, register_strategy
@@ -114,8 +115,7 @@ class Inserter:
 
 def anchor_kl(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """KL(anchor || model) per batch: how far the model's answer moved from the anchor's."""
-    return F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(anchor.float(), -1), log_target=True,
-                    reduction="batchmean")
+    return kd_loss(logits, anchor, 1.0)
 
 
 def prior_corrected(logits: torch.Tensor, labels: list[int], steps: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +267,10 @@ class AnchorUnlearn(Strategy):
                          "candidates": probe.weighted(cfg.probe_per_label)},
             "dropped_by_probe": dropped,
             "anchor_prior_shift": None if prior_shift is None else [round(float(x), 4) for x in prior_shift],
-            "proxy_before": before, "proxy_after": _proxy(probe, model, tokenizer, validation, cfg),
+            "proxy_before": before,
+            # the last epoch's record measured these weights already, unless the calibration changed them since
+            "proxy_after": _proxy(probe, model, tokenizer, validation, cfg) if calibration is not None else
+            {k: result.history[-1][k] for k in ("val_proxy_asr", "val_proxy_lift")},
             "latent": _latent_summary(shift, cfg),
             "seconds": round(time.time() - started, 1),
             "phase_seconds": {"probe": round(probe_seconds, 1),

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from purify.checkpoint import LoadedModel, load_checkpoint
@@ -89,7 +90,7 @@ class RetrainBase(Strategy):
         if len(train) == 0:
             raise DataError("retrain_base needs training samples")
         started = time.time()
-        fresh = self._fresh_model(loaded)
+        fresh, base_name = self._fresh_model(loaded)
         baseline = accuracy_on(loaded.model, loaded.tokenizer, validation.texts, validation.labels,
                                max_length=cfg.max_length) if len(validation) else None
         result = train_classifier(
@@ -100,19 +101,17 @@ class RetrainBase(Strategy):
         fresh.eval()
         return StrategyResult(model=fresh, trajectory=result.history, baseline_val_accuracy=baseline,
                               final_val_accuracy=result.best_val_accuracy if len(validation) else None,
-                              extras={"base": self._base_name, "best_epoch": result.best_epoch,
+                              extras={"base": base_name, "best_epoch": result.best_epoch,
                                       "seconds": round(time.time() - started, 1)})
 
-    def _fresh_model(self, loaded: LoadedModel) -> nn.Module:
-        """The base with a new head of the checkpoint's labels, on the checkpoint's device."""
-        import torch
-
+    def _fresh_model(self, loaded: LoadedModel) -> tuple[nn.Module, str]:
+        """The base with a new head of the checkpoint's labels, on the checkpoint's device; and which base it is."""
         model = loaded.model
         num_labels = int(model.config.num_labels)
         if self.config.base == SCRATCH:
             torch.manual_seed(self.config.seed)
             fresh = type(model)(model.config)
-            self._base_name = SCRATCH
+            base_name = SCRATCH
         else:
             path = find_base(model, self.config.base)
             torch.manual_seed(self.config.seed)  # the new head is drawn from the seed
@@ -120,9 +119,9 @@ class RetrainBase(Strategy):
             if fresh.config.vocab_size != model.config.vocab_size:
                 raise ConfigError(f"retrain_base: the base in {path} has {fresh.config.vocab_size} token rows, the "
                                   f"checkpoint {model.config.vocab_size}; it is not this checkpoint's base")
-            self._base_name = str(path)
+            base_name = str(path)
         fresh.config.id2label, fresh.config.label2id = model.config.id2label, model.config.label2id
-        return fresh.to(next(model.parameters()).device)
+        return fresh.to(next(model.parameters()).device), base_name
 
 
 register_strategy("retrain_base", RetrainBaseConfig, RetrainBase)

@@ -31,6 +31,7 @@ from purify.device import model_device, seed_everything
 from purify.errors import ConfigError, DataError
 from purify.inference import MAX_LENGTH, labelled_batch, predict, predict_logits
 from purify.inversion import insert_words, insertion_vocabulary, predict_inserted
+from purify.losses import kd_loss
 from purify.lora import lora_target_modules
 from purify.progress import track
 from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
@@ -280,13 +281,6 @@ def pooled_outputs(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_s
 
 
 # -- the loss ------------------------------------------------------------------------------------------------
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (Hinton et al. scaling)."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-                    log_target=True, reduction="batchmean") * t * t
-
 
 def alignment_loss(student_feats: torch.Tensor, teacher_feats: torch.Tensor, projector: nn.Module) -> torch.Tensor:
     """Mean over samples of the mean squared distance between projector(student_i) and teacher_i (row i to row i)."""
