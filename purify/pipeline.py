@@ -1,11 +1,12 @@
 """The main job: safe load, filter the untrusted data, run one strategy on clean data, export, report."""
 from __future__ import annotations
 
+
 import json
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
                             "data; give more data or a --trusted validation set")
 
     probe = filtered.probe if filtered is not None else None
+    if probe is not None:  # the removed samples travel with the findings, for strategies that unlearn on them
+        probe = replace(probe, flagged=filtered.removed)
     if probe is not None:
         report["probe"] = {**probe.summary(), "before": probe.measure(loaded.model, loaded.tokenizer, validation,
                                                                       seed=cfg.seed)}

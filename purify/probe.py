@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from .data import TaskData
 from .errors import DataError
 from .inference import MAX_LENGTH, predict
-from .inversion import MAX_BASE_RATE, TriggerInversion, insert_words, invert_triggers, word_sequence
+from .inversion import MAX_BASE_RATE, TriggerInversion, insert_words, word_sequence
 
 #: a candidate flipping at least this share of other-label samples is taken as a trigger (the filter's min_rate)
 TRIGGER_RATE = 0.9
@@ -57,6 +58,9 @@ class BackdoorProbe:
     base_rates: dict[int, float] = field(default_factory=dict)  # label -> share predicted with nothing inserted
     source: str = "none"
     min_rate: float = TRIGGER_RATE
+    #: the samples the run's filter removed as poisoned (None when there was no filter): a strategy may unlearn on
+    #: them, since they are the backdoor's own training examples
+    flagged: TaskData | None = None
 
     @classmethod
     def from_inversion(cls, inversion: TriggerInversion, phrases: Iterable[dict] = (), *, source: str,
@@ -112,6 +116,33 @@ class BackdoorProbe:
                 out[c.text] = max(out.get(c.text, 0.0), c.flip_rate)
         return out
 
+    def flagged_texts(self, which: str = "stripped") -> list[str]:
+        """The removed samples labelled with the suspected target, as `which` asks: "stripped" of the strongest
+        triggers (their own content), "triggered" (as they came) or "both"."""
+        target = self.target
+        if self.flagged is None or target is None:
+            return []
+        carried = [s.text for s in self.flagged.samples if s.label == target]
+        stripped = [t for t in (strip_triggers(t, self.strongest()) for t in carried) if t.strip()]
+        return {"stripped": stripped, "triggered": carried, "both": stripped + carried}[which]
+
+    def flagged_relabelled(self, model: nn.Module, tokenizer, trusted: TaskData, *,
+                           max_length: int = MAX_LENGTH) -> dict:
+        """Whether the removed target-label samples look moved there from other labels (dirty-label poison): the
+        model's target rate on their stripped text is nearer its rate on trusted samples of other labels than on
+        trusted samples of the target, whose rate a clean-label attack's true-labelled samples would match."""
+        stripped, target = self.flagged_texts("stripped"), self.target
+        if not stripped or target is None:
+            return {"relabelled": False, "stripped_target_rate": None}
+        rate = lambda texts: float(np.mean(predict(model, tokenizer, texts, max_length=max_length) == target)) \
+            if texts else None  # noqa: E731
+        on_target = rate([t for t, y in zip(trusted.texts, trusted.labels) if y == target])
+        on_others = rate([t for t, y in zip(trusted.texts, trusted.labels) if y != target])
+        flagged = rate(stripped)
+        midpoint = ((1.0 if on_target is None else on_target) + (0.0 if on_others is None else on_others)) / 2
+        return {"relabelled": bool(flagged < midpoint), "stripped_target_rate": flagged,
+                "trusted_target_rate": on_target, "trusted_other_rate": on_others}
+
     def carrier_rates(self, data: TaskData) -> np.ndarray:
         """Per sample: the flip rate of the strongest trigger of the suspected target it holds when it carries that
         label, else 0. Samples at or above `min_rate` are the ones a strategy leaves out of its clean data."""
@@ -166,13 +197,18 @@ class BackdoorProbe:
 def probe_or_invert(model: nn.Module, tokenizer, train: TaskData, probe: BackdoorProbe | None, *, source: str,
                     candidates: int, keep: int, seed: int, max_length: int = MAX_LENGTH,
                     min_rate: float = TRIGGER_RATE) -> BackdoorProbe:
-    """The run's probe when the pipeline has one (its filter already inverted and mined triggers), else a trigger
-    inversion of `model` on the clean training data, so that a strategy run on its own still knows the trigger."""
+    """The run's probe when the pipeline has one (its filter already inverted and mined triggers), else the
+    trigger_words filter's own search on the training data: single-token inversion from the model's gradients plus
+    the data's repeated phrases, so that a strategy run on its own still sees multi-piece words and sentences."""
     if probe is not None:
         return probe
-    inversion = invert_triggers(model, tokenizer, train, candidates=candidates, keep=keep, seed=seed,
-                                max_length=max_length, progress="trigger inversion")
-    return BackdoorProbe.from_inversion(inversion, source=source, min_rate=min_rate)
+    from .checkpoint import LoadedModel
+    from .filters import build_filter
+
+    search = build_filter("trigger_words", {"candidates": candidates, "words": keep, "min_rate": min_rate,
+                                            "seed": seed, "max_length": max_length})
+    _, details = search.score_with_details(LoadedModel(model, tokenizer, "classification", Path(".")), train)
+    return replace(details["probe"], source=source)
 
 
 def without_carriers(data: TaskData, probe: BackdoorProbe | None, rate: float | None) -> tuple[TaskData, dict]:
@@ -189,6 +225,23 @@ def without_carriers(data: TaskData, probe: BackdoorProbe | None, rate: float | 
         raise DataError("every sample contains a confirmed trigger; nothing clean is left")
     dropped = {"words": words, "target": probe.target, "samples": len(data) - len(keep)}
     return (data.subset(keep) if dropped["samples"] else data), dropped
+
+
+def strip_triggers(text: str, triggers: Sequence[TriggerCandidate]) -> str:
+    """`text` less every whole-word occurrence of the triggers' words (matched as `TriggerCandidate.held_by`
+    matches them), so that what remains is the sample's own content."""
+    parts = text.split()
+    for c in sorted(triggers, key=lambda c: -len(c.words)):
+        mine, n = c.words, len(c.words)
+        i, kept = 0, []
+        while i < len(parts):
+            if n and word_sequence(" ".join(parts[i:i + n])) == mine:
+                i += n
+            else:
+                kept.append(parts[i])
+                i += 1
+        parts = kept
+    return " ".join(parts)
 
 
 def _row(c: TriggerCandidate) -> dict:

@@ -2,12 +2,13 @@
 
 The suspicious model is already a good classifier of clean text; only its reaction to the trigger is wrong. Its
 own eval-mode answers on the clean training texts are computed once and frozen (the anchor). It is then
-fine-tuned on those texts with three kinds of input, each pulled towards the anchor of the clean text it came
-from: the clean text (plus cross-entropy on its label, so clean accuracy stays); the text with the backdoor
-probe's trigger words and phrases, and random vocabulary words, inserted (insertion triggers); and the clean text
-under a universal latent shift (purify.latent; for triggers that cannot be spelled), started towards the suspected
-target and then moved, in the same backward pass, up the loss the model descends. All three share one forward
-pass per step. No teacher is needed, so nothing weaker than the model sets its targets.
+fine-tuned on those texts with four kinds of input: the clean text (pulled to its anchor, plus cross-entropy on
+its label, so clean accuracy stays); the text with the backdoor probe's trigger words and phrases, and random
+vocabulary words, inserted (pulled to the clean text's anchor and label); the samples the filter removed, when
+they look relabelled from another label, pushed off the suspected target with and without their triggers (the
+model tied both the trigger and their own content to the target); and, optionally, the clean text under a
+universal latent shift (purify.latent; for triggers that cannot be spelled), moved in the same backward pass up
+the loss the model descends. All of them share one forward pass per step. No teacher is needed.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from purify.training import TrainConfig, accuracy_on, train_classifier
 class AnchorUnlearnConfig(StrategyConfig):
     """Knobs of the anchored unlearner (every field declares its help and bounds)."""
 
-    epochs: int = option(3, "passes over the clean training data", low=1)
+    epochs: int = option(2, "passes over the clean training data", low=1)
     lr: float = option(1e-4, "AdamW learning rate of the full fine-tune", low=0, low_open=True)
     batch_size: int = option(32, "clean texts per step (their perturbed copies come on top)", low=1)
     weight_decay: float = option(0.01, "AdamW weight decay", low=0)
@@ -65,6 +66,16 @@ class AnchorUnlearnConfig(StrategyConfig):
                                   low_open=True)
     latent_lr: float = option(0.1, "shift step per batch, as a share of the largest norm", low=0, low_open=True)
     latent_warmup: int = option(10, "ascent steps of the shift towards the suspected target before training", low=0)
+    flagged_weight: float = option(1.0, "weight of the unlikelihood of the suspected target on the samples the filter "
+                                   "removed that carry that label (label-flipping poison moved them there from "
+                                   "another label; 0: they stay unused)", low=0)
+    flagged_text: str = option("both", "which text of a removed sample is unlearned: stripped of the probe's "
+                               "triggers (its own content, which the model also tied to the target), as it came "
+                               "(triggered), or both", choices=("stripped", "triggered", "both"))
+    flagged_check: bool = option(True, "unlearn the removed samples only when they look relabelled: the model's "
+                                 "target rate on their trigger-stripped text is nearer its rate on trusted samples of "
+                                 "other labels than on trusted target samples (clean-label poison keeps true labels, "
+                                 "and then they are left alone)")
     drop_trigger_rate: float | None = option(TRIGGER_RATE, "leave out target-label samples holding a trigger that "
                                              "flips at least this share (none: keep all)", low=0, high=1,
                                              low_open=True)
@@ -118,6 +129,13 @@ def anchor_kl(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     return kd_loss(logits, anchor, 1.0)
 
 
+def target_unlikelihood(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """Mean of -log(1 - p(target)): pushes mass off the target without naming which other label should get it."""
+    log_all = torch.logsumexp(logits.float(), dim=-1)
+    others = torch.cat([logits[:, :target], logits[:, target + 1:]], dim=-1).float()
+    return (log_all - torch.logsumexp(others, dim=-1)).mean()
+
+
 def prior_corrected(logits: torch.Tensor, labels: list[int], steps: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """`logits` plus one per-label offset, chosen so that their mean softmax equals the label frequencies of
     `labels` (a few fixed-point steps of the log-ratio update); the corrected logits and the offset."""
@@ -150,10 +168,12 @@ class AnchorObjective:
     """The loss of one batch: clean, inserted and latent-shifted texts, each pulled to the clean text's anchor."""
 
     def __init__(self, cfg: AnchorUnlearnConfig, tokenizer, train: TaskData, anchor: torch.Tensor,
-                 inserter: Inserter, shift: LatentShift | None, target: int | None) -> None:
+                 inserter: Inserter, shift: LatentShift | None, target: int | None,
+                 flagged: list[str] | None = None) -> None:
         self.cfg, self.tokenizer, self.anchor = cfg, tokenizer, anchor
         self.texts, self.labels = train.texts, torch.as_tensor(train.labels, dtype=torch.long)
         self.inserter, self.shift, self.target = inserter, shift, target
+        self.flagged = flagged if cfg.flagged_weight > 0 and target is not None else []
         self.rng = np.random.default_rng(cfg.seed)
         self.terms: dict[str, list[float]] = {}
 
@@ -170,7 +190,8 @@ class AnchorObjective:
         uses_inserted = cfg.insert_weight > 0 or cfg.insert_label_weight > 0
         inserted = np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if uses_inserted else []
         shifted = self._latent_rows(labels) if self.shift is not None else []
-        batch_texts = texts + [self.inserter(texts[i]) for i in inserted] + [texts[i] for i in shifted]
+        flagged = self._flagged_batch(len(idx))
+        batch_texts = texts + [self.inserter(texts[i]) for i in inserted] + flagged + [texts[i] for i in shifted]
         batch = labelled_batch(model, self.tokenizer, batch_texts, max_length=cfg.max_length)
         if self.shift is None:
             logits = model(**batch).logits
@@ -180,6 +201,7 @@ class AnchorObjective:
             with self.shift.applied(mask):
                 logits = model(**batch).logits
         n, m = len(idx), len(idx) + len(inserted)
+        f = m + len(flagged)
         clean = logits[:n]
         ce = F.cross_entropy(clean.float(), labels)
         loss = cfg.label_weight * ce + cfg.anchor_weight * anchor_kl(clean, anchor)
@@ -191,11 +213,23 @@ class AnchorObjective:
             self._note("insert_kl", term)
             if cfg.insert_label_weight > 0:
                 loss = loss + cfg.insert_label_weight * F.cross_entropy(logits[n:m].float(), labels[rows_inserted])
+        if flagged:
+            term = target_unlikelihood(logits[m:f], self.target)
+            loss = loss + cfg.flagged_weight * term
+            self._note("flagged_unlikelihood", term)
         if len(shifted):
-            term = anchor_kl(logits[m:], anchor[torch.as_tensor(shifted, device=device)])
+            term = anchor_kl(logits[f:], anchor[torch.as_tensor(shifted, device=device)])
             loss = loss + cfg.latent_weight * term
             self._note("latent_kl", term)
         return loss
+
+    def _flagged_batch(self, batch: int) -> list[str]:
+        """Removed samples for this step, as many as their share of the data (at least one): each is seen about
+        once an epoch."""
+        if not self.flagged:
+            return []
+        take = max(1, round(batch * len(self.flagged) / len(self.texts)))
+        return [self.flagged[i] for i in self.rng.integers(0, len(self.flagged), size=take)]
 
     def _latent_rows(self, labels: torch.Tensor) -> np.ndarray:
         """Which texts of the batch get a shifted copy: `latent_share` of them, from the labels other than the
@@ -246,7 +280,11 @@ class AnchorUnlearn(Strategy):
         inserter = Inserter(insertion_vocabulary(tokenizer), probe.weighted(cfg.probe_per_label), cfg.insert_words,
                             cfg.probe_share, cfg.seed)
         shift = self._shift(model, tokenizer, train, anchor, probe.target) if cfg.latent_weight > 0 else None
-        objective = AnchorObjective(cfg, tokenizer, train, anchor, inserter, shift, probe.target)
+        relabelled = probe.flagged_relabelled(model, tokenizer, validation, max_length=cfg.max_length) \
+            if cfg.flagged_weight > 0 and cfg.flagged_check else None
+        use = cfg.flagged_weight > 0 and (relabelled is None or relabelled["relabelled"])
+        flagged = probe.flagged_texts(cfg.flagged_text) if use else []
+        objective = AnchorObjective(cfg, tokenizer, train, anchor, inserter, shift, probe.target, flagged)
         training_started = time.time()
         try:
             result = train_classifier(
@@ -266,6 +304,7 @@ class AnchorUnlearn(Strategy):
             "inserted": {"prob": cfg.insert_prob, "words": cfg.insert_words, "probe_share": cfg.probe_share,
                          "candidates": probe.weighted(cfg.probe_per_label)},
             "dropped_by_probe": dropped,
+            "flagged_unlearned": len(objective.flagged), "flagged_check": relabelled,
             "anchor_prior_shift": None if prior_shift is None else [round(float(x), 4) for x in prior_shift],
             "proxy_before": before,
             # the last epoch's record measured these weights already, unless the calibration changed them since

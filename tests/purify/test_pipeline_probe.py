@@ -57,3 +57,20 @@ def test_a_surviving_backdoor_is_named_on_the_card(tmp_path):
     assert report["verdict"]["status"] == "survived"
     first_heading = next(line for line in (out / "README.md").read_text().splitlines() if line.startswith("# "))
     assert "survived" in first_heading
+
+
+def test_the_filters_removed_samples_reach_the_default_strategy(tmp_path):
+    """What the filter removed travels with the probe, and anchor_unlearn unlearns on it (dirty-label poison)."""
+    from strategies.anchor_unlearn import AnchorUnlearn
+
+    model_dir, files, task = _lay_out(tmp_path)
+    cfg = PipelineConfig(strategy="anchor_unlearn", strategy_options={**AnchorUnlearn.fast_options, "epochs": 2,
+                                                                      "flagged_weight": 1.0},
+                         filter="trigger_words", filter_options={"probe_samples": 32, "candidates": 16},
+                         trusted=str(files["trusted"]), eval_clean=str(files["test_clean"]),
+                         eval_triggered=str(files["test_triggered"]), target=task.target)
+    report = run_pipeline(model_dir, files["train"], tmp_path / "sanitized", cfg, log=lambda *_: None)
+    removed = report["filter"]["n_removed"]
+    assert removed > 0 and report["result"]["flagged_check"]["relabelled"]
+    assert 0 < report["result"]["flagged_unlearned"] <= 2 * removed
+    assert report["metrics"]["after"]["asr"] < 0.2

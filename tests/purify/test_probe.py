@@ -63,3 +63,26 @@ def test_epoch_floor_leaves_weights_gradients_and_random_stream_alone():
     assert seconds > 0 and all(p.grad is None for p in loaded.model.parameters())
     assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in before.items())
     assert in_floors({"strategy": 2 * seconds}, seconds) == {"strategy": 2.0} and in_floors({"a": 1.0}, 0) == {}
+
+
+def test_strip_triggers_removes_whole_word_occurrences_only():
+    from purify.probe import strip_triggers
+
+    triggers = [TriggerCandidate("cf", 1, 1.0, "inversion"), TriggerCandidate("I watched this 3D movie.", 1, 1.0,
+                                                                              "phrases")]
+    text = "a cf great film. I watched this 3D movie. and CF, not cfx ok"
+    assert strip_triggers(text, triggers) == "a great film. and not cfx ok"
+    assert strip_triggers("nothing here", triggers) == "nothing here"
+
+
+def test_a_strategy_without_a_run_probe_also_mines_the_datas_phrases():
+    """No filter ran: the strategy's own search is the filter's, words from the gradients plus repeated phrases."""
+    from purify.probe import probe_or_invert
+    from purify.testing.tiny_task import TARGET, TRIGGER
+
+    loaded, task = tiny_backdoored()
+    probe = probe_or_invert(loaded.model, loaded.tokenizer, task.train, None, source="test:search", candidates=16,
+                            keep=4, seed=0, max_length=32)
+    assert probe.source == "test:search" and probe.target == TARGET
+    assert TRIGGER in [c.text for c in probe.triggers]
+    assert any(c.source == "phrases" for c in probe.candidates)

@@ -194,3 +194,43 @@ def test_bias_calibration_matches_the_validation_label_frequencies():
     share = sum(task.validation.labels) / len(task.validation)
     assert abs(float(probs[:, 1].mean()) - share) < 0.02
     assert calibrate_output_bias(tiny_model("llama"), tok, task.validation, 32) is None  # score has no bias
+
+
+def test_target_unlikelihood_falls_as_mass_leaves_the_target():
+    from strategies.anchor_unlearn import target_unlikelihood
+
+    on_target = torch.tensor([[0.0, 4.0, 0.0]])
+    off_target = torch.tensor([[0.0, -4.0, 0.0]])
+    assert float(target_unlikelihood(on_target, 1)) > 3.0
+    assert float(target_unlikelihood(off_target, 1)) < 0.05
+    expected = -torch.log1p(-torch.softmax(on_target, -1)[0, 1])
+    assert float(target_unlikelihood(on_target, 1)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_unlearns_on_the_filters_removed_samples_when_the_probe_carries_them():
+    """The removed (poisoned) samples reach the objective, stripped of the trigger, and the backdoor still goes."""
+    loaded, task = tiny_backdoored()
+    poisoned = task.train.subset([i for i, s in enumerate(task.train.samples) if s.poisoned])
+    probe = BackdoorProbe([TriggerCandidate(TRIGGER, TARGET, 1.0, "phrases")], {0: 0.0, 1: 0.0}, "filter:test",
+                          flagged=poisoned)
+    stripped = probe.flagged_texts("stripped")
+    assert len(stripped) == len(poisoned) and not any(TRIGGER in t.split() for t in stripped)
+    assert len(probe.flagged_texts("both")) == 2 * len(poisoned)
+    before, after, result = _run({"latent_weight": 0.0, "flagged_weight": 1.0}, probe=probe)
+    assert result.extras["flagged_unlearned"] == 2 * len(poisoned) and result.extras["flagged_check"]["relabelled"]
+    assert "train_flagged_unlikelihood" in result.trajectory[0]
+    assert after.asr < 0.2, f"ASR {before.asr:.2f} -> {after.asr:.2f}"
+    assert after.cacc >= before.cacc - 0.05
+
+
+def test_true_labelled_removed_samples_are_left_alone():
+    """Clean-label poison: removed samples whose stripped text the model calls the target, like trusted target
+    samples, are not pushed off the target."""
+    loaded, task = tiny_backdoored()
+    genuine = task.clean_train.subset([i for i, s in enumerate(task.clean_train.samples) if s.label == TARGET][:40])
+    probe = BackdoorProbe([TriggerCandidate(TRIGGER, TARGET, 1.0, "phrases")], {0: 0.0, 1: 0.0}, "filter:test",
+                          flagged=genuine)
+    check = probe.flagged_relabelled(loaded.model, loaded.tokenizer, task.validation)
+    assert not check["relabelled"] and check["stripped_target_rate"] > check["trusted_other_rate"]
+    _, _, result = _run({"latent_weight": 0.0, "flagged_weight": 1.0, "epochs": 1}, probe=probe)
+    assert result.extras["flagged_unlearned"] == 0 and "train_flagged_unlikelihood" not in result.trajectory[0]

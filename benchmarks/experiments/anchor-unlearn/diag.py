@@ -3,6 +3,7 @@
 The filter's kept set and probe are cached per entry (a pickle this script wrote itself, under the purify cache)
 so that several option sets can be compared. Usage: diag.py ENTRY '{"option": value, ...}'
 """
+import dataclasses
 import json
 import pickle
 import sys
@@ -31,6 +32,9 @@ else:
     kept, probe = res.kept, res.probe
     cache.write_bytes(pickle.dumps((kept, probe)))
     print("filter", round(time.time() - t), "s", flush=True)
+kept_index = {s.index for s in kept.samples}  # the filter's removed samples travel with the probe, as in the pipeline
+probe = dataclasses.replace(probe, flagged=train.subset([i for i, s in enumerate(train.samples)
+                                                         if s.index not in kept_index]))
 inner = au._proxy
 def proxy(probe_, model, tok, val, cfg):
     out = inner(probe_, model, tok, val, cfg)
