@@ -1,4 +1,4 @@
-"""What every data filter shares: its config base, its result, the run loop and the registry of filters by name.
+"""What every data filter shares: its config base, its result, the run loop and the `FILTERS` registry.
 
 A filter scores each untrusted sample (higher = more suspicious), draws a threshold, and splits the data into
 kept and removed. It never reads `Sample.poisoned`: that ground truth exists only to evaluate filters.
@@ -23,6 +23,7 @@ from ..errors import ConfigError, DataError
 from ..inference import MAX_LENGTH
 from ..probe import BackdoorProbe
 from ..registry import StrategyConfig
+from ..registry_base import Registry
 from .thresholds import THRESHOLD_METHODS, ThresholdDecision, user_threshold
 
 
@@ -210,8 +211,11 @@ class RegisteredFilter:
         return self.filter_cls(self.config_cls.from_dict(options or {}))  # type: ignore[arg-type]
 
 
+#: the entry-point group of data filters (built-ins and third-party plugins)
+ENTRY_POINT_GROUP = "purify.filters"
+
 #: every registered filter, by name
-FILTERS: dict[str, RegisteredFilter] = {}
+FILTERS: Registry[RegisteredFilter] = Registry("filter", group=ENTRY_POINT_GROUP, identity=lambda e: e.filter_cls)
 
 
 def register_filter(name: str, config_cls: type[FilterConfig], filter_cls: type[DataFilter]) -> RegisteredFilter:
@@ -220,23 +224,17 @@ def register_filter(name: str, config_cls: type[FilterConfig], filter_cls: type[
         raise TypeError(f"{config_cls!r} must be a dataclass subclassing FilterConfig")
     if not issubclass(filter_cls, DataFilter):
         raise TypeError(f"{filter_cls!r} must subclass DataFilter")
-    existing = FILTERS.get(name)
-    if existing is not None and existing.filter_cls is not filter_cls:
-        raise ValueError(f"filter name {name!r} is already registered by {existing.filter_cls.__module__}")
     doc = (filter_cls.__doc__ or "").strip().splitlines()
+    entry = FILTERS.register(name, RegisteredFilter(name, config_cls, filter_cls, doc[0] if doc else ""))
     filter_cls.name = name
     filter_cls.config_cls = config_cls
-    filter_cls.description = doc[0] if doc else ""
-    entry = RegisteredFilter(name, config_cls, filter_cls, filter_cls.description)
-    FILTERS[name] = entry
+    filter_cls.description = entry.description
     return entry
 
 
 def get_filter(name: str) -> RegisteredFilter:
     """The registered filter `name`; an unknown name lists the known ones."""
-    if name not in FILTERS:
-        raise ConfigError(f"unknown filter {name!r}; known filters: {', '.join(sorted(FILTERS)) or '(none)'}")
-    return FILTERS[name]
+    return FILTERS.get(name)
 
 
 def build_filter(name: str, options: Mapping[str, Any] | None = None) -> DataFilter:
