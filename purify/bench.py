@@ -345,9 +345,10 @@ ZOO_ENTRIES = (
     [f"minilm-{d}-{a}-p10-s0" for d in ("movie", "sms", "bbc") for a in MINILM_ATTACKS]
     + ["minilm-movie-clean_label-p10-s0", "smollm2-movie-badnets-p10-s0", "smollm2-movie-insertsent-p10-s0"]
 )
+#: the pruning suite's strategies in the order of its table rows (a test keeps it equal to the registry's
+#: PruningStrategy subclasses)
 PRUNING_STRATEGIES = ("gradient_prune", "variance_prune", "sparse_prune", "ensemble_prune", "rl_prune", "bayes_prune")
 MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
-FILTER_METHODS = ("gradsentry", "gradshield", "trigger_words")
 #: trials per tuned strategy in the tune suite (a w2s_distill trial costs ten gradient_prune trials on the CPU)
 TUNE_TRIALS = {"gradient_prune": 12, "w2s_distill": 4}
 
@@ -388,7 +389,9 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
         default = ([f"minilm-movie-{a}-p{r}-s0" for a in ("badnets", "insertsent") for r in (1, 10, 50)]
                    + [f"minilm-movie-{a}-p10-s0" for a in ("syntactic", "style", "clean_label")]
                    + ["smollm2-movie-badnets-p10-s0"])
-        return [Cell("filters", e, m) for e in entries or default for m in (methods or FILTER_METHODS)]
+        from .filters import FILTERS
+
+        return [Cell("filters", e, m) for e in entries or default for m in (methods or FILTERS.names())]
     if suite == "tune":
         default = [f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "style")]
         return [Cell("tune", e, m, 0, {"trials": TUNE_TRIALS.get(m, 12)})
