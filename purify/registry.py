@@ -36,11 +36,12 @@ _FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, choices: tuple | None = None) -> Any:
+           low_open: bool = False, high_open: bool = False, choices: tuple | None = None) -> Any:
     """A config field that declares its help and bounds (peft-style metadata), checked by `validate` in one place:
-    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes where the type allows it."""
+    `low` <= value <= `high` (strict where `low_open` / `high_open`), or value in `choices`; None passes where the
+    type allows it."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
-                                            "choices": choices})
+                                            "high_open": high_open, "choices": choices})
 
 
 def _check_declared(config: Any, f: dataclasses.Field) -> None:
@@ -51,14 +52,16 @@ def _check_declared(config: Any, f: dataclasses.Field) -> None:
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
     low, high = meta.get("low"), meta.get("high")
-    if low is None and high is None:
+    numeric_default = isinstance(f.default, numbers.Real) and not isinstance(f.default, bool)
+    if low is None and high is None and not numeric_default:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{where} must be a number, got {value!r}")
     below = value <= low if (low is not None and meta.get("low_open")) else (low is not None and value < low)
-    if below or (high is not None and value > high):
+    above = value >= high if (high is not None and meta.get("high_open")) else (high is not None and value > high)
+    if below or above:
         lo = "" if low is None else f"{'>' if meta.get('low_open') else '>='} {low}"
-        hi = "" if high is None else f"<= {high}"
+        hi = "" if high is None else f"{'<' if meta.get('high_open') else '<='} {high}"
         raise ConfigError(f"{where} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
