@@ -16,44 +16,26 @@ import torch
 from .checkpoint import LoadedModel
 from .data import TaskData
 from .device import seed_everything
-from .errors import ConfigError
 from .heads import HeadGates, mask_to_pruned
 from .probe import BackdoorProbe
 from .inference import MAX_LENGTH, labelled_batch, length_order
-from .registry import Strategy, StrategyConfig, StrategyResult
+from .registry import Strategy, StrategyConfig, StrategyResult, option
 
 
 @dataclass
 class PruneConfig(StrategyConfig):
-    """Knobs every pruning strategy shares.
+    """Knobs every pruning strategy shares: the prune steps and the clean-accuracy guard that stops them."""
 
-    step: heads pruned per step. max_acc_drop: largest allowed fall in clean validation accuracy (fraction,
-    0.02 = 2 points) below the unpruned model. max_prune_fraction: at most this share of all heads is pruned.
-    min_heads_per_layer: heads always kept in each layer. val_samples: validation samples used by the guard
-    (a fixed, seeded subset; None = all). batch_size: evaluation and scoring batch size.
-    """
-
-    step: int = 6
-    max_acc_drop: float = 0.02
-    max_prune_fraction: float = 0.5
-    min_heads_per_layer: int = 1
-    val_samples: int | None = 512
-    batch_size: int = 32
-
-    def validate(self) -> None:
-        super().validate()
-        if self.step < 1:
-            raise ConfigError("step must be >= 1")
-        if not 0 <= self.max_acc_drop <= 1:
-            raise ConfigError("max_acc_drop is a fraction in [0, 1] (0.02 = 2 points)")
-        if not 0 < self.max_prune_fraction <= 1:
-            raise ConfigError("max_prune_fraction must be in (0, 1]")
-        if self.min_heads_per_layer < 1:
-            raise ConfigError("min_heads_per_layer must be >= 1 (a layer with no head is not allowed)")
-        if self.val_samples is not None and self.val_samples < 1:
-            raise ConfigError("val_samples must be >= 1 or None")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
+    step: int = option(6, "heads pruned per step", low=1)
+    max_acc_drop: float = option(0.02, "largest allowed fall in clean validation accuracy below the unpruned model "
+                                 "(fraction, 0.02 = 2 points)", low=0, high=1)
+    max_prune_fraction: float = option(0.5, "at most this share of all heads is pruned", low=0, low_open=True,
+                                       high=1)
+    min_heads_per_layer: int = option(1, "heads always kept in each layer (a layer with no head is not allowed)",
+                                      low=1)
+    val_samples: int | None = option(512, "validation samples used by the guard (a fixed, seeded subset; none = all)",
+                                     low=1)
+    batch_size: int = option(32, "evaluation and scoring batch size", low=1)
 
 
 def subsample(data: TaskData, n: int | None, seed: int) -> TaskData:
