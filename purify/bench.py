@@ -503,7 +503,8 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
             options = ", ".join(f"{k}={v}" for k, v in sorted(r["cell"]["options"].items()) if k != "_label") or "-"
             lines.append(f"| {r['cell']['entry']} | {r['cell']['method']} | {options} | {r['precision']:.3f} | "
                          f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auroc']:.3f} | "
-                         f"{r.get('length_matched_auroc', float('nan')):.3f} | {r.get('length_auroc', float('nan')):.3f} "
+                         f"{r.get('length_matched_auroc', float('nan')):.3f} | "
+                         f"{r.get('length_auroc', float('nan')):.3f} "
                          f"| {r['clean_kept']:.3f} | {r['threshold']:.4g} ({r['threshold_method']}) | "
                          f"{r['ms_per_sample']:.1f} | {ratios} | {r['peak_rss_mb']:.0f} |")
     if suite == "tune" and ok:
@@ -567,9 +568,10 @@ def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> P
     save_json(results, out / f"{suite}.json", command, prov)
     table = markdown_table(suite, results, default_knob_results(results, out) if suite == "tune" else None)
     md = out / f"{suite}.md"
+    units = "rates are fractions" if suite == "filters" else "figures are percentages unless a column says otherwise"
     md.write_text(f"# Benchmark: {suite}\n\nProduced by:\n\n    {command}\n\n"
                   f"Machine: {os.cpu_count()} CPU cores; "
-                  f"{'rates are fractions' if suite == 'filters' else 'figures are percentages unless a column says otherwise'}. "
+                  f"{units}. "
                   f"git {prov['git_hash']}.\n\n{table}")
     _plot(suite, results, out / f"{suite}.png")
     update_readme(suite, table, out.resolve().parent / "README.md")  # benchmarks/ -> the repository's README

@@ -21,7 +21,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
         p.add_argument("model_dir", help="the suspicious checkpoint: a Hugging Face folder with safetensors")
         p.add_argument("--data", required=True, help="untrusted task data (.jsonl, .csv or .tsv with text and label)")
         p.add_argument("--out", required=True, help="folder for the sanitized checkpoint (written atomically)")
-    p.add_argument("--strategy", default=None, help="strategy name (see `purify ls`); default: anchor_unlearn, the benchmarked choice (README)")
+    p.add_argument("--strategy", default=None,
+                   help="strategy name (see `purify ls`); default: anchor_unlearn, the benchmarked choice (README)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
     p.add_argument("--config", help="JSON or YAML file of strategy options (--set wins)")
     p.add_argument("--filter", default=None, help=f"data filter: {_filter_names()} "
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="purify",
         description="Purify an already-backdoored transformer checkpoint: filter the task data, remove the "
                     "backdoor with a registered strategy, export a sanitized checkpoint with a report.",
-        epilog="Shorthand: `purify MODEL_DIR --strategy rl_prune --data task.jsonl --out sanitized/` = `purify run ...`",
+        epilog="Shorthand: `purify MODEL_DIR --strategy rl_prune --data task.jsonl --out sanitized/` = "
+               "`purify run ...`",
     )
     parser.add_argument("--version", action="version", version=f"purify {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -166,7 +168,8 @@ clean data: no triggered test data is looked at.""",
     )
     _add_run_args(p)
     p.add_argument("--trials", type=int, default=20,
-                   help="distinct knob settings the study should measure in all (default 20; a resumed study runs the rest)")
+                   help="distinct knob settings the study should measure in all (default 20; a resumed study runs "
+                        "the rest)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     p.add_argument("--canary", choices=("rare_tokens", "sentence"), default="rare_tokens",
                    help="canary trigger family: rare whole-word vocabulary tokens (default) or a random inserted "

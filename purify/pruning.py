@@ -121,29 +121,29 @@ def prune_by_scores(
     mask = full.clone() if start_mask is None else torch.as_tensor(start_mask, dtype=torch.float32).clone()
     budget = int(config.max_prune_fraction * num_layers * num_heads)
     if order is None:
-        flat = sorted(((float(scores[l, h]), l, h) for l in range(num_layers) for h in range(num_heads)))
-        order = [(l, h) for _, l, h in flat]
-    queue = [(l, h) for l, h in order if mask[l, h] > 0]
+        flat = sorted(((float(scores[layer, h]), layer, h) for layer in range(num_layers) for h in range(num_heads)))
+        order = [(layer, h) for _, layer, h in flat]
+    queue = [(layer, h) for layer, h in order if mask[layer, h] > 0]
     current = evaluate(mask)
     trajectory = [{"step": 0, "pruned": int((mask == 0).sum()), "val_accuracy": current, "action": "start"}]
     step_no = 0
 
-    def can_prune(l: int, h: int) -> bool:
-        if mask[l, h] == 0:
+    def can_prune(layer: int, h: int) -> bool:
+        if mask[layer, h] == 0:
             return False
-        if int(mask[l].sum()) - 1 < config.min_heads_per_layer:
+        if int(mask[layer].sum()) - 1 < config.min_heads_per_layer:
             return False
-        if per_layer_budget is not None and int((mask[l] == 0).sum()) >= int(per_layer_budget[l]):
+        if per_layer_budget is not None and int((mask[layer] == 0).sum()) >= int(per_layer_budget[layer]):
             return False
         return True
 
     while queue and int((mask == 0).sum()) < budget:
         group = []
         while queue and len(group) < config.step and int((mask == 0).sum()) + len(group) < budget:
-            l, h = queue.pop(0)
-            if can_prune(l, h):
-                mask[l, h] = 0.0
-                group.append((l, h))
+            layer, h = queue.pop(0)
+            if can_prune(layer, h):
+                mask[layer, h] = 0.0
+                group.append((layer, h))
         if not group:
             break
         step_no += 1
@@ -155,11 +155,11 @@ def prune_by_scores(
             current = acc
             continue
         # guard tripped: restore this step's heads, most important first, until accuracy recovers
-        for l, h in sorted(group, key=lambda lh: -float(scores[lh[0], lh[1]])):
-            mask[l, h] = 1.0
+        for layer, h in sorted(group, key=lambda lh: -float(scores[lh[0], lh[1]])):
+            mask[layer, h] = 1.0
             acc = evaluate(mask)
             trajectory.append({"step": step_no, "pruned": int((mask == 0).sum()), "val_accuracy": acc,
-                               "heads": [[l, h]], "action": "restore"})
+                               "heads": [[layer, h]], "action": "restore"})
             if acc >= floor:
                 break
         current = acc

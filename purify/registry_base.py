@@ -47,11 +47,13 @@ class Registry(Mapping[str, T], Generic[T]):
 
     # -- registration ------------------------------------------------------------------------------------------
     def register(self, name: str, obj: T) -> T:
-        """Register `obj` under `name`; the same object again is a no-op, another object under a taken name an error
-        (a lazy reference may be replaced by its object)."""
+        """Register `obj` under `name`; the same thing again (by `identity`) replaces it, another thing under a taken
+        name is an error (a lazy reference may be replaced by its object)."""
         existing = self._entries.get(name)
-        if existing is not None and not isinstance(existing, _Lazy) and self._identity(existing) is not self._identity(obj):
-            raise ValueError(f"{self.kind} name {name!r} is already registered by {_origin(self._identity(existing))}")
+        if existing is not None and not isinstance(existing, _Lazy):
+            if self._identity(existing) is not self._identity(obj):
+                raise ValueError(f"{self.kind} name {name!r} is already registered by "
+                                 f"{_origin(self._identity(existing))}")
         self._entries[name] = obj
         return obj
 
@@ -83,7 +85,8 @@ class Registry(Mapping[str, T], Generic[T]):
         if name not in self._entries:
             if default is not _MISSING:
                 return default
-            raise ConfigError(f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(self.names()) or '(none)'}")
+            known = ", ".join(self.names()) or "(none)"
+            raise ConfigError(f"unknown {self.kind} {name!r}; known {self.plural}: {known}")
         return self._resolve(name)
 
     def names(self) -> list[str]:

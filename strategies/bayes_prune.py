@@ -163,9 +163,9 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
 def posterior_order(inclusion: torch.Tensor, uncertainty: torch.Tensor) -> list[tuple[int, int]]:
     """Heads by ascending inclusion; equal inclusion: higher uncertainty first; then by position."""
     num_layers, num_heads = inclusion.shape
-    keys = [(float(inclusion[l, h]), -float(uncertainty[l, h]), l, h)
-            for l in range(num_layers) for h in range(num_heads)]
-    return [(l, h) for _, _, l, h in sorted(keys)]
+    keys = [(float(inclusion[layer, h]), -float(uncertainty[layer, h]), layer, h)
+            for layer in range(num_layers) for h in range(num_heads)]
+    return [(layer, h) for _, _, layer, h in sorted(keys)]
 
 
 class BayesPrune(PruningStrategy):

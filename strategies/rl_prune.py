@@ -461,9 +461,10 @@ class RLPrune(PruningStrategy):
     def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
         if self.config.follow_policy_stop:
             return {"order": list(self._order)}
-        rest = sorted(((float(scores[l, h]), l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])
-                       if (l, h) not in set(self._order)))
-        return {"order": list(self._order) + [(l, h) for _, l, h in rest]}
+        rest = sorted(((float(scores[layer, h]), layer, h)
+                       for layer in range(scores.shape[0]) for h in range(scores.shape[1])
+                       if (layer, h) not in set(self._order)))
+        return {"order": list(self._order) + [(layer, h) for _, layer, h in rest]}
 
     def extras(self) -> dict:
         return dict(self._facts)

@@ -42,8 +42,8 @@ class TriggerWordsConfig(FilterConfig):
     words: int = option(8, "best words kept per label (more are kept when they pass min_rate)", low=1)
     phrases: int = option(16, "repeated label-pure phrases tried per label (0: words only)", low=0)
     phrase_min_count: int = option(5, "a phrase is a candidate when at least this many samples hold it", low=2)
-    phrase_purity: float = option(0.95, "a phrase is a candidate when at least this share of its samples carry one label", low=0.5,
-                                  low_open=True, high=1)
+    phrase_purity: float = option(0.95, "a phrase is a candidate when at least this share of its samples carry one "
+                                  "label", low=0.5, low_open=True, high=1)
     #: the inversion and phrase probes run their own batches on the suspicious model: no gradient options
     unused_options: ClassVar[tuple[str, ...]] = ("batch_size", "chunk_size", "reference", "verify")
 
