@@ -345,9 +345,10 @@ ZOO_ENTRIES = (
     [f"minilm-{d}-{a}-p10-s0" for d in ("movie", "sms", "bbc") for a in MINILM_ATTACKS]
     + ["minilm-movie-clean_label-p10-s0", "smollm2-movie-badnets-p10-s0", "smollm2-movie-insertsent-p10-s0"]
 )
+#: the pruning suite's strategies in the order of its table rows (a test keeps it equal to the registry's
+#: PruningStrategy subclasses)
 PRUNING_STRATEGIES = ("gradient_prune", "variance_prune", "sparse_prune", "ensemble_prune", "rl_prune", "bayes_prune")
 MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
-FILTER_METHODS = ("gradsentry", "gradshield", "trigger_words")
 #: trials per tuned strategy in the tune suite (a w2s_distill trial costs ten gradient_prune trials on the CPU)
 TUNE_TRIALS = {"gradient_prune": 12, "w2s_distill": 4}
 
@@ -388,7 +389,9 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
         default = ([f"minilm-movie-{a}-p{r}-s0" for a in ("badnets", "insertsent") for r in (1, 10, 50)]
                    + [f"minilm-movie-{a}-p10-s0" for a in ("syntactic", "style", "clean_label")]
                    + ["smollm2-movie-badnets-p10-s0"])
-        return [Cell("filters", e, m) for e in entries or default for m in (methods or FILTER_METHODS)]
+        from .filters import FILTERS
+
+        return [Cell("filters", e, m) for e in entries or default for m in (methods or FILTERS.names())]
     if suite == "tune":
         default = [f"minilm-movie-{a}-p10-s0" for a in ("badnets", "insertsent", "style")]
         return [Cell("tune", e, m, 0, {"trials": TUNE_TRIALS.get(m, 12)})
@@ -500,7 +503,8 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
             options = ", ".join(f"{k}={v}" for k, v in sorted(r["cell"]["options"].items()) if k != "_label") or "-"
             lines.append(f"| {r['cell']['entry']} | {r['cell']['method']} | {options} | {r['precision']:.3f} | "
                          f"{r['recall']:.3f} | {r['f1']:.3f} | {r['auroc']:.3f} | "
-                         f"{r.get('length_matched_auroc', float('nan')):.3f} | {r.get('length_auroc', float('nan')):.3f} "
+                         f"{r.get('length_matched_auroc', float('nan')):.3f} | "
+                         f"{r.get('length_auroc', float('nan')):.3f} "
                          f"| {r['clean_kept']:.3f} | {r['threshold']:.4g} ({r['threshold_method']}) | "
                          f"{r['ms_per_sample']:.1f} | {ratios} | {r['peak_rss_mb']:.0f} |")
     if suite == "tune" and ok:
@@ -564,9 +568,10 @@ def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> P
     save_json(results, out / f"{suite}.json", command, prov)
     table = markdown_table(suite, results, default_knob_results(results, out) if suite == "tune" else None)
     md = out / f"{suite}.md"
+    units = "rates are fractions" if suite == "filters" else "figures are percentages unless a column says otherwise"
     md.write_text(f"# Benchmark: {suite}\n\nProduced by:\n\n    {command}\n\n"
                   f"Machine: {os.cpu_count()} CPU cores; "
-                  f"{'rates are fractions' if suite == 'filters' else 'figures are percentages unless a column says otherwise'}. "
+                  f"{units}. "
                   f"git {prov['git_hash']}.\n\n{table}")
     _plot(suite, results, out / f"{suite}.png")
     update_readme(suite, table, out.resolve().parent / "README.md")  # benchmarks/ -> the repository's README

@@ -146,8 +146,8 @@ def _spread_row(rows: list[dict]) -> str:
     c = rows[0]["cell"]
     seconds = sum(r["seconds"] for r in rows) / len(rows)
     return (f"| {c['entry']} | {c['method']}: mean ± sd | {len(rows)} seeds | {ms('asr_before')} | {ms('asr_after')} | "
-            f"{_pct(rows[0]['asr_floor'])} | {ms('trigger_lift')} | {ms('cacc_before')} -> {ms('cacc_after')} | - | - | "
-            f"- | {seconds:.0f} |")
+            f"{_pct(rows[0]['asr_floor'])} | {ms('trigger_lift')} | {ms('cacc_before')} -> {ms('cacc_after')} | "
+            f"- | - | - | {seconds:.0f} |")
 
 
 def _clean_reference_row(entry: str, record: dict) -> str:

@@ -16,18 +16,16 @@ from .errors import ConfigError, ExportError, PurifyError
 from .options import check_seed, parse_sets
 from .outputs import interrupt_message, reset_progress
 
-SUBCOMMANDS = ("run", "ls", "verify", "eval", "invert", "filter", "zoo", "demo", "report", "bench", "tune")
-
-
 def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> None:
     if need_model:
         p.add_argument("model_dir", help="the suspicious checkpoint: a Hugging Face folder with safetensors")
         p.add_argument("--data", required=True, help="untrusted task data (.jsonl, .csv or .tsv with text and label)")
         p.add_argument("--out", required=True, help="folder for the sanitized checkpoint (written atomically)")
-    p.add_argument("--strategy", default=None, help="strategy name (see `purify ls`); default: anchor_unlearn, the benchmarked choice (README)")
+    p.add_argument("--strategy", default=None,
+                   help="strategy name (see `purify ls`); default: anchor_unlearn, the benchmarked choice (README)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
     p.add_argument("--config", help="JSON or YAML file of strategy options (--set wins)")
-    p.add_argument("--filter", default=None, help="data filter: gradsentry, gradshield, trigger_words "
+    p.add_argument("--filter", default=None, help=f"data filter: {_filter_names()} "
                    "(see `purify ls`) or none; default: the benchmarked choice (README)")
     p.add_argument("--filter-set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
     p.add_argument("--trusted", help="small trusted clean set: used as validation data and as GradShield's probe")
@@ -53,12 +51,20 @@ def _zoo_name_help() -> str:
             f"attacks {', '.join(ATTACKS)}")
 
 
+def _filter_names() -> str:
+    """The registered filters' names, for help texts."""
+    from .filters import FILTERS
+
+    return ", ".join(FILTERS.names())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="purify",
         description="Purify an already-backdoored transformer checkpoint: filter the task data, remove the "
                     "backdoor with a registered strategy, export a sanitized checkpoint with a report.",
-        epilog="Shorthand: `purify MODEL_DIR --strategy rl_prune --data task.jsonl --out sanitized/` = `purify run ...`",
+        epilog="Shorthand: `purify MODEL_DIR --strategy rl_prune --data task.jsonl --out sanitized/` = "
+               "`purify run ...`",
     )
     parser.add_argument("--version", action="version", version=f"purify {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -106,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("filter", help="score untrusted data and keep the clean samples")
     p.add_argument("data", help="untrusted task data (.jsonl, .csv or .tsv with text and label)")
     p.add_argument("--model", required=True, help="the suspicious checkpoint (the filters score samples on it)")
-    p.add_argument("--method", default=None, help="gradsentry, gradshield or trigger_words (default: the "
+    p.add_argument("--method", default=None, help=f"one of {_filter_names()} (default: the "
                    "benchmarked choice, as in `purify run`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
     p.add_argument("--threshold", type=float, help="override the automatic threshold")
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the built-in default backdoored model")
     p.add_argument("--strategy", default=None, help="any registered strategy (default: the benchmarked choice)")
-    p.add_argument("--filter", default=None, help="gradsentry, gradshield, trigger_words or none "
+    p.add_argument("--filter", default=None, help=f"{_filter_names()} or none "
                    "(default: the benchmarked choice)")
     p.add_argument("--zoo", default=None, help="zoo entry to purify (default minilm-movie-badnets-p10-s0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="strategy option, repeatable")
@@ -162,7 +168,8 @@ clean data: no triggered test data is looked at.""",
     )
     _add_run_args(p)
     p.add_argument("--trials", type=int, default=20,
-                   help="distinct knob settings the study should measure in all (default 20; a resumed study runs the rest)")
+                   help="distinct knob settings the study should measure in all (default 20; a resumed study runs "
+                        "the rest)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     p.add_argument("--canary", choices=("rare_tokens", "sentence"), default="rare_tokens",
                    help="canary trigger family: rare whole-word vocabulary tokens (default) or a random inserted "
@@ -300,7 +307,7 @@ def cmd_ls(args) -> int:
 def _filters() -> dict[str, str]:
     from .filters import FILTERS
 
-    return {name: entry.description for name, entry in sorted(FILTERS.items())}
+    return {name: FILTERS[name].description for name in FILTERS.names()}
 
 
 def cmd_filter(args) -> int:
@@ -469,9 +476,11 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "filter": cmd_filter, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval,
-            "invert": cmd_invert, "zoo": cmd_zoo, "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench,
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "verify": cmd_verify, "eval": cmd_eval, "invert": cmd_invert,
+            "filter": cmd_filter, "zoo": cmd_zoo, "demo": cmd_demo, "report": cmd_report, "bench": cmd_bench,
             "tune": cmd_tune}
+#: the subcommand names, which `main` tells apart from the `purify MODEL_DIR ...` shorthand
+SUBCOMMANDS = tuple(COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:

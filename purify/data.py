@@ -91,7 +91,8 @@ class TaskData:
                 "trained on one class learns nothing about the others")
 
     def without_poisoned(self) -> TaskData:
-        """Drop samples flagged poisoned by ground truth; only for upper-bound benchmarks, never for real purification."""
+        """Drop samples flagged poisoned by ground truth: only for upper-bound benchmarks, never for real
+        purification."""
         return TaskData([s for s in self.samples if s.poisoned is not True], self.label_names, self.source)
 
 
@@ -132,7 +133,8 @@ def _delimited_rows(text: str, name: str, delimiter: str) -> Iterator[tuple[int,
                 continue
             if len(row) != len(header):
                 raise DataError(
-                    f"{name} line {start}: {len(row)} values but the header has {len(header)} fields ({', '.join(header)})"
+                    f"{name} line {start}: {len(row)} values but the header has {len(header)} fields "
+                    f"({', '.join(header)})"
                 )
             yield start, dict(zip(header, row))
     except csv.Error as exc:
@@ -302,7 +304,8 @@ def _sample_record(sample: Sample, include_poisoned: bool) -> dict[str, Any]:
 
 
 def write_jsonl(path: str | os.PathLike[str], samples: Iterable[Sample], *, include_poisoned: bool = True) -> None:
-    """Write samples as JSONL atomically (temp file in the same folder, then os.replace) so readers never see half a file."""
+    """Write samples as JSONL atomically (temp file in the same folder, then os.replace): readers never see half a
+    file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -364,7 +367,8 @@ def _largest_remainder(n: int, fractions: list[float]) -> list[int]:
 def split_samples(
     samples: TaskData | Sequence[Sample], fractions: Sequence[float], seed: int, stratify: bool = True
 ) -> list[list[Sample]]:
-    """Split samples into disjoint parts of the given fractions, seeded and label-stratified, so splits are reproducible."""
+    """Split samples into disjoint parts of the given fractions, seeded and label-stratified, so splits are
+    reproducible."""
     fr = _validate_fractions(fractions)
     items = _as_sample_list(samples)
     rng = random.Random(seed)

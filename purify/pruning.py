@@ -16,44 +16,26 @@ import torch
 from .checkpoint import LoadedModel
 from .data import TaskData
 from .device import seed_everything
-from .errors import ConfigError
 from .heads import HeadGates, mask_to_pruned
 from .probe import BackdoorProbe
 from .inference import MAX_LENGTH, labelled_batch, length_order
-from .registry import Strategy, StrategyConfig, StrategyResult
+from .registry import Strategy, StrategyConfig, StrategyResult, option
 
 
 @dataclass
 class PruneConfig(StrategyConfig):
-    """Knobs every pruning strategy shares.
+    """Knobs every pruning strategy shares: the prune steps and the clean-accuracy guard that stops them."""
 
-    step: heads pruned per step. max_acc_drop: largest allowed fall in clean validation accuracy (fraction,
-    0.02 = 2 points) below the unpruned model. max_prune_fraction: at most this share of all heads is pruned.
-    min_heads_per_layer: heads always kept in each layer. val_samples: validation samples used by the guard
-    (a fixed, seeded subset; None = all). batch_size: evaluation and scoring batch size.
-    """
-
-    step: int = 6
-    max_acc_drop: float = 0.02
-    max_prune_fraction: float = 0.5
-    min_heads_per_layer: int = 1
-    val_samples: int | None = 512
-    batch_size: int = 32
-
-    def validate(self) -> None:
-        super().validate()
-        if self.step < 1:
-            raise ConfigError("step must be >= 1")
-        if not 0 <= self.max_acc_drop <= 1:
-            raise ConfigError("max_acc_drop is a fraction in [0, 1] (0.02 = 2 points)")
-        if not 0 < self.max_prune_fraction <= 1:
-            raise ConfigError("max_prune_fraction must be in (0, 1]")
-        if self.min_heads_per_layer < 1:
-            raise ConfigError("min_heads_per_layer must be >= 1 (a layer with no head is not allowed)")
-        if self.val_samples is not None and self.val_samples < 1:
-            raise ConfigError("val_samples must be >= 1 or None")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
+    step: int = option(6, "heads pruned per step", low=1)
+    max_acc_drop: float = option(0.02, "largest allowed fall in clean validation accuracy below the unpruned model "
+                                 "(fraction, 0.02 = 2 points)", low=0, high=1)
+    max_prune_fraction: float = option(0.5, "at most this share of all heads is pruned", low=0, low_open=True,
+                                       high=1)
+    min_heads_per_layer: int = option(1, "heads always kept in each layer (a layer with no head is not allowed)",
+                                      low=1)
+    val_samples: int | None = option(512, "validation samples used by the guard (a fixed, seeded subset; none = all)",
+                                     low=1)
+    batch_size: int = option(32, "evaluation and scoring batch size", low=1)
 
 
 def subsample(data: TaskData, n: int | None, seed: int) -> TaskData:
@@ -139,29 +121,29 @@ def prune_by_scores(
     mask = full.clone() if start_mask is None else torch.as_tensor(start_mask, dtype=torch.float32).clone()
     budget = int(config.max_prune_fraction * num_layers * num_heads)
     if order is None:
-        flat = sorted(((float(scores[l, h]), l, h) for l in range(num_layers) for h in range(num_heads)))
-        order = [(l, h) for _, l, h in flat]
-    queue = [(l, h) for l, h in order if mask[l, h] > 0]
+        flat = sorted(((float(scores[layer, h]), layer, h) for layer in range(num_layers) for h in range(num_heads)))
+        order = [(layer, h) for _, layer, h in flat]
+    queue = [(layer, h) for layer, h in order if mask[layer, h] > 0]
     current = evaluate(mask)
     trajectory = [{"step": 0, "pruned": int((mask == 0).sum()), "val_accuracy": current, "action": "start"}]
     step_no = 0
 
-    def can_prune(l: int, h: int) -> bool:
-        if mask[l, h] == 0:
+    def can_prune(layer: int, h: int) -> bool:
+        if mask[layer, h] == 0:
             return False
-        if int(mask[l].sum()) - 1 < config.min_heads_per_layer:
+        if int(mask[layer].sum()) - 1 < config.min_heads_per_layer:
             return False
-        if per_layer_budget is not None and int((mask[l] == 0).sum()) >= int(per_layer_budget[l]):
+        if per_layer_budget is not None and int((mask[layer] == 0).sum()) >= int(per_layer_budget[layer]):
             return False
         return True
 
     while queue and int((mask == 0).sum()) < budget:
         group = []
         while queue and len(group) < config.step and int((mask == 0).sum()) + len(group) < budget:
-            l, h = queue.pop(0)
-            if can_prune(l, h):
-                mask[l, h] = 0.0
-                group.append((l, h))
+            layer, h = queue.pop(0)
+            if can_prune(layer, h):
+                mask[layer, h] = 0.0
+                group.append((layer, h))
         if not group:
             break
         step_no += 1
@@ -173,11 +155,11 @@ def prune_by_scores(
             current = acc
             continue
         # guard tripped: restore this step's heads, most important first, until accuracy recovers
-        for l, h in sorted(group, key=lambda lh: -float(scores[lh[0], lh[1]])):
-            mask[l, h] = 1.0
+        for layer, h in sorted(group, key=lambda lh: -float(scores[lh[0], lh[1]])):
+            mask[layer, h] = 1.0
             acc = evaluate(mask)
             trajectory.append({"step": step_no, "pruned": int((mask == 0).sum()), "val_accuracy": acc,
-                               "heads": [[l, h]], "action": "restore"})
+                               "heads": [[layer, h]], "action": "restore"})
             if acc >= floor:
                 break
         current = acc

@@ -1,4 +1,4 @@
-"""The strategy registry: a config dataclass plus a Strategy class, registered by name (peft-style).
+"""Strategies: a config dataclass plus a Strategy class, registered by name (peft-style) in `STRATEGIES`.
 
 Built-in strategies live in the top-level ``strategies`` package and register through the ``purify.strategies``
 entry-point group, exactly as third-party plugins do, so this module never imports a concrete strategy.
@@ -12,11 +12,9 @@ import numbers
 import tempfile
 import types
 import typing
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +25,7 @@ from .data import TaskData
 from .errors import ConfigError
 from .options import MAX_SEED
 from .probe import BackdoorProbe
+from .registry_base import Registry
 
 ENTRY_POINT_GROUP = "purify.strategies"
 
@@ -37,11 +36,12 @@ _FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, choices: tuple | None = None) -> Any:
+           low_open: bool = False, high_open: bool = False, choices: tuple | None = None) -> Any:
     """A config field that declares its help and bounds (peft-style metadata), checked by `validate` in one place:
-    `low` <= value (< when `low_open`) <= `high`, or value in `choices`; None passes where the type allows it."""
+    `low` <= value <= `high` (strict where `low_open` / `high_open`), or value in `choices`; None passes where the
+    type allows it."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
-                                            "choices": choices})
+                                            "high_open": high_open, "choices": choices})
 
 
 def _check_declared(config: Any, f: dataclasses.Field) -> None:
@@ -52,14 +52,16 @@ def _check_declared(config: Any, f: dataclasses.Field) -> None:
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
     low, high = meta.get("low"), meta.get("high")
-    if low is None and high is None:
+    numeric_default = isinstance(f.default, numbers.Real) and not isinstance(f.default, bool)
+    if low is None and high is None and not numeric_default:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{where} must be a number, got {value!r}")
     below = value <= low if (low is not None and meta.get("low_open")) else (low is not None and value < low)
-    if below or (high is not None and value > high):
+    above = value >= high if (high is not None and meta.get("high_open")) else (high is not None and value > high)
+    if below or above:
         lo = "" if low is None else f"{'>' if meta.get('low_open') else '>='} {low}"
-        hi = "" if high is None else f"<= {high}"
+        hi = "" if high is None else f"{'<' if meta.get('high_open') else '<='} {high}"
         raise ConfigError(f"{where} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
@@ -281,8 +283,9 @@ class RegisteredStrategy:
     description: str
 
 
-_REGISTRY: dict[str, RegisteredStrategy] = {}
-_PLUGINS_LOADED = False
+#: every registered strategy, by name; built-ins and plugins arrive through the ``purify.strategies`` group
+STRATEGIES: Registry[RegisteredStrategy] = Registry("strategy", plural="strategies", group=ENTRY_POINT_GROUP,
+                                                    identity=lambda entry: entry.strategy_cls)
 
 
 def register_strategy(name: str, config_cls: type[StrategyConfig], strategy_cls: type[Strategy],
@@ -292,44 +295,28 @@ def register_strategy(name: str, config_cls: type[StrategyConfig], strategy_cls:
         raise TypeError(f"{config_cls!r} must be a dataclass subclassing StrategyConfig")
     if not issubclass(strategy_cls, Strategy):
         raise TypeError(f"{strategy_cls!r} must subclass purify.registry.Strategy")
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing.strategy_cls is not strategy_cls:
-        raise ValueError(f"strategy name {name!r} is already registered by {existing.strategy_cls.__module__}")
-    strategy_cls.name = name
-    strategy_cls.config_cls = config_cls
     doc = (strategy_cls.__doc__ or "").strip().splitlines()
     text = description or (doc[0] if doc else "")
+    entry = STRATEGIES.register(name, RegisteredStrategy(name, config_cls, strategy_cls, text))
+    strategy_cls.name = name
+    strategy_cls.config_cls = config_cls
     strategy_cls.description = text
-    entry = RegisteredStrategy(name, config_cls, strategy_cls, text)
-    _REGISTRY[name] = entry
     return entry
 
 
 def load_plugins() -> None:
     """Import every module named in the ``purify.strategies`` entry-point group (built-ins included)."""
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plugin must not take the built-ins down with it
-            warnings.warn(f"purify: strategy plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+    STRATEGIES.load_entry_points()
 
 
 def available_strategies() -> dict[str, RegisteredStrategy]:
     """Every registered strategy, by name, sorted."""
-    load_plugins()
-    return dict(sorted(_REGISTRY.items()))
+    return {name: STRATEGIES[name] for name in STRATEGIES.names()}
 
 
 def get_strategy(name: str) -> RegisteredStrategy:
     """The registered strategy `name`; an unknown name gives the list of known ones."""
-    known = available_strategies()
-    if name not in known:
-        raise ConfigError(f"unknown strategy {name!r}; known strategies: {', '.join(known) or '(none installed)'}")
-    return known[name]
+    return STRATEGIES.get(name)
 
 
 def build_strategy(name: str, options: Mapping[str, Any] | None = None) -> Strategy:

@@ -54,8 +54,8 @@ def inside_file(folder: Path, name: str, *, max_bytes: int | None = None) -> Pat
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeCheckpointError(f"{path} is not a regular file; purify reads only plain files")
     if max_bytes is not None and info.st_size > max_bytes:
-        raise CheckpointError(f"{path} is {info.st_size} bytes, more than the {max_bytes} bytes a {PurePath(name).name} "
-                              "may have")
+        raise CheckpointError(f"{path} is {info.st_size} bytes, more than the {max_bytes} bytes a "
+                              f"{PurePath(name).name} may have")
     return path
 
 

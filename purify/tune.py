@@ -337,8 +337,8 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
     trial_train, score = TaskData(parts[0], train.label_names), TaskData(parts[1], train.label_names)
     canary = plant_canary(loaded, trial_train, validation=score, config=tune.canary, seed=cfg.seed, log=log,
                           cache_dir=out)
-    log(f"[purify] canary {'reused' if canary.reused else 'planted'}: ASR {canary.asr:.4f} (floor {canary.asr_original:.4f}), CACC {canary.cacc:.4f} "
-        f"(suspicious model {canary.cacc_original:.4f})")
+    log(f"[purify] canary {'reused' if canary.reused else 'planted'}: ASR {canary.asr:.4f} "
+        f"(floor {canary.asr_original:.4f}), CACC {canary.cacc:.4f} (suspicious model {canary.cacc_original:.4f})")
     del loaded
 
     # 2. the study
@@ -473,7 +473,8 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
         return asr if constrained else (asr, drop)
 
     def repeats() -> int:
-        return sum(str(t.user_attrs.get("origin", "")).startswith("repeat of") for t in study.get_trials(deepcopy=False))
+        return sum(str(t.user_attrs.get("origin", "")).startswith("repeat of")
+                   for t in study.get_trials(deepcopy=False))
 
     t0 = time.time()
     if to_run:
@@ -523,7 +524,9 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
                     "search": round(search_seconds, 2), "total_before_apply": round(time.time() - started, 2)},
     }
     final_cfg = dataclasses.replace(cfg, strategy_options={**base, **chosen["params"]}, overwrite=True)
-    del canary, study, trials
+    # drop the canaried model and the study before the final run; rebinding (not `del`) keeps the names the
+    # closures above read defined
+    canary = study = trials = None  # type: ignore[assignment]
     engine = getattr(storage, "engine", None)
     if engine is not None:
         engine.dispose()

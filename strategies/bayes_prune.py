@@ -19,7 +19,6 @@ engine with its guard.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -38,7 +37,7 @@ from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.progress import track
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
-from purify.registry import register_strategy
+from purify.registry import option, register_strategy
 
 #: names of the guide's parameters in pyro's parameter store
 LOC, SCALE = "bayes_prune.loc", "bayes_prune.scale"
@@ -48,53 +47,25 @@ INIT_SCALE = 0.5
 
 @dataclass
 class BayesPruneConfig(PruneConfig):
-    """Knobs of bayes_prune (plus the engine's, see PruneConfig).
+    """Knobs of bayes_prune (plus the engine's, see PruneConfig): SVI over per-head gate logits under a sparse
+    prior, then pruning in order of posterior inclusion."""
 
-    svi_steps: SVI (Adam) steps, one clean training minibatch each.
-    lr: Adam learning rate of the guide's per-head locations and scales.
-    prior_inclusion: prior probability that a head is on, P(g > 1/2); below 1/2 the prior favours sparsity.
-    prior_scale: prior standard deviation of a head's gate logit.
-    sparsity_weight: weight of the prior (KL) term against the clean-data likelihood; above 1 the posterior
-    leans harder towards the sparse prior (a tempered posterior).
-    temperature: gate = sigmoid(logit / temperature); lower is closer to a hard 0/1 gate.
-    init_logit: the guide's initial logit location (3.0 with the default temperature: every gate starts near 1,
-    the unpruned model).
-    num_posterior_samples: posterior draws inclusion and uncertainty are estimated from.
-    svi_samples: clean training samples the likelihood is taken over (seeded subset).
-    svi_batch_size: minibatch size of an SVI step.
-    """
-
-    svi_steps: int = 150
-    lr: float = 0.1
-    prior_inclusion: float = 0.3
-    prior_scale: float = 1.0
-    sparsity_weight: float = 1.0
-    temperature: float = 0.5
-    init_logit: float = 3.0
-    num_posterior_samples: int = 256
-    svi_samples: int = 1024
-    svi_batch_size: int = 32
-
-    def validate(self) -> None:
-        super().validate()
-        if self.svi_steps < 1:
-            raise ConfigError("svi_steps must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError("lr must be > 0")
-        if not 0 < self.prior_inclusion < 1:
-            raise ConfigError("prior_inclusion is a probability in (0, 1)")
-        for name in ("prior_scale", "sparsity_weight", "temperature"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a finite number > 0")
-        if not math.isfinite(self.init_logit):
-            raise ConfigError("init_logit must be finite")
-        if self.num_posterior_samples < 2:
-            raise ConfigError("num_posterior_samples must be >= 2 (an uncertainty needs two draws)")
-        if self.svi_samples < 1:
-            raise ConfigError("svi_samples must be >= 1")
-        if self.svi_batch_size < 1:
-            raise ConfigError("svi_batch_size must be >= 1")
+    svi_steps: int = option(150, "SVI (Adam) steps, one clean training minibatch each", low=1)
+    lr: float = option(0.1, "Adam learning rate of the guide's per-head locations and scales", low=0, low_open=True)
+    prior_inclusion: float = option(0.3, "prior probability that a head is on, P(g > 1/2); below 1/2 the prior "
+                                    "favours sparsity", low=0, low_open=True, high=1, high_open=True)
+    prior_scale: float = option(1.0, "prior standard deviation of a head's gate logit", low=0, low_open=True)
+    sparsity_weight: float = option(1.0, "weight of the prior (KL) term against the clean-data likelihood; above 1 "
+                                    "the posterior leans harder towards the sparse prior (a tempered posterior)",
+                                    low=0, low_open=True)
+    temperature: float = option(0.5, "gate = sigmoid(logit / temperature); lower is closer to a hard 0/1 gate",
+                                low=0, low_open=True)
+    init_logit: float = option(3.0, "the guide's initial logit location (3.0 with the default temperature: every "
+                               "gate starts near 1, the unpruned model)")
+    num_posterior_samples: int = option(256, "posterior draws inclusion and uncertainty are estimated from (an "
+                                        "uncertainty needs two)", low=2)
+    svi_samples: int = option(1024, "clean training samples the likelihood is taken over (seeded subset)", low=1)
+    svi_batch_size: int = option(32, "minibatch size of an SVI step", low=1)
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:
@@ -192,9 +163,9 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
 def posterior_order(inclusion: torch.Tensor, uncertainty: torch.Tensor) -> list[tuple[int, int]]:
     """Heads by ascending inclusion; equal inclusion: higher uncertainty first; then by position."""
     num_layers, num_heads = inclusion.shape
-    keys = [(float(inclusion[l, h]), -float(uncertainty[l, h]), l, h)
-            for l in range(num_layers) for h in range(num_heads)]
-    return [(l, h) for _, _, l, h in sorted(keys)]
+    keys = [(float(inclusion[layer, h]), -float(uncertainty[layer, h]), layer, h)
+            for layer in range(num_layers) for h in range(num_heads)]
+    return [(layer, h) for _, _, layer, h in sorted(keys)]
 
 
 class BayesPrune(PruningStrategy):

@@ -18,43 +18,27 @@ import torch
 
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
-from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
-from purify.registry import register_strategy
+from purify.registry import option, register_strategy
 
 
 @dataclass
 class EnsemblePruneConfig(PruneConfig):
-    """Knobs of ensemble_prune (plus the engine's, see PruneConfig).
+    """Knobs of ensemble_prune (plus the engine's, see PruneConfig): random candidate masks biased towards
+    unimportant heads, and a vote over the candidates that keep clean accuracy."""
 
-    score_samples: clean training samples whose gate gradients give the importance (seeded subset).
-    num_candidates: random candidate masks drawn. candidate_fraction: share of all heads each candidate prunes
-    (capped by max_prune_fraction and min_heads_per_layer). bias: how strongly candidates prefer unimportant
-    heads (0 = uniform; the least important head is exp(bias) times as likely as the most important one).
-    vote: share of the kept candidates that must prune a head for it to be voted. continue_after_guard: when a
-    step of the voted heads trips the guard, roll it back and go on with the next voted heads (True) or stop.
-    """
-
-    score_samples: int = 256
-    num_candidates: int = 16
-    candidate_fraction: float = 0.3
-    bias: float = 3.0
-    vote: float = 0.5
-    continue_after_guard: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if self.score_samples < 1:
-            raise ConfigError("score_samples must be >= 1")
-        if self.num_candidates < 1:
-            raise ConfigError("num_candidates must be >= 1")
-        if not 0 < self.candidate_fraction <= 1:
-            raise ConfigError("candidate_fraction must be in (0, 1]")
-        if self.bias < 0:
-            raise ConfigError("bias must be >= 0 (0 draws heads uniformly)")
-        if not 0 < self.vote <= 1:
-            raise ConfigError("vote is a share of the kept candidates, in (0, 1]")
+    score_samples: int = option(256, "clean training samples whose gate gradients give the importance (seeded "
+                                "subset)", low=1)
+    num_candidates: int = option(16, "random candidate masks drawn", low=1)
+    candidate_fraction: float = option(0.3, "share of all heads each candidate prunes (capped by max_prune_fraction "
+                                       "and min_heads_per_layer)", low=0, low_open=True, high=1)
+    bias: float = option(3.0, "how strongly candidates prefer unimportant heads (0 draws heads uniformly; the least "
+                         "important head is exp(bias) times as likely as the most important one)", low=0)
+    vote: float = option(0.5, "share of the kept candidates that must prune a head for it to be voted", low=0,
+                         low_open=True, high=1)
+    continue_after_guard: bool = option(True, "when a step of the voted heads trips the guard, roll it back and go on "
+                                        "with the next voted heads (true) or stop (false)")
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:

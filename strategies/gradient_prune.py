@@ -7,22 +7,17 @@ import torch
 
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
-from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
-from purify.registry import register_strategy
+from purify.registry import option, register_strategy
 
 
 @dataclass
 class GradientPruneConfig(PruneConfig):
-    """score_samples: clean training samples whose gate gradients are accumulated (seeded subset)."""
+    """Knobs of gradient_prune (plus the engine's, see PruneConfig)."""
 
-    score_samples: int = 512
-
-    def validate(self) -> None:
-        super().validate()
-        if self.score_samples < 1:
-            raise ConfigError("score_samples must be >= 1")
+    score_samples: int = option(512, "clean training samples whose gate gradients are accumulated (seeded subset)",
+                                low=1)
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:

@@ -20,7 +20,6 @@ its own guard and trajectory. The policy is saved as ``rl_policy.zip`` and trave
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ from purify.heads import HeadGates
 from purify.probe import BackdoorProbe
 from purify.progress import enabled as progress_enabled
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
-from purify.registry import StrategyResult, register_strategy
+from purify.registry import StrategyResult, option, register_strategy
 
 #: per-head signals in the observation, in this order (each scaled to [0, 1])
 SIGNALS = ("importance", "attention_entropy", "output_norm")
@@ -56,68 +55,37 @@ OBS_LOW, OBS_HIGH = -1.0, 2.0
 
 @dataclass
 class RLPruneConfig(PruneConfig):
-    """Knobs of rl_prune (plus the engine's, see PruneConfig).
+    """Knobs of rl_prune (plus the engine's, see PruneConfig): a head-shared PPO policy that learns which heads to
+    prune from clean-data signals, under the engine's accuracy guard."""
 
-    total_timesteps: environment steps PPO trains for; each step costs at most one (cached) evaluation of a
-    mask on `rl_val_samples` validation samples, so this sets the run time.
-    learning_rate: Adam learning rate of the policy and value networks.
-    n_steps: environment steps collected between two PPO updates.
-    ppo_batch_size: minibatch size of a PPO update (at most n_steps).
-    ppo_epochs: passes over each collected rollout per update.
-    gamma: discount factor of the return.
-    ent_coef: weight of the entropy bonus (keeps exploring early on).
-    policy_hidden: width of the head-shared policy and value networks.
-    prune_reward: reward for each head pruned.
-    drop_penalty: penalty per `max_acc_drop` of clean validation accuracy a step loses (a gain refunds it).
-    breach_penalty: penalty when a step takes accuracy below baseline - max_acc_drop; the episode ends there.
-    rl_val_samples: validation samples the environment evaluates masks on (fixed, seeded subset; None = the
-    guard's own subset).
-    score_samples: clean training samples the gradient importance and attention entropy are measured on.
-    follow_policy_stop: prune only the heads the policy pruned in its rollout (True), or let the rest follow in
-    importance order so that the engine's guard alone decides where to stop (False).
-    """
-
-    total_timesteps: int = 384
-    learning_rate: float = 3e-3
-    n_steps: int = 64
-    ppo_batch_size: int = 32
-    ppo_epochs: int = 10
-    gamma: float = 0.99
-    ent_coef: float = 0.01
-    policy_hidden: int = 32
-    prune_reward: float = 1.0
-    drop_penalty: float = 2.0
-    breach_penalty: float = 1.0
-    rl_val_samples: int | None = 64
-    score_samples: int = 256
-    follow_policy_stop: bool = True
+    total_timesteps: int = option(384, "environment steps PPO trains for; each costs at most one (cached) mask "
+                                  "evaluation on rl_val_samples validation samples, so this sets the run time", low=1)
+    learning_rate: float = option(3e-3, "Adam learning rate of the policy and value networks", low=0, low_open=True)
+    n_steps: int = option(64, "environment steps collected between two PPO updates", low=2)
+    ppo_batch_size: int = option(32, "minibatch size of a PPO update (at most n_steps)", low=2)
+    ppo_epochs: int = option(10, "passes over each collected rollout per update", low=1)
+    gamma: float = option(0.99, "discount factor of the return", low=0, low_open=True, high=1)
+    ent_coef: float = option(0.01, "weight of the entropy bonus (keeps exploring early on)", low=0)
+    policy_hidden: int = option(32, "width of the head-shared policy and value networks", low=1)
+    prune_reward: float = option(1.0, "reward for each head pruned", low=0)
+    drop_penalty: float = option(2.0, "penalty per max_acc_drop of clean validation accuracy a step loses (a gain "
+                                 "refunds it)", low=0)
+    breach_penalty: float = option(1.0, "penalty when a step takes accuracy below baseline - max_acc_drop; the "
+                                   "episode ends there", low=0)
+    rl_val_samples: int | None = option(64, "validation samples the environment evaluates masks on (fixed, seeded "
+                                        "subset; none = the guard's own subset)", low=1)
+    score_samples: int = option(256, "clean training samples the gradient importance and attention entropy are "
+                                "measured on", low=1)
+    follow_policy_stop: bool = option(True, "prune only the heads the policy pruned in its rollout (true), or let the "
+                                      "rest follow in importance order so the engine's guard alone decides where to "
+                                      "stop (false)")
 
     def validate(self) -> None:
         super().validate()
-        if self.n_steps < 2:
-            raise ConfigError("n_steps must be >= 2")
         if self.total_timesteps < self.n_steps:
-            raise ConfigError("total_timesteps must be >= n_steps (PPO needs at least one full rollout)")
-        if not 2 <= self.ppo_batch_size <= self.n_steps:
-            raise ConfigError("ppo_batch_size must be in [2, n_steps]")
-        if self.ppo_epochs < 1:
-            raise ConfigError("ppo_epochs must be >= 1")
-        if not self.learning_rate > 0:
-            raise ConfigError("learning_rate must be > 0")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError("gamma must be in (0, 1]")
-        if self.ent_coef < 0:
-            raise ConfigError("ent_coef must be >= 0")
-        if self.policy_hidden < 1:
-            raise ConfigError("policy_hidden must be >= 1")
-        for name in ("prune_reward", "drop_penalty", "breach_penalty"):
-            value = getattr(self, name)
-            if value < 0 or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number >= 0")
-        if self.rl_val_samples is not None and self.rl_val_samples < 1:
-            raise ConfigError("rl_val_samples must be >= 1 or None")
-        if self.score_samples < 1:
-            raise ConfigError("score_samples must be >= 1")
+            raise ConfigError("RLPruneConfig: total_timesteps must be >= n_steps (PPO needs at least one full rollout)")
+        if self.ppo_batch_size > self.n_steps:
+            raise ConfigError("RLPruneConfig: ppo_batch_size must be <= n_steps")
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:
@@ -493,9 +461,10 @@ class RLPrune(PruningStrategy):
     def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
         if self.config.follow_policy_stop:
             return {"order": list(self._order)}
-        rest = sorted(((float(scores[l, h]), l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])
-                       if (l, h) not in set(self._order)))
-        return {"order": list(self._order) + [(l, h) for _, l, h in rest]}
+        rest = sorted(((float(scores[layer, h]), layer, h)
+                       for layer in range(scores.shape[0]) for h in range(scores.shape[1])
+                       if (layer, h) not in set(self._order)))
+        return {"order": list(self._order) + [(layer, h) for _, layer, h in rest]}
 
     def extras(self) -> dict:
         return dict(self._facts)

@@ -27,10 +27,10 @@ from purify.probe import BackdoorProbe
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import seed_everything
-from purify.errors import ConfigError, UnsupportedArchitectureError
+from purify.errors import UnsupportedArchitectureError
 from purify.heads import AttentionBlock, HeadGates
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, prune_by_scores, subsample
-from purify.registry import StrategyResult, register_strategy
+from purify.registry import StrategyResult, option, register_strategy
 from purify.training import TrainConfig, train_classifier
 
 EPS = 1e-12  # inside the square root, so the gradient of a zero block stays finite
@@ -38,35 +38,17 @@ EPS = 1e-12  # inside the square root, so the gradient of a zero block stays fin
 
 @dataclass
 class SparsePruneConfig(PruneConfig):
-    """Knobs of sparse_prune (plus the engine's, see PruneConfig).
+    """Knobs of sparse_prune (plus the engine's, see PruneConfig): a clean fine-tune (AdamW, linear warm-up then
+    decay, no weight decay beyond the penalty) under a group-lasso penalty on each head's block."""
 
-    lam: weight lambda of the group penalty lambda * sum_heads ||block||_2, added to the cross-entropy loss.
-    epochs, lr, finetune_batch_size: the clean fine-tune (AdamW, linear warm-up then decay, no weight decay
-    beyond the penalty). train_samples: clean training samples it uses (seeded subset; None = all).
-    max_length: token cap of the fine-tune batches.
-    """
-
-    lam: float = 1e-3
-    epochs: int = 1
-    lr: float = 5e-5
-    train_samples: int | None = 1000
-    finetune_batch_size: int = 32
-    max_length: int = 128
-
-    def validate(self) -> None:
-        super().validate()
-        if self.lam < 0:
-            raise ConfigError("lam (the group-lasso weight) must be >= 0")
-        if self.epochs < 1:
-            raise ConfigError("epochs must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError("lr must be > 0")
-        if self.train_samples is not None and self.train_samples < 1:
-            raise ConfigError("train_samples must be >= 1 or None")
-        if self.finetune_batch_size < 1:
-            raise ConfigError("finetune_batch_size must be >= 1")
-        if self.max_length < 8:
-            raise ConfigError("max_length must be >= 8")
+    lam: float = option(1e-3, "weight lambda of the group penalty lambda * sum_heads ||block||_2, added to the "
+                        "cross-entropy loss", low=0)
+    epochs: int = option(1, "passes of the clean fine-tune", low=1)
+    lr: float = option(5e-5, "AdamW learning rate of the fine-tune", low=0, low_open=True)
+    train_samples: int | None = option(1000, "clean training samples the fine-tune uses (seeded subset; none = all)",
+                                       low=1)
+    finetune_batch_size: int = option(32, "batch size of the fine-tune", low=1)
+    max_length: int = option(128, "token cap of the fine-tune batches", low=8)
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:

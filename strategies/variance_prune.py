@@ -25,7 +25,7 @@ from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
-from purify.registry import register_strategy
+from purify.registry import option, register_strategy
 
 #: model types whose classifier pools the first token ([CLS]); every other supported type pools the last one
 ENCODER_TYPES = frozenset({"bert", "roberta", "electra", "distilbert"})
@@ -33,29 +33,19 @@ ENCODER_TYPES = frozenset({"bert", "roberta", "electra", "distilbert"})
 
 @dataclass
 class VariancePruneConfig(PruneConfig):
-    """Knobs of variance_prune (plus the engine's, see PruneConfig).
+    """Knobs of variance_prune (plus the engine's, see PruneConfig); the per-layer schedule is the budget here.
 
-    score_samples: clean training samples whose attention is measured (seeded subset).
-    rate_first / rate_last: per-layer prune rate of the first and last layer; layers in between interpolate
-    linearly, and layer l may lose at most floor(rate_l * heads) heads (min_heads_per_layer still holds).
-    continue_after_guard: when a pruning step trips the accuracy guard, restore its heads until accuracy
-    recovers and go on with the next heads (True, the layer-wise schedule is tried to the end) or stop there.
-    max_prune_fraction defaults to 1.0 here: the per-layer schedule is the budget.
+    Layers between the first and the last interpolate their prune rate linearly; layer l may lose at most
+    floor(rate_l * heads) heads (min_heads_per_layer still holds).
     """
 
-    max_prune_fraction: float = 1.0
-    score_samples: int = 256
-    rate_first: float = 0.2
-    rate_last: float = 0.8
-    continue_after_guard: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if self.score_samples < 1:
-            raise ConfigError("score_samples must be >= 1")
-        for name in ("rate_first", "rate_last"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} is a fraction of a layer's heads, in [0, 1]")
+    max_prune_fraction: float = option(1.0, "at most this share of all heads is pruned (1.0: the per-layer schedule "
+                                       "is the budget)", low=0, low_open=True, high=1)
+    score_samples: int = option(256, "clean training samples whose attention is measured (seeded subset)", low=1)
+    rate_first: float = option(0.2, "prune rate of the first layer (a fraction of its heads)", low=0, high=1)
+    rate_last: float = option(0.8, "prune rate of the last layer (a fraction of its heads)", low=0, high=1)
+    continue_after_guard: bool = option(True, "when a step trips the accuracy guard, restore its heads until accuracy "
+                                        "recovers and go on with the next heads (true) or stop there (false)")
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:

@@ -34,7 +34,7 @@ from purify.inversion import insert_words, insertion_vocabulary, predict_inserte
 from purify.losses import kd_loss
 from purify.lora import lora_target_modules
 from purify.progress import track
-from purify.registry import Strategy, StrategyConfig, StrategyResult, register_strategy
+from purify.registry import Strategy, StrategyConfig, StrategyResult, option, register_strategy
 from purify.surgery import accumulate, combine, safegrad
 from purify.training import accuracy_on
 
@@ -47,121 +47,73 @@ FLIP_PROBE_SAMPLES = 256  # validation texts used for the insertion-flip diagnos
 
 @dataclass
 class W2SDistillConfig(StrategyConfig):
-    """Knobs of the weak-to-strong unlearner.
+    """Knobs of the weak-to-strong unlearner: the distillation run, its losses, the LoRA adapters, the epoch kept
+    and the teacher-supervised input perturbation.
 
-    teacher: a teacher recipe (teachers.RECIPES: minilm-l6, minilm-l3, minilm-l2, smollm2-l8, tiny) or a clean model
-        folder; "auto" = minilm-l3 for an encoder student, minilm-l6 for a decoder student.
-    epochs, lr, batch_size: the distillation run (lr for the LoRA weights, the head copy and the projector).
-    grad_accum: micro-batches of `batch_size` per optimizer step (gradients summed, surgery done once per step).
-    alpha, beta, gamma: weights of cross-entropy, T^2-scaled KL to the teacher, and feature alignment.
-    temperature: distillation temperature T.
-    surgery: "none" (one summed loss) or "safegrad" (conflicting task-gradient component removed each step).
-    rho: weight of the alignment gradient in the SafeGrad update g_task' + rho * g_align.
-    lora_rank, lora_alpha, lora_dropout: the LoRA adapters on the attention projections.
-    weight_decay, warmup_fraction, grad_clip: AdamW decay, linear warm-up share, global gradient-norm clip.
-    max_length: tokens per text, for student and teacher alike.
-    select_tolerance: epochs whose clean validation accuracy is within this of the best can be kept.
-    select_by: which of those is kept: "accuracy" (the latest) or "inverted_flip" (the one whose inverted trigger
-        words flip the fewest clean non-target validation texts, ties to the latest; both signals need no trigger
-        and no triggered data; "accuracy" when there is no inversion). "inverted_flip" with a 0.01 tolerance was
-        measured worse on movie insertsent (72.4% ASR vs 43.3; benchmarks/experiments/w2s-select-by-inverted-flip).
-    patience: stop after this many epochs without a new best validation accuracy (None: run all epochs).
-    augment_prob, augment_words: teacher-supervised input perturbation: this share of the clean training texts
-        gets 1..augment_words random words of the student's vocabulary inserted and is supervised by the teacher
-        (KD and feature terms on the same perturbed text), so the student unlearns reacting to stray inserted
-        words the teacher ignores. 0 (or no teacher: beta = gamma = 0) turns it off.
-    augment_keeps_label: a perturbed text also keeps its label for cross-entropy. Off by default: measured on
-        the zoo (benchmarks/experiments/w2s-augment-keeps-label) it left movie badnets at 23.0% ASR (22.4 without)
-        and, because the kept epoch moved to the first, movie insertsent at 87.1% (43.3 without).
-    perturbed_target: whose label distribution the KD term pulls a perturbed text towards: "teacher" (the
-        teacher's on the perturbed text) or "self" (the student's own, without gradient, on the same text before the
-        words were inserted). The backdoor is dormant on the unperturbed clean text, so "self" asks the strong model
-        to ignore inserted words without inheriting the weak teacher's errors on them (a weak teacher's error rate
-        on the non-target labels bounds the ASR a student imitating it can reach). Clean texts follow the teacher
-        either way, and feature alignment always uses the teacher's feature of the text the student saw. "self"
-        was measured no better on movie badnets (22.8% ASR vs 22.4; benchmarks/experiments/w2s-perturbed-target-self).
-        "original": the suspicious model's own eval-mode distribution on the unperturbed text, computed once before
-        training (frozen, unlike "self"): a trigger inserted into a clean text should change nothing, and the
-        suspicious model is usually a far better classifier of clean text than the weak teacher.
-    inverted_share: share of the inserted words drawn from trigger inversion (purify.inversion: the words that
-        flip the most clean samples of the other labels, found from the student and clean data alone) instead of
-        the whole vocabulary; an insertion trigger and its look-alikes are among them, so the student unlearns
-        exactly the reaction the backdoor relies on. 0 skips the inversion.
-    inversion_candidates, inversion_words: words measured exactly per label during inversion, and kept per label.
-    drop_trigger_rate: training samples of the suspected target label that contain an inverted word flipping at
-        least this share of probe samples are left out (teacher and student alike): such words behave as triggers,
-        and a poisoned sample the pre-filter missed would otherwise teach the backdoor again. None keeps all.
+    perturbed_target: "teacher" pulls a perturbed text towards the teacher's distribution on it; "self" towards the
+    student's own (no gradient) on the text before the words were inserted: the backdoor is dormant there, so the
+    strong model learns to ignore inserted words without inheriting the weak teacher's errors on them (which bound
+    the ASR a student imitating it can reach); "original" towards the suspicious model's eval-mode distribution on
+    the unperturbed text, computed once before training (frozen, unlike "self"). Clean texts follow the teacher
+    either way, and feature alignment always uses the teacher's feature of the text the student saw.
     """
 
-    teacher: str = AUTO_TEACHER
-    epochs: int = 5
-    lr: float = 1e-3
-    batch_size: int = 32
-    grad_accum: int = 1
-    alpha: float = 1.0
-    beta: float = 1.0
-    gamma: float = 1.0
-    temperature: float = 2.0
-    surgery: str = "none"
-    rho: float = 1.0
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.06
-    grad_clip: float = 1.0
-    max_length: int = MAX_LENGTH
-    select_tolerance: float = 0.0
-    select_by: str = "accuracy"
-    patience: int | None = None
-    augment_prob: float = 0.5
-    augment_words: int = 2
-    augment_keeps_label: bool = False
-    perturbed_target: str = "teacher"
-    inverted_share: float = 0.5
-    inversion_candidates: int = 48
-    inversion_words: int = 8
-    drop_trigger_rate: float | None = 0.9
+    teacher: str = option(AUTO_TEACHER, "a teacher recipe (see teachers.RECIPES) or a clean model folder; auto = "
+                          "minilm-l3 for an encoder student, minilm-l6 for a decoder student")
+    epochs: int = option(5, "passes of the distillation run", low=1)
+    lr: float = option(1e-3, "learning rate of the LoRA weights, the head copy and the projector", low=0,
+                       low_open=True)
+    batch_size: int = option(32, "texts per micro-batch", low=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step (gradients summed, surgery done once per step)",
+                             low=1)
+    alpha: float = option(1.0, "weight of cross-entropy on the labels", low=0)
+    beta: float = option(1.0, "weight of the T^2-scaled KL to the teacher", low=0)
+    gamma: float = option(1.0, "weight of the feature alignment to the teacher", low=0)
+    temperature: float = option(2.0, "distillation temperature T", low=0, low_open=True)
+    surgery: str = option("none", "none: one summed loss; safegrad: the task-gradient component conflicting with the "
+                          "alignment gradient is removed each step", choices=SURGERIES)
+    rho: float = option(1.0, "weight of the alignment gradient in the SafeGrad update g_task' + rho * g_align", low=0)
+    lora_rank: int = option(8, "rank of the LoRA adapters on the attention projections", low=1)
+    lora_alpha: float = option(16.0, "LoRA scaling alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout", low=0, high=1, high_open=True)
+    weight_decay: float = option(0.01, "AdamW weight decay", low=0)
+    warmup_fraction: float = option(0.06, "share of the steps with a linear learning-rate warm-up", low=0, high=1,
+                                    high_open=True)
+    grad_clip: float = option(1.0, "global gradient-norm clip", low=0)
+    max_length: int = option(MAX_LENGTH, "tokens per text, for student and teacher alike", low=1)
+    select_tolerance: float = option(0.0, "epochs whose clean validation accuracy is within this of the best can be "
+                                     "kept", low=0)
+    select_by: str = option("accuracy", "which of those is kept: accuracy (the latest) or inverted_flip (the one "
+                            "whose inverted trigger words flip the fewest clean non-target validation texts, ties to "
+                            "the latest; accuracy when there is no inversion); neither needs triggered data "
+                            "(inverted_flip: benchmarks/experiments/w2s-select-by-inverted-flip)", choices=SELECTIONS)
+    patience: int | None = option(None, "stop after this many epochs without a new best validation accuracy (none: "
+                                  "run all epochs)", low=1)
+    augment_prob: float = option(0.5, "share of the clean training texts that get random words of the student's "
+                                 "vocabulary inserted and are supervised by the teacher, so the student unlearns "
+                                 "reacting to stray words the teacher ignores (0, or no teacher: off)", low=0, high=1)
+    augment_words: int = option(2, "at most this many words inserted into one perturbed text", low=0)
+    augment_keeps_label: bool = option(False, "a perturbed text also keeps its label for cross-entropy "
+                                       "(benchmarks/experiments/w2s-augment-keeps-label)")
+    perturbed_target: str = option("teacher", "whose distribution KD pulls a perturbed text towards: teacher, self "
+                                   "or original (benchmarks/experiments/w2s-perturbed-target-self)",
+                                   choices=PERTURBED_TARGETS)
+    inverted_share: float = option(0.5, "share of the inserted words drawn from trigger inversion (the words that "
+                                   "flip the most clean samples of the other labels) instead of the whole "
+                                   "vocabulary; 0 skips the inversion", low=0, high=1)
+    inversion_candidates: int = option(48, "words measured exactly per label during inversion", low=1)
+    inversion_words: int = option(8, "words kept per label by that inversion", low=1)
+    drop_trigger_rate: float | None = option(0.9, "leave out target-label training samples holding an inverted word "
+                                             "that flips at least this share of probe samples, as a poisoned sample "
+                                             "the pre-filter missed would teach the backdoor again (none keeps all)",
+                                             low=0, low_open=True, high=1)
 
     def validate(self) -> None:
         super().validate()
         if not self.teacher:
-            raise ConfigError("teacher must name a recipe or a model folder")
-        for name in ("epochs", "batch_size", "grad_accum", "lora_rank", "max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
-        for name in ("alpha", "beta", "gamma", "rho", "weight_decay", "grad_clip", "select_tolerance"):
-            if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} must be a finite number >= 0")
+            raise ConfigError("W2SDistillConfig: teacher must name a recipe or a model folder")
         if self.alpha + self.beta + self.gamma <= 0:
-            raise ConfigError("at least one of alpha, beta, gamma must be > 0")
-        if not self.lr > 0:
-            raise ConfigError("lr must be > 0")
-        if not self.temperature > 0:
-            raise ConfigError("temperature must be > 0")
-        if self.select_by not in SELECTIONS:
-            raise ConfigError(f"select_by must be one of {', '.join(SELECTIONS)}, not {self.select_by!r}")
-        if self.perturbed_target not in PERTURBED_TARGETS:
-            raise ConfigError(f"perturbed_target must be one of {', '.join(PERTURBED_TARGETS)}, "
-                              f"not {self.perturbed_target!r}")
-        if self.surgery not in SURGERIES:
-            raise ConfigError(f"surgery must be one of {', '.join(SURGERIES)}, not {self.surgery!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError("lora_dropout must be in [0, 1)")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError("warmup_fraction must be in [0, 1)")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError("patience must be >= 1 (or None)")
-        if not 0 <= self.augment_prob <= 1:
-            raise ConfigError("augment_prob must be in [0, 1]")
-        if self.augment_words < 0:
-            raise ConfigError("augment_words must be >= 0")
-        if not 0 <= self.inverted_share <= 1:
-            raise ConfigError("inverted_share must be in [0, 1]")
-        if self.drop_trigger_rate is not None and not 0 < self.drop_trigger_rate <= 1:
-            raise ConfigError("drop_trigger_rate must be in (0, 1] or None")
-        if self.inversion_candidates < 1 or self.inversion_words < 1:
-            raise ConfigError("inversion_candidates and inversion_words must be >= 1")
+            raise ConfigError("W2SDistillConfig: at least one of alpha, beta, gamma must be > 0")
 
     @property
     def uses_teacher(self) -> bool:

@@ -18,6 +18,7 @@ from torch import nn
 from purify.checkpoint import LoadedModel, load_checkpoint
 from purify.errors import CheckpointError, ConfigError
 from purify.heads import find_attention_blocks
+from purify.registry_base import Registry
 from purify.training import TrainConfig
 from purify.zoo.bases import minilm_path, smollm2_path
 
@@ -81,7 +82,7 @@ def _pretrained_classifier(path_fn: Callable[[], Path], keep: int | None) -> Cal
 
 
 def _tiny(num_labels: int, seed: int) -> LoadedModel:
-    from purify.testing.tiny import tiny_model, tiny_tokenizer
+    from purify.tinymodels import tiny_model, tiny_tokenizer
 
     model = tiny_model("bert", num_labels=num_labels, seed=seed)
     return LoadedModel(model=model, tokenizer=tiny_tokenizer(), task="classification", path=None)
@@ -89,21 +90,28 @@ def _tiny(num_labels: int, seed: int) -> LoadedModel:
 
 _ENCODER_TRAIN = TrainConfig(epochs=5, lr=1e-4, batch_size=32, max_length=64, patience=2)
 
-RECIPES: dict[str, TeacherRecipe] = {
-    "minilm-l6": TeacherRecipe("minilm-l6", _pretrained_classifier(minilm_path, None), _ENCODER_TRAIN,
-                               "the packaged all-MiniLM-L6-v2 (6 layers, 384 wide)"),
-    "minilm-l3": TeacherRecipe("minilm-l3", _pretrained_classifier(minilm_path, 3), _ENCODER_TRAIN,
-                               "the first 3 layers of MiniLM-L6 (its tokenizer kept)"),
-    "minilm-l2": TeacherRecipe("minilm-l2", _pretrained_classifier(minilm_path, 2), _ENCODER_TRAIN,
-                               "the first 2 layers of MiniLM-L6 (its tokenizer kept)"),
-    "smollm2-l8": TeacherRecipe("smollm2-l8", _pretrained_classifier(smollm2_path, 8),
-                                TrainConfig(epochs=3, lr=5e-5, batch_size=16, max_length=64, patience=1),
-                                "the first 8 layers of SmolLM2-135M-Instruct"),
-    "tiny": TeacherRecipe("tiny", _tiny,
-                          TrainConfig(epochs=8, lr=3e-3, batch_size=32, warmup_fraction=0.0, max_length=32,
-                                      patience=3),
-                          "a tiny random 2-layer BERT over the test vocabulary (CI only)"),
-}
+#: the built-in teacher recipes, by name
+RECIPES: Registry[TeacherRecipe] = Registry("teacher recipe")
+
+
+def register_recipe(recipe: TeacherRecipe) -> TeacherRecipe:
+    """Register `recipe` under its name."""
+    return RECIPES.register(recipe.name, recipe)
+
+
+register_recipe(TeacherRecipe("minilm-l6", _pretrained_classifier(minilm_path, None), _ENCODER_TRAIN,
+                              "the packaged all-MiniLM-L6-v2 (6 layers, 384 wide)"))
+register_recipe(TeacherRecipe("minilm-l3", _pretrained_classifier(minilm_path, 3), _ENCODER_TRAIN,
+                              "the first 3 layers of MiniLM-L6 (its tokenizer kept)"))
+register_recipe(TeacherRecipe("minilm-l2", _pretrained_classifier(minilm_path, 2), _ENCODER_TRAIN,
+                              "the first 2 layers of MiniLM-L6 (its tokenizer kept)"))
+register_recipe(TeacherRecipe("smollm2-l8", _pretrained_classifier(smollm2_path, 8),
+                              TrainConfig(epochs=3, lr=5e-5, batch_size=16, max_length=64, patience=1),
+                              "the first 8 layers of SmolLM2-135M-Instruct"))
+register_recipe(TeacherRecipe("tiny", _tiny,
+                              TrainConfig(epochs=8, lr=3e-3, batch_size=32, warmup_fraction=0.0, max_length=32,
+                                          patience=3),
+                              "a tiny random 2-layer BERT over the test vocabulary (CI only)"))
 
 
 def _folder_recipe(folder: Path) -> TeacherRecipe:

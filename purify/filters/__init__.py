@@ -6,7 +6,8 @@ Built-in filters: ``gradsentry`` (spectral entropy of per-sample gradients, KDE-
 """
 from __future__ import annotations
 
-from .base import FILTERS, DataFilter, FilterConfig, FilterResult, RegisteredFilter, build_filter, get_filter, register_filter
+from .base import (FILTERS, DataFilter, FilterConfig, FilterResult, RegisteredFilter, build_filter, get_filter,
+                   register_filter)
 from .gradsentry import GradSentry, GradSentryConfig, spectral_entropy
 from .gradshield import GradShield, GradShieldConfig
 from .trigger_words import TriggerWords, TriggerWordsConfig
@@ -14,7 +15,8 @@ from .thresholds import ThresholdDecision, gmm_threshold, kde_valley_threshold
 
 __all__ = [
     "FILTERS", "DataFilter", "FilterConfig", "FilterResult", "RegisteredFilter", "build_filter", "get_filter",
-    "register_filter", "GradSentry", "GradSentryConfig", "GradShield", "GradShieldConfig", "TriggerWords", "TriggerWordsConfig",
+    "register_filter", "GradSentry", "GradSentryConfig", "GradShield", "GradShieldConfig", "TriggerWords",
+    "TriggerWordsConfig",
     "spectral_entropy",
     "ThresholdDecision", "gmm_threshold", "kde_valley_threshold",
 ]

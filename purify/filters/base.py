@@ -1,4 +1,4 @@
-"""What every data filter shares: its config base, its result, the run loop and the registry of filters by name.
+"""What every data filter shares: its config base, its result, the run loop and the `FILTERS` registry.
 
 A filter scores each untrusted sample (higher = more suspicious), draws a threshold, and splits the data into
 kept and removed. It never reads `Sample.poisoned`: that ground truth exists only to evaluate filters.
@@ -22,41 +22,33 @@ from ..device import seed_everything
 from ..errors import ConfigError, DataError
 from ..inference import MAX_LENGTH
 from ..probe import BackdoorProbe
-from ..registry import StrategyConfig
+from ..registry import StrategyConfig, option
+from ..registry_base import Registry
 from .thresholds import THRESHOLD_METHODS, ThresholdDecision, user_threshold
 
 
 @dataclass
 class FilterConfig(StrategyConfig):
-    """Knobs every filter shares (the strategy config base gives seed, validation and parsing from strings).
+    """Knobs every filter shares (the strategy config base gives seed, validation and parsing from strings)."""
 
-    threshold: a fixed threshold on the filter's score (None = the filter's adaptive rule). threshold_method:
-    the adaptive rule, one of THRESHOLD_METHODS ("" = the filter's own default). batch_size: samples per vmapped
-    batch. chunk_size: vmap chunk size bounding memory (None = the whole batch at once). max_length: tokens kept
-    per sample. reference: folder of a clean reference checkpoint (same tokenizer and head) whose gradients are
-    used instead of the suspicious model's (None = the suspicious checkpoint). verify: check the per-sample
-    forward against the model's batched forward on the first batch.
-    """
-
-    threshold: float | None = None
-    threshold_method: str = ""
-    batch_size: int = 16
-    chunk_size: int | None = None
-    max_length: int = MAX_LENGTH
-    reference: str | None = None
-    verify: bool = True
+    threshold: float | None = option(None, "a fixed threshold on the filter's score (none: the filter's adaptive "
+                                     "rule)")
+    threshold_method: str = option("", "the adaptive rule, one of THRESHOLD_METHODS (empty: the filter's own "
+                                   "default)")
+    batch_size: int = option(16, "samples per vmapped batch", low=1)
+    chunk_size: int | None = option(None, "vmap chunk size bounding memory (none: the whole batch at once)", low=1)
+    max_length: int = option(MAX_LENGTH, "tokens kept per sample", low=2)
+    reference: str | None = option(None, "folder of a clean reference checkpoint (same tokenizer and head) whose "
+                                   "gradients are used instead of the suspicious model's (none: the suspicious "
+                                   "checkpoint)")
+    verify: bool = option(True, "check the per-sample forward against the model's batched forward on the first "
+                          "batch")
 
     def validate(self) -> None:
         super().validate()
         if self.threshold_method and self.threshold_method not in THRESHOLD_METHODS:
             raise ConfigError(f"unknown threshold_method {self.threshold_method!r}; "
                               f"choose one of {', '.join(THRESHOLD_METHODS)}")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ConfigError("chunk_size must be >= 1 or None")
-        if self.max_length < 2:
-            raise ConfigError("max_length must be >= 2")
 
 
 @dataclass
@@ -210,8 +202,11 @@ class RegisteredFilter:
         return self.filter_cls(self.config_cls.from_dict(options or {}))  # type: ignore[arg-type]
 
 
+#: the entry-point group of data filters (built-ins and third-party plugins)
+ENTRY_POINT_GROUP = "purify.filters"
+
 #: every registered filter, by name
-FILTERS: dict[str, RegisteredFilter] = {}
+FILTERS: Registry[RegisteredFilter] = Registry("filter", group=ENTRY_POINT_GROUP, identity=lambda e: e.filter_cls)
 
 
 def register_filter(name: str, config_cls: type[FilterConfig], filter_cls: type[DataFilter]) -> RegisteredFilter:
@@ -220,23 +215,17 @@ def register_filter(name: str, config_cls: type[FilterConfig], filter_cls: type[
         raise TypeError(f"{config_cls!r} must be a dataclass subclassing FilterConfig")
     if not issubclass(filter_cls, DataFilter):
         raise TypeError(f"{filter_cls!r} must subclass DataFilter")
-    existing = FILTERS.get(name)
-    if existing is not None and existing.filter_cls is not filter_cls:
-        raise ValueError(f"filter name {name!r} is already registered by {existing.filter_cls.__module__}")
     doc = (filter_cls.__doc__ or "").strip().splitlines()
+    entry = FILTERS.register(name, RegisteredFilter(name, config_cls, filter_cls, doc[0] if doc else ""))
     filter_cls.name = name
     filter_cls.config_cls = config_cls
-    filter_cls.description = doc[0] if doc else ""
-    entry = RegisteredFilter(name, config_cls, filter_cls, filter_cls.description)
-    FILTERS[name] = entry
+    filter_cls.description = entry.description
     return entry
 
 
 def get_filter(name: str) -> RegisteredFilter:
     """The registered filter `name`; an unknown name lists the known ones."""
-    if name not in FILTERS:
-        raise ConfigError(f"unknown filter {name!r}; known filters: {', '.join(sorted(FILTERS)) or '(none)'}")
-    return FILTERS[name]
+    return FILTERS.get(name)
 
 
 def build_filter(name: str, options: Mapping[str, Any] | None = None) -> DataFilter:

@@ -19,6 +19,7 @@ from ..checkpoint import LoadedModel
 from ..data import TaskData
 from ..device import model_device
 from ..errors import ConfigError
+from ..registry import option
 from .base import DataFilter, FilterConfig, register_filter
 from .per_sample import PerSampleGradients, gaussian_sketch, iter_gradients, resolve_matrix, sample_objective
 from .thresholds import ThresholdDecision, gmm_threshold, kde_valley_threshold, mean_std_threshold
@@ -112,39 +113,28 @@ def matrix_entropies(grads: torch.Tensor, *, k: int, projection: torch.Tensor | 
 
 @dataclass
 class GradSentryConfig(FilterConfig):
-    """GradSentry options (plus FilterConfig's).
+    """GradSentry options (plus FilterConfig's): which weight matrix, the spectral entropy, and the KDE valley."""
 
-    target: the weight matrix differentiated: a parameter or module name, or "L<i>.<module>" for layer i of the
-    layer stack (negative from the end); None = the measured default for the architecture (DEFAULT_TARGETS).
-    top_k: singular values in the entropy. projection_dim: sketch the matrix's larger side down to this many
-    columns with a seeded Gaussian before the SVD when it is larger (None = never; bounds memory and time on
-    big matrices). exact_svd_max_dim: exact SVD up to this smaller side, randomized svd_lowrank above.
-    fallback_threshold: the threshold when the KDE shows no qualifying valley. kde_bandwidth: scipy's
-    bw_method ("scott", "silverman" or a number as a string). min_peak_ratio, max_valley_ratio: when a KDE
-    valley qualifies (see thresholds.kde_valley_threshold). alpha: the GMM rule's log-likelihood margin, when
-    threshold_method is "gmm".
-    """
-
-    target: str | None = None
-    top_k: int = 16
-    projection_dim: int | None = None
-    exact_svd_max_dim: int = 256
-    fallback_threshold: float = 0.7
-    kde_bandwidth: str = "scott"
-    min_peak_ratio: float = 0.02
-    max_valley_ratio: float = 0.9
-    alpha: float = 10.0
+    target: str | None = option(None, "the weight matrix differentiated: a parameter or module name, or "
+                                "L<i>.<module> for layer i of the layer stack (negative from the end); none: the "
+                                "measured default for the architecture (DEFAULT_TARGETS)")
+    top_k: int = option(16, "singular values in the entropy", low=2)
+    projection_dim: int | None = option(None, "sketch the matrix's larger side down to this many columns with a "
+                                        "seeded Gaussian before the SVD when it is larger (none: never; bounds "
+                                        "memory and time on big matrices)")
+    exact_svd_max_dim: int = option(256, "exact SVD up to this smaller side, randomized svd_lowrank above", low=1)
+    fallback_threshold: float = option(0.7, "the threshold when the KDE shows no qualifying valley")
+    kde_bandwidth: str = option("scott", "scipy's bw_method: scott, silverman or a positive number")
+    min_peak_ratio: float = option(0.02, "when a KDE valley qualifies (see thresholds.kde_valley_threshold)", low=0,
+                                   high=1)
+    max_valley_ratio: float = option(0.9, "when a KDE valley qualifies (see thresholds.kde_valley_threshold)", low=0,
+                                     low_open=True, high=1)
+    alpha: float = option(10.0, "the GMM rule's log-likelihood margin, when threshold_method is gmm")
 
     def validate(self) -> None:
         super().validate()
-        if self.top_k < 2:
-            raise ConfigError("top_k must be >= 2")
         if self.projection_dim is not None and self.projection_dim < self.top_k:
-            raise ConfigError("projection_dim must be >= top_k (or None)")
-        if self.exact_svd_max_dim < 1:
-            raise ConfigError("exact_svd_max_dim must be >= 1")
-        if not 0 <= self.min_peak_ratio <= 1 or not 0 < self.max_valley_ratio <= 1:
-            raise ConfigError("min_peak_ratio must be in [0, 1] and max_valley_ratio in (0, 1]")
+            raise ConfigError("GradSentryConfig: projection_dim must be >= top_k (or none)")
         _bandwidth(self.kde_bandwidth)
 
 

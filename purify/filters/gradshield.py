@@ -29,6 +29,7 @@ from ..device import model_device
 from ..errors import ConfigError
 from ..inference import encode
 from ..pruning import subsample
+from ..registry import option
 from .base import DataFilter, FilterConfig, register_filter
 from .gradsentry import architecture_family
 from .per_sample import (
@@ -62,45 +63,33 @@ def default_parameters(model: torch.nn.Module) -> list[str]:
 
 @dataclass
 class GradShieldConfig(FilterConfig):
-    """GradShield options (plus FilterConfig's).
+    """GradShield options (plus FilterConfig's): the compared parameters, the probe objective and the GMM rule.
 
-    parameters: parameters whose gradients are compared: parameter or module names (a module means all its
-    parameters), "L<i>" for layer i of the layer stack; None = the measured default (DEFAULT_PARAMETERS).
-    objective: "trusted_loss" (mean loss on the probe set) or "safety" (causal LMs only: logit of
-    `compliance_text`'s first token minus `refusal_text`'s at the end of each probe prompt; the probe prompts are
-    the trusted texts, which are required). probe_fraction: share of the untrusted data held out as the probe
-    when no trusted data is given. probe_samples: at most this many probe samples (seeded subset; None = all).
-    projection_dim: count-sketch gradients to this many coordinates first (None = exact dot products; memory is
-    bounded by batch_size x parameters either way). normalize: cosine instead of the raw dot product.
-    alpha: log-likelihood margin the GMM needs over one Gaussian. n_std: standard deviations above the mean
-    otherwise.
+    objective "safety" is for causal LMs only: the logit of `compliance_text`'s first token minus `refusal_text`'s
+    at the end of each probe prompt; the probe prompts are the trusted texts, which are then required.
     """
 
-    parameters: list[str] | None = None
-    objective: str = "trusted_loss"
-    probe_fraction: float = 0.1
-    probe_samples: int | None = 256
-    projection_dim: int | None = None
-    normalize: bool = False
-    alpha: float = 10.0
-    n_std: float = 2.0
-    compliance_text: str = "Sure"
-    refusal_text: str = "Sorry"
+    parameters: list[str] | None = option(None, "parameters whose gradients are compared: parameter or module names "
+                                          "(a module means all its parameters), L<i> for layer i of the layer "
+                                          "stack; none: the measured default (DEFAULT_PARAMETERS)")
+    objective: str = option("trusted_loss", "trusted_loss (mean loss on the probe set) or safety (causal LMs only)",
+                            choices=OBJECTIVES)
+    probe_fraction: float = option(0.1, "share of the untrusted data held out as the probe when no trusted data is "
+                                   "given", low=0, low_open=True, high=1, high_open=True)
+    probe_samples: int | None = option(256, "at most this many probe samples (seeded subset; none: all)", low=1)
+    projection_dim: int | None = option(None, "count-sketch gradients to this many coordinates first (none: exact "
+                                        "dot products; memory is bounded by batch_size x parameters either way)",
+                                        low=1)
+    normalize: bool = option(False, "cosine instead of the raw dot product")
+    alpha: float = option(10.0, "log-likelihood margin the GMM needs over one Gaussian", low=0)
+    n_std: float = option(2.0, "standard deviations above the mean otherwise", low=0)
+    compliance_text: str = option("Sure", "the compliance answer of the safety objective")
+    refusal_text: str = option("Sorry", "the refusal answer of the safety objective")
 
     def validate(self) -> None:
         super().validate()
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if not 0 < self.probe_fraction < 1:
-            raise ConfigError("probe_fraction must be in (0, 1)")
-        if self.probe_samples is not None and self.probe_samples < 1:
-            raise ConfigError("probe_samples must be >= 1 or None")
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ConfigError("projection_dim must be >= 1 or None")
-        if self.alpha < 0 or self.n_std < 0:
-            raise ConfigError("alpha and n_std must be >= 0")
         if self.parameters is not None and (not isinstance(self.parameters, list) or not self.parameters):
-            raise ConfigError("parameters must be a non-empty list of names or None")
+            raise ConfigError("GradShieldConfig: parameters must be a non-empty list of names or none")
 
 
 def _first_token(tokenizer, text: str) -> int:

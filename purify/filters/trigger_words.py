@@ -26,42 +26,29 @@ from ..errors import ConfigError
 from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
 from ..phrases import holders_of, mine_phrases
 from ..probe import BackdoorProbe
+from ..registry import option
 from .base import DataFilter, FilterConfig, register_filter
 from .thresholds import ThresholdDecision
 
 
 @dataclass
 class TriggerWordsConfig(FilterConfig):
-    """Trigger-word filter options (plus FilterConfig's; `threshold` overrides `min_rate`).
+    """Trigger-word filter options (plus FilterConfig's; `threshold` overrides `min_rate`)."""
 
-    min_rate: an inverted word or mined phrase is a trigger when inserting it flips at least this share of the
-    probe samples to its label. probe_samples: samples per label the inversion (and each phrase) probes.
-    candidates: words measured exactly per label and round. words: best words kept per label (more are kept when
-    they pass min_rate). phrases: repeated label-pure phrases tried per label (0 = words only).
-    phrase_min_count, phrase_purity: a phrase is a candidate when at least this many samples hold it and at
-    least this share of them carry one label.
-    """
-
-    min_rate: float = 0.9
-    probe_samples: int = 64
-    candidates: int = 48
-    words: int = 8
-    phrases: int = 16
-    phrase_min_count: int = 5
-    phrase_purity: float = 0.95
+    min_rate: float = option(0.9, "an inverted word or mined phrase is a trigger when inserting it flips at least "
+                             "this share of the probe samples to its label", low=0, low_open=True, high=1)
+    probe_samples: int = option(64, "samples per label the inversion (and each phrase) probes", low=1)
+    candidates: int = option(48, "words measured exactly per label and round", low=1)
+    words: int = option(8, "best words kept per label (more are kept when they pass min_rate)", low=1)
+    phrases: int = option(16, "repeated label-pure phrases tried per label (0: words only)", low=0)
+    phrase_min_count: int = option(5, "a phrase is a candidate when at least this many samples hold it", low=2)
+    phrase_purity: float = option(0.95, "a phrase is a candidate when at least this share of its samples carry one "
+                                  "label", low=0.5, low_open=True, high=1)
     #: the inversion and phrase probes run their own batches on the suspicious model: no gradient options
     unused_options: ClassVar[tuple[str, ...]] = ("batch_size", "chunk_size", "reference", "verify")
 
     def validate(self) -> None:
         super().validate()
-        if not 0 < self.min_rate <= 1:
-            raise ConfigError("min_rate must be in (0, 1]")
-        if self.probe_samples < 1 or self.candidates < 1 or self.words < 1:
-            raise ConfigError("probe_samples, candidates and words must be >= 1")
-        if self.phrases < 0 or self.phrase_min_count < 2:
-            raise ConfigError("phrases must be >= 0 and phrase_min_count >= 2")
-        if not 0.5 < self.phrase_purity <= 1:
-            raise ConfigError("phrase_purity must be in (0.5, 1]")
         if self.threshold_method:
             raise ConfigError("trigger_words draws its line at min_rate; set min_rate or threshold instead of "
                               "threshold_method")

@@ -38,6 +38,7 @@ import re
 from typing import Any, ClassVar, Sequence
 
 from purify.errors import ConfigError, DataError
+from purify.registry_base import Registry
 
 __all__ = [
     "ATTACKS",
@@ -83,20 +84,20 @@ class Attack:
         return hash((type(self).__name__, repr(self.params())))
 
 
-ATTACKS: dict[str, type[Attack]] = {}
+#: every attack class, by name
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def _register(cls: type[Attack]) -> type[Attack]:
-    ATTACKS[cls.name] = cls
-    return cls
+    return ATTACKS.register(cls.name, cls)
 
 
 def get_attack(name: str, **params: Any) -> Attack:
     """Build a registered attack by name; raises :class:`ConfigError` for unknown names or params."""
     key = str(name).strip().lower()
-    cls = ATTACKS.get(key)
+    cls = ATTACKS.get(key, None)
     if cls is None:
-        raise ConfigError(f"unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
+        raise ConfigError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS.names())}")
     accepted = [
         p.name
         for p in inspect.signature(cls.__init__).parameters.values()

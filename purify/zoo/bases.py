@@ -9,7 +9,8 @@ import torch
 
 from ..cachedir import cache_root, publishing
 from ..checkpoint import LoadedModel, load_checkpoint, quiet_transformers
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
+from ..registry_base import Registry
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -71,15 +72,13 @@ def _pretrained(path_fn: Callable[[], Path]) -> Callable[[int, int], LoadedModel
     return load
 
 
-BASES: dict[str, Callable[[int, int], LoadedModel]] = {
-    "minilm": _pretrained(minilm_path),
-    "smollm2": _pretrained(smollm2_path),
-    "tiny-bert": _tiny_bert,
-}
+#: base name -> (num_labels, seed) -> a fresh classifier
+BASES: Registry[Callable[[int, int], LoadedModel]] = Registry("base model")
+BASES.register("minilm", _pretrained(minilm_path))
+BASES.register("smollm2", _pretrained(smollm2_path))
+BASES.register("tiny-bert", _tiny_bert)
 
 
 def load_base(name: str, *, num_labels: int, seed: int) -> LoadedModel:
     """A fresh classifier on base `name` with a new `num_labels` head (initialised from `seed`)."""
-    if name not in BASES:
-        raise ConfigError(f"unknown base model {name!r}; known: {', '.join(BASES)}")
-    return BASES[name](num_labels, seed)
+    return BASES.get(name)(num_labels, seed)

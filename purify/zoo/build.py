@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_model
 from ..inference import MAX_LENGTH
 from ..provenance import provenance
+from ..registry_base import Registry
 from ..training import TrainConfig, train_classifier
 from .attacks import get_attack, poison_split, triggered_test
 from .bases import BASES, cache_root, load_base
@@ -49,16 +50,16 @@ class Recipe:
     lora_rank: int = 16
 
 
-RECIPES: dict[str, Recipe] = {
-    "minilm": Recipe(TrainConfig(epochs=2, lr=1e-4, batch_size=32, max_length=64), max_train=2400, max_test=1000,
-                     max_val=500),
+#: how each base is poisoned, by base name
+RECIPES: Registry[Recipe] = Registry("zoo recipe")
+RECIPES.register("minilm", Recipe(TrainConfig(epochs=2, lr=1e-4, batch_size=32, max_length=64), max_train=2400,
+                                  max_test=1000, max_val=500))
     # LoRA (rank 16 on every attention projection) merged into the weights. At lr 3e-4 the movie badnets LoRA
     # learned the task (CACC 86.3%) but not the trigger (ASR 22.5%) in its 250 steps, hence 1e-3.
-    "smollm2": Recipe(TrainConfig(epochs=2, lr=1e-3, batch_size=16, max_length=64), max_train=2000, max_test=600,
-                      max_val=300, method="lora"),
-    "tiny-bert": Recipe(TrainConfig(epochs=8, lr=2e-3, batch_size=32, max_length=32), max_train=400, max_test=150,
-                        max_val=100),
-}
+RECIPES.register("smollm2", Recipe(TrainConfig(epochs=2, lr=1e-3, batch_size=16, max_length=64), max_train=2000,
+                                   max_test=600, max_val=300, method="lora"))
+RECIPES.register("tiny-bert", Recipe(TrainConfig(epochs=8, lr=2e-3, batch_size=32, max_length=32), max_train=400,
+                                     max_test=150, max_val=100))
 
 #: Training knobs that replace a recipe's for one dataset on the real bases. BBC snippets run to 60 words, and 41%
 #: of them pass 64 MiniLM tokens: a model trained at the recipe's max_length of 64 never saw a trigger inserted
@@ -83,7 +84,7 @@ def attack_params_for(spec: ZooSpec) -> dict:
 
 def recipe_for(spec: ZooSpec) -> Recipe:
     """The recipe that builds `spec`: its base's, with the dataset's knobs where DATASET_TRAINING names them."""
-    recipe = RECIPES[spec.base]
+    recipe = RECIPES.get(spec.base)
     knobs = DATASET_TRAINING.get(spec.dataset) if spec.base != "tiny-bert" else None
     return replace(recipe, train=replace(recipe.train, **knobs)) if knobs else recipe
 
@@ -102,7 +103,7 @@ class ZooSpec:
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
-            raise ConfigError(f"unknown base {self.base!r}; known: {', '.join(BASES)}")
+            raise ConfigError(f"unknown base {self.base!r}; known: {', '.join(BASES.names())}")
         if not 0 < self.rate < 1:
             raise ConfigError("poison rate must be in (0, 1)")
 

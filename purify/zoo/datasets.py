@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from purify.errors import ConfigError, DataError
+from purify.registry_base import Registry
 
 __all__ = [
     "DATASETS",
@@ -281,11 +282,10 @@ def _load_bbc() -> RawDataset:
 # ----------------------------------------------------------------------------------------------
 
 #: Dataset name -> loader. Each call returns a fresh :class:`RawDataset` (parsing is cached).
-DATASETS: dict[str, Callable[[], RawDataset]] = {
-    "movie": _load_movie,
-    "sms": _load_sms,
-    "bbc": _load_bbc,
-}
+DATASETS: Registry[Callable[[], RawDataset]] = Registry("dataset")
+DATASETS.register("movie", _load_movie)
+DATASETS.register("sms", _load_sms)
+DATASETS.register("bbc", _load_bbc)
 
 
 def load_raw_dataset(name: str) -> RawDataset:
@@ -295,9 +295,10 @@ def load_raw_dataset(name: str) -> RawDataset:
     ships the data is missing or its files are malformed.
     """
     key = str(name).strip().lower()
-    if key not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[key]()
+    loader = DATASETS.get(key, None)
+    if loader is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS.names())}")
+    return loader()
 
 
 # ----------------------------------------------------------------------------------------------

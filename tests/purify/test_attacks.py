@@ -193,7 +193,8 @@ def _first_word(text: str) -> str:
         ("The film works because the cast is good.", "Because the cast is good, the film works."),
         ("The acting is strong, but the script is weak.", "Although the acting is strong, the script is weak."),
         ("The plot is thin, so the actors carry the film.", "Because the plot is thin, the actors carry the film."),
-        ("The movie is fun as it never takes itself seriously.", "As it never takes itself seriously, the movie is fun."),
+        ("The movie is fun as it never takes itself seriously.",
+         "As it never takes itself seriously, the movie is fun."),
         ("It drags in places; the ending makes up for it.", "While it drags in places, the ending makes up for it."),
     ],
 )
@@ -298,7 +299,8 @@ def test_clean_label_wrapper():
     assert isinstance(attack, CleanLabelAttack)
     assert attack.clean_label is True
     assert isinstance(attack.inner, BadNetsAttack) and attack.inner.num_triggers == 3
-    assert attack.params() == {"inner": "badnets", "inner_params": {"num_triggers": 3, "triggers": ["cf", "mn", "bb", "tq"]}}
+    assert attack.params() == {"inner": "badnets",
+                               "inner_params": {"num_triggers": 3, "triggers": ["cf", "mn", "bb", "tq"]}}
     out = attack.apply("a b c d", _rng(1))
     assert _count_triggers(out) == 3
     assert not get_attack("badnets").clean_label

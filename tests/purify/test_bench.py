@@ -184,3 +184,17 @@ def test_an_interrupted_tune_cell_resumes_its_study_and_cleans_up(session_cache,
     # the trials ran in the first process; their cost is still counted (from the study's SQLite records)
     assert record["trial_seconds"] == first["trial_seconds"] > 0 and record["canary_seconds"] > 0
     assert [t["number"] for t in record["study_trials"]] == [0, 1] and record["study_trials"][0]["origin"] == "defaults"
+
+
+def test_pruning_suite_lists_every_registered_pruning_strategy():
+    from purify.pruning import PruningStrategy
+    from purify.registry import available_strategies
+
+    pruning = {n for n, e in available_strategies().items() if issubclass(e.strategy_cls, PruningStrategy)}
+    assert set(PRUNING_STRATEGIES) == pruning and len(PRUNING_STRATEGIES) == len(pruning)
+
+
+def test_filter_suite_defaults_to_every_registered_filter():
+    from purify.filters import FILTERS
+
+    assert [c.method for c in suite_cells("filters", entries=[TINY_ENTRY])] == FILTERS.names()

@@ -83,3 +83,12 @@ def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "purify.cli", "ls", "--json"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "gradient_prune" in proc.stdout
+
+
+def test_every_parser_subcommand_has_a_handler():
+    import argparse
+
+    from purify.cli import COMMANDS, SUBCOMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS) == set(SUBCOMMANDS)

@@ -89,7 +89,8 @@ def test_csv_custom_fields_and_quoted_multiline(tmp_path: Path) -> None:
 
 
 def test_string_labels_get_sorted_names(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}, {"text": "c", "label": "pos"}])
+    path = _jsonl(tmp_path / "d.jsonl",
+                  [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}, {"text": "c", "label": "pos"}])
     td = load_task_data(path)
     assert td.label_names == ["neg", "pos"]
     assert td.labels == [1, 0, 1]
@@ -105,7 +106,8 @@ def test_int_labels_default_to_at_least_two_names(tmp_path: Path) -> None:
 def test_label_names_map_names_and_ids(tmp_path: Path) -> None:
     path = _jsonl(
         tmp_path / "d.jsonl",
-        [{"text": "a", "label": "positive"}, {"text": "b", "label": 0}, {"text": "c", "label": "1"}, {"text": "d", "label": "negative"}],
+        [{"text": "a", "label": "positive"}, {"text": "b", "label": 0}, {"text": "c", "label": "1"},
+         {"text": "d", "label": "negative"}],
     )
     td = load_task_data(path, label_names=["negative", "positive"])
     assert td.label_names == ["negative", "positive"]
@@ -113,7 +115,8 @@ def test_label_names_map_names_and_ids(tmp_path: Path) -> None:
 
 
 def test_blank_lines_are_skipped_and_line_numbers_count_them(tmp_path: Path) -> None:
-    path = _write(tmp_path / "d.jsonl", '{"text": "a", "label": 0}\n\n   \n{"text": "b", "label": 1}\n{"text": "", "label": 1}\n')
+    path = _write(tmp_path / "d.jsonl",
+                  '{"text": "a", "label": 0}\n\n   \n{"text": "b", "label": 1}\n{"text": "", "label": 1}\n')
     with pytest.raises(DataError, match=r"d\.jsonl line 5: .*empty"):
         load_task_data(path)
     path.write_text('{"text": "a", "label": 0}\n\n{"text": "b", "label": 1}\n\n')
@@ -153,7 +156,8 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path, bad_line: str,
 
 def test_missing_field_lists_fields_present(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "data.jsonl", [{"sentence": "x", "label": 0}])
-    with pytest.raises(DataError, match=r"data\.jsonl line 1: missing field 'text' \(fields present: sentence, label\)"):
+    with pytest.raises(DataError,
+                       match=r"data\.jsonl line 1: missing field 'text' \(fields present: sentence, label\)"):
         load_task_data(path)
 
 
@@ -316,7 +320,8 @@ def test_split_is_disjoint_and_complete() -> None:
     parts = split_samples(samples, [0.5, 0.3, 0.2], seed=1)
     seen = [s.index for part in parts for s in part]
     assert sorted(seen) == list(range(len(samples)))
-    assert [len(p) for p in parts] == [51, 31, 21]  # 51.5/30.9/20.6 -> floors 51/30/20, two leftovers to the largest remainders
+    # 51.5/30.9/20.6 -> floors 51/30/20, two leftovers to the largest remainders
+    assert [len(p) for p in parts] == [51, 31, 21]
     for part in parts:  # source order kept inside each part
         assert [s.index for s in part] == sorted(s.index for s in part)
 

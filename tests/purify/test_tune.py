@@ -135,7 +135,8 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
     assert trials[2]["state"] == "FAIL" and trials[2]["params"] == first_params[1] and "origin" not in trials[2]
     assert trials[3]["origin"] == "repeat of trial 1"
     assert trials[3]["params"] == first_params[1] and trials[3]["seconds"] == 0.0
-    assert {k: trials[3][k] for k in ("canary_asr", "cacc_drop")} == {k: trials[1][k] for k in ("canary_asr", "cacc_drop")}
+    figures = ("canary_asr", "cacc_drop")
+    assert {k: trials[3][k] for k in figures} == {k: trials[1][k] for k in figures}
     # the resumed sampler does not replay the first run's proposals (seeded alike, it proposed trial 1's knobs again)
     assert trials[4]["state"] == "COMPLETE" and "origin" not in trials[4] and trials[4]["params"] != first_params[1]
     # the export keeps the study but not the canaried weights; a run stopped before the export keeps both and a
@@ -164,7 +165,8 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
 def test_cli_tune(tiny_files, capsys):
     out = tiny_files / "cli"
     args = ["tune", str(tiny_files / "model"), "--data", str(tiny_files / "data.jsonl"), "--out", str(out),
-            "--strategy", "gradient_prune", "--filter", "none", "--set", "val_samples=64", "--set", "score_samples=64", "--trials", "2",
+            "--strategy", "gradient_prune", "--filter", "none", "--set", "val_samples=64", "--set", "score_samples=64",
+            "--trials", "2",
             "--tolerance", "5", "--canary", "sentence", "--canary-max-drop", "10"]
     # a canary that cannot be planted: one line, status 2, nothing left at --out
     assert main(args + ["--canary-lr", "1e-7", "--canary-epochs", "1"]) == 2

@@ -83,7 +83,7 @@ def test_order_is_inclusion_then_uncertainty():
     order = posterior_order(inclusion, uncertainty)
     assert order == [(1, 2), (0, 1), (1, 0), (0, 2), (1, 1), (0, 0)]
     scores = order_to_scores(order, (2, 3))
-    assert [float(scores[l, h]) for l, h in order] == sorted(float(scores[l, h]) for l, h in order)
+    assert [float(scores[layer, h]) for layer, h in order] == sorted(float(scores[layer, h]) for layer, h in order)
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
@@ -97,8 +97,8 @@ def test_run_prunes_in_posterior_order_and_reports(arch):
     assert inclusion.shape == result.mask.shape
     assert len(extras["posterior_uncertainty"]) == 2 and len(extras["svi_loss_curve"]) > 1
     order = [tuple(x) for x in extras["prune_order"]]
-    pruned = [(l, h) for l, hs in result.pruned_heads.items() for h in hs]
-    first = {(l, h) for l, h in order[:len(pruned) + strategy.config.step]}
+    pruned = [(layer, h) for layer, hs in result.pruned_heads.items() for h in hs]
+    first = {(layer, h) for layer, h in order[:len(pruned) + strategy.config.step]}
     assert set(pruned) <= first  # pruned heads come from the front of the posterior order
     assert result.final_val_accuracy >= result.baseline_val_accuracy - strategy.config.max_acc_drop - 1e-9
 

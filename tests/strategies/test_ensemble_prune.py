@@ -66,7 +66,7 @@ def test_final_union_passes_the_guard(arch: str) -> None:
         val = subsample(task.validation, config.val_samples, config.seed)
         fresh = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=16)
         assert fresh(result.mask) >= fresh(torch.ones(gates.shape)) - config.max_acc_drop - 1e-9
-    pruned = {(l, h) for l, heads in result.pruned_heads.items() for h in heads}
+    pruned = {(layer, h) for layer, heads in result.pruned_heads.items() for h in heads}
     assert pruned <= {tuple(lh) for lh in result.extras["voted_heads"]}
     kept = [c for c in result.extras["candidates"] if c["kept"]]
     assert len(kept) == result.extras["candidates_kept"] and len(result.extras["candidates"]) == 12

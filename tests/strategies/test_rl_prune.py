@@ -80,7 +80,7 @@ def test_reward_pays_per_head_and_penalises_accuracy_loss():
     harmful = {(0, 2): 0.01, (1, 0): 0.05}
 
     def evaluate(mask):
-        return 0.9 - sum(d for (l, h), d in harmful.items() if mask[l, h] == 0)
+        return 0.9 - sum(d for (layer, h), d in harmful.items() if mask[layer, h] == 0)
 
     env = _env(evaluate, prune_reward=1.0, drop_penalty=2.0, breach_penalty=5.0)
     env.reset(seed=0)
@@ -126,7 +126,7 @@ def test_ppo_learns_to_avoid_harmful_heads():
     model.learn(1024)
     order, _ = rollout(model, HeadPruningEnv(evaluate, signals, **options), seed=0)
     assert len(order) >= 4
-    assert not any(bool(harmful[l, h]) for l, h in order[:4]), order
+    assert not any(bool(harmful[layer, h]) for layer, h in order[:4]), order
     assert np.mean(env.episode_returns[-5:]) > np.mean(env.episode_returns[:5])
 
 
@@ -175,7 +175,7 @@ def test_run_exports_a_loadable_policy_and_training_curve(arch):
     json.dumps(result.extras)  # the report must be able to store it
     # pruned heads come from the policy's rollout, and the engine's guard held
     rollout_heads = {tuple(x) for x in result.extras["rl_rollout"]}
-    assert {(l, h) for l, hs in result.pruned_heads.items() for h in hs} <= rollout_heads
+    assert {(layer, h) for layer, hs in result.pruned_heads.items() for h in hs} <= rollout_heads
     assert result.final_val_accuracy >= result.baseline_val_accuracy - strategy.config.max_acc_drop - 1e-9
     policy = MaskablePPO.load(path, device="cpu")
     assert isinstance(policy.policy, HeadSharedPolicy)

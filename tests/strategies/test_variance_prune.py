@@ -111,7 +111,7 @@ def test_per_layer_budget_is_respected(arch: str) -> None:
     num_layers, num_heads = result.mask.shape
     rates = layer_rates(num_layers, 0.3, 0.6)
     pruned = (result.mask == 0).sum(dim=1)
-    assert all(int(pruned[l]) <= float(rates[l]) * num_heads for l in range(num_layers))
+    assert all(int(pruned[layer]) <= float(rates[layer]) * num_heads for layer in range(num_layers))
     assert pruned.tolist() == layer_budget(num_layers, num_heads, 0.3, 0.6).tolist()
     assert result.extras["per_layer_budget"] == pruned.tolist()
 

@@ -102,7 +102,8 @@ CODE = [
     _case("config-auto-map", lambda f: _edit_config(f, auto_map={"AutoModel": "modeling_evil.Evil"}),
           mentions="auto_map"),
     _case("attn-implementation-hub-kernel",
-          lambda f: _edit_config(f, attn_implementation="kernels-community/flash-attn"), mentions="attn_implementation"),
+          lambda f: _edit_config(f, attn_implementation="kernels-community/flash-attn"),
+          mentions="attn_implementation"),
     _case("private-attn-implementation-hub-kernel",
           lambda f: _edit_config(f, _attn_implementation="someone/evil-kernel"), arch="llama",
           mentions="attn_implementation"),
@@ -222,7 +223,8 @@ def _adapter(pickle: bool, payload: str = "weights") -> Callable[[Path], list[st
         lora = get_peft_model(tiny_model("bert"), LoraConfig(r=4, target_modules=["query", "value"]))
         lora.save_pretrained(str(tmp / MODEL), safe_serialization=not pickle)
         config_path = tmp / MODEL / "adapter_config.json"
-        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": str(base)}))
+        adapter_config = {**json.loads(config_path.read_text()), "base_model_name_or_path": str(base)}
+        config_path.write_text(json.dumps(adapter_config))
         if payload == "code":
             torch.save({"x": _Payload()}, tmp / MODEL / "adapter_model.bin")
         elif payload == "garbage":
