@@ -22,7 +22,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/purify demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check purify strategies teachers tests
+	$(VENV)/bin/ruff check purify strategies teachers tests benchmarks
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean:

@@ -163,7 +163,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
         flags = [s.poisoned for s in data.samples]
         if all(f is not None for f in flags):  # ground truth shipped with zoo data: for the report only
             report["filter"]["ground_truth"] = {
-                "poisoned": sum(flags), "removed_poisoned": int(sum(bool(f) and bool(r) for f, r in zip(flags, filtered.flagged))),
+                "poisoned": sum(flags),
+                "removed_poisoned": int(sum(bool(f) and bool(r) for f, r in zip(flags, filtered.flagged))),
             }
         log(f"[purify] filter {cfg.filter}: kept {len(kept)} of {len(data)} samples "
             f"(threshold {filtered.threshold:.4g}, {filtered.threshold_method})")

@@ -20,7 +20,7 @@ import strategies.anchor_unlearn as au
 entry_name, options = sys.argv[1], json.loads(sys.argv[2])
 entry = _entry(entry_name)
 loaded = load_checkpoint(entry.model_dir, task="classification")
-train = entry.load("train"); trusted = entry.load("trusted")
+train, trusted = entry.load("train"), entry.load("trusted")
 test_clean, test_trig = entry.load("test_clean"), entry.load("test_triggered")
 cache = cache_root() / "diag" / f"{entry_name}.filter.pkl"  # the filter's kept samples and probe, once per entry
 cache.parent.mkdir(parents=True, exist_ok=True)

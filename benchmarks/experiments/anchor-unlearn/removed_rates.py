@@ -7,7 +7,6 @@ import dataclasses
 import pickle
 import sys
 
-import numpy as np
 
 from purify.bench import _entry
 from purify.cachedir import cache_root

@@ -18,12 +18,14 @@ def main(path: str) -> None:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items() if BASE.get(k) != v)
         for h in r["trajectory"]:
             print(f"| {r['name']} | {opts} | {h['epoch']} | {100 * h['test_asr']:.1f} | {100 * h['test_lift']:.1f} | "
-                  f"{100 * (h['test_asr'] - h['test_lift']):.1f} | {100 * h['test_cacc']:.1f} | {100 * h['val_proxy_lift']:.1f} | "
+                  f"{100 * (h['test_asr'] - h['test_lift']):.1f} | {100 * h['test_cacc']:.1f} | "
+                  f"{100 * h['val_proxy_lift']:.1f} | "
                   f"{r['seconds'] if h['epoch'] == len(r['trajectory']) else ''} |")
         if r.get("final") and r.get("bias_calibration") is not None:
             f = r["final"]
             print(f"| {r['name']} | {opts} | after bias calibration | {100 * f['test_asr']:.1f} | "
-                  f"{100 * f['test_lift']:.1f} | {100 * (f['test_asr'] - f['test_lift']):.1f} | {100 * f['test_cacc']:.1f} | | |")
+                  f"{100 * f['test_lift']:.1f} | {100 * (f['test_asr'] - f['test_lift']):.1f} | "
+                  f"{100 * f['test_cacc']:.1f} | | |")
 
 
 if __name__ == "__main__":
