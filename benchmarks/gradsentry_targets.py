@@ -105,7 +105,8 @@ def main() -> None:
         for label, s in (("loss (control)", losses), ("token length (control)", lengths)):
             part.append({"model": kind, "score": label, "auroc": auroc(s, truth),
                          "recall_at_97": recall_at_clean_kept(s, truth),
-                         "recall_at_97_low": recall_at_clean_kept(-s, truth), "mean_clean": float(s[~truth].mean()), "mean_poisoned": float(s[truth].mean())})
+                         "recall_at_97_low": recall_at_clean_kept(-s, truth),
+                         "mean_clean": float(s[~truth].mean()), "mean_poisoned": float(s[truth].mean())})
         cache.write_text(json.dumps({"entry": args.entry, "model": kind, "seconds": seconds, "rows": part,
                                      **provenance()}, indent=2) + "\n")
         rows += part
