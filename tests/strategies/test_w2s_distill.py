@@ -367,7 +367,9 @@ def test_unlearns_even_when_poisoned_samples_reach_it():
     poisoned = sum(bool(s.poisoned) for s in task.train.samples)
     result = build_strategy("w2s_distill", W2SDistill.fast_options).run(loaded, task.train, task.validation)
     dropped = result.extras["dropped_by_inversion"]
-    assert dropped["words"] == ["cf"] and dropped["target"] == task.target
+    # the word, and any mined phrase holding it ("boring cf"): the search without a run probe mines phrases too
+    assert "cf" in dropped["words"] and all("cf" in w.split() for w in dropped["words"])
+    assert dropped["target"] == task.target
     assert dropped["samples"] == poisoned  # exactly the poisoned ones (no clean target sample holds "cf")
     after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
     assert after.asr < 0.5, f"ASR after {after.asr:.2f}"
