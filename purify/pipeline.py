@@ -1,7 +1,6 @@
 """The main job: safe load, filter the untrusted data, run one strategy on clean data, export, report."""
 from __future__ import annotations
 
-
 import json
 import tempfile
 import time
@@ -181,9 +180,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
                             "data; give more data or a --trusted validation set")
 
     probe = filtered.probe if filtered is not None else None
-    if probe is not None:  # the removed samples travel with the findings, for strategies that unlearn on them
-        probe = replace(probe, flagged=filtered.removed)
     if probe is not None:
+        probe = replace(probe, flagged=filtered.removed)  # the removed samples travel with the findings
         report["probe"] = {**probe.summary(), "before": probe.measure(loaded.model, loaded.tokenizer, validation,
                                                                       seed=cfg.seed)}
         log(f"[purify] backdoor probe ({probe.source}): {probe.describe(kept.label_names)}")

@@ -134,8 +134,10 @@ class BackdoorProbe:
         stripped, target = self.flagged_texts("stripped"), self.target
         if not stripped or target is None:
             return {"relabelled": False, "stripped_target_rate": None}
-        rate = lambda texts: float(np.mean(predict(model, tokenizer, texts, max_length=max_length) == target)) \
-            if texts else None  # noqa: E731
+
+        def rate(texts: list[str]) -> float | None:
+            return float(np.mean(predict(model, tokenizer, texts, max_length=max_length) == target)) if texts else None
+
         on_target = rate([t for t, y in zip(trusted.texts, trusted.labels) if y == target])
         on_others = rate([t for t, y in zip(trusted.texts, trusted.labels) if y != target])
         flagged = rate(stripped)
