@@ -165,7 +165,8 @@ def calibrate_output_bias(model: nn.Module, tokenizer, validation: TaskData, max
 
 
 class AnchorObjective:
-    """The loss of one batch: clean, inserted and latent-shifted texts, each pulled to the clean text's anchor."""
+    """The loss of one batch: clean, inserted and latent-shifted texts, each pulled to the clean text's anchor, and
+    a share of the filter's removed samples, pushed off the suspected target."""
 
     def __init__(self, cfg: AnchorUnlearnConfig, tokenizer, train: TaskData, anchor: torch.Tensor,
                  inserter: Inserter, shift: LatentShift | None, target: int | None,
