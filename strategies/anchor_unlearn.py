@@ -174,7 +174,7 @@ class AnchorObjective:
         self.cfg, self.tokenizer, self.anchor = cfg, tokenizer, anchor
         self.texts, self.labels = train.texts, torch.as_tensor(train.labels, dtype=torch.long)
         self.inserter, self.shift, self.target = inserter, shift, target
-        self.flagged = flagged if cfg.flagged_weight > 0 and target is not None else []
+        self.flagged = flagged or []  # fit passes them only when they are to be unlearned
         self.rng = np.random.default_rng(cfg.seed)
         self.terms: dict[str, list[float]] = {}
 
