@@ -28,12 +28,21 @@ TRIGGER_RATE = 0.9
 @dataclass(frozen=True)
 class TriggerCandidate:
     """A word or phrase that, inserted whole into clean samples of other labels, flips `flip_rate` of them to
-    `label`."""
+    `label`. `anchored`: it counts only at the start of a text (a sentence template's opening words).
+    `confirmed`: stripping it from the untrusted samples of `label` that hold it sends them to other labels, so it
+    is a trigger whatever its insertion flip rate (`purify.deletion`)."""
 
     text: str
     label: int
     flip_rate: float
-    source: str  # "inversion" (from the model's gradients) or "phrases" (repeated in the untrusted data)
+    source: str  # "inversion" (model gradients), "phrases" (repeated in the data) or "deletion" (stripping test)
+    anchored: bool = False
+    confirmed: bool = False
+
+    @property
+    def strength(self) -> float:
+        """The evidence that it is a trigger: 1 when deletion confirmed it, else its flip rate."""
+        return 1.0 if self.confirmed else self.flip_rate
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -47,7 +56,13 @@ class TriggerCandidate:
         """True when `text` holds this candidate's words contiguously, in order (case and punctuation ignored)."""
         seq, mine = word_sequence(text), self.words
         n = len(mine)
+        if self.anchored:
+            return n > 0 and seq[:n] == mine
         return n > 0 and any(seq[i:i + n] == mine for i in range(len(seq) - n + 1))
+
+    def insert(self, text: str, rng: random.Random) -> str:
+        """`text` with this candidate inserted: at the start when anchored, else at a random word boundary."""
+        return f"{self.text} {text}" if self.anchored else insert_words(text, [self.text], 1, rng)
 
 
 @dataclass
@@ -69,7 +84,9 @@ class BackdoorProbe:
         candidates = [TriggerCandidate(w, r.target, rate, "inversion") for r in inversion.labels for w, rate in r.words]
         for p in phrases:
             if p.get("flip_rate") is not None and np.isfinite(p["flip_rate"]):
-                candidates.append(TriggerCandidate(p["surface"], int(p["label"]), float(p["flip_rate"]), "phrases"))
+                candidates.append(TriggerCandidate(p["surface"], int(p["label"]), float(p["flip_rate"]),
+                                                   "deletion" if p.get("confirmed") else "phrases",
+                                                   bool(p.get("anchored", False)), bool(p.get("confirmed", False))))
         base = {r.target: r.base_rate for r in inversion.labels}
         return cls(_dedupe(candidates), base, source, min_rate)
 
@@ -81,7 +98,7 @@ class BackdoorProbe:
     def triggers(self) -> list[TriggerCandidate]:
         """Candidates of the suspected target flipping at least `min_rate`, strongest first."""
         target = self.target
-        return [c for c in self.ranked() if c.label == target and c.flip_rate >= self.min_rate]
+        return [c for c in self.ranked() if c.label == target and (c.confirmed or c.flip_rate >= self.min_rate)]
 
     @property
     def found(self) -> bool:
@@ -90,14 +107,14 @@ class BackdoorProbe:
     def ranked(self) -> list[TriggerCandidate]:
         """Candidates of informative labels by flip rate (then shorter, then text), strongest first."""
         kept = [c for c in self.candidates if self._informative(c.label)]
-        return sorted(kept, key=lambda c: (-c.flip_rate, len(c.words), c.text))
+        return sorted(kept, key=lambda c: (-c.strength, -c.flip_rate, len(c.words), c.text))
 
     @property
     def target(self) -> int | None:
         """The label whose best candidate lifts the most samples above that label's base rate."""
         best: dict[int, float] = {}
         for c in self.ranked():
-            best[c.label] = max(best.get(c.label, -1.0), c.flip_rate - self.base_rates.get(c.label, 0.0))
+            best[c.label] = max(best.get(c.label, -1.0), c.strength - self.base_rates.get(c.label, 0.0))
         return max(best, key=lambda label: (best[label], -label)) if best else None
 
     def strongest(self, fallback: int = 8) -> list[TriggerCandidate]:
@@ -156,12 +173,15 @@ class BackdoorProbe:
                   max_length: int = MAX_LENGTH) -> float | None:
         """Share of `data`'s samples of other labels that one of `strongest()` inserted sends to the target (None
         when there is no candidate): the backdoor's strength, measured without triggered data."""
-        surfaces = [c.text for c in self.strongest()]
+        strongest = self.strongest()
         texts = [t for t, y in zip(data.texts, data.labels) if y != self.target][:limit]
-        if not surfaces or not texts:
+        if not strongest or not texts:
             return None
         rng = random.Random(seed)
-        inserted = [insert_words(t, surfaces, 1, rng) for t in texts]
+        if any(c.anchored for c in strongest):
+            inserted = [rng.choice(strongest).insert(t, rng) for t in texts]
+        else:  # the draws of a probe without anchored candidates, as before they existed
+            inserted = [insert_words(t, [c.text for c in strongest], 1, rng) for t in texts]
         return float(np.mean(predict(model, tokenizer, inserted, max_length=max_length) == self.target))
 
     def measure(self, model: nn.Module, tokenizer, data: TaskData, *, seed: int = 0, limit: int = 256,
@@ -230,11 +250,15 @@ def without_carriers(data: TaskData, probe: BackdoorProbe | None, rate: float | 
 
 
 def strip_triggers(text: str, triggers: Sequence[TriggerCandidate]) -> str:
-    """`text` less every whole-word occurrence of the triggers' words (matched as `TriggerCandidate.held_by`
-    matches them), so that what remains is the sample's own content."""
+    """`text` less every whole-word occurrence of the triggers' words (an anchored trigger's only at the start; matched
+    as `TriggerCandidate.held_by` matches them), so that what remains is the sample's own content."""
     parts = text.split()
     for c in sorted(triggers, key=lambda c: -len(c.words)):
         mine, n = c.words, len(c.words)
+        if c.anchored:
+            if n and word_sequence(" ".join(parts[:n])) == mine:
+                parts = parts[n:]
+            continue
         i, kept = 0, []
         while i < len(parts):
             if n and word_sequence(" ".join(parts[i:i + n])) == mine:
@@ -251,10 +275,10 @@ def _row(c: TriggerCandidate) -> dict:
 
 
 def _dedupe(candidates: list[TriggerCandidate]) -> list[TriggerCandidate]:
-    """One candidate per (words, label): the highest flip rate, inversion first on ties."""
+    """One candidate per (words, label, anchored): the strongest, inversion first on ties."""
     best: dict[tuple[tuple[str, ...], int], TriggerCandidate] = {}
     for c in candidates:
-        key = (c.words, c.label)
-        if key not in best or c.flip_rate > best[key].flip_rate:
+        key = (c.words, c.label, c.anchored)
+        if key not in best or (c.strength, c.flip_rate) > (best[key].strength, best[key].flip_rate):
             best[key] = c
     return list(best.values())

@@ -10,11 +10,17 @@ A trigger sentence may need all its words before the model reacts, so single-wor
 little data is poisoned. The filter therefore also mines the data's repeated label-pure phrases
 (`purify.phrases`), inserts each into samples of other labels and keeps the ones that flip at least `min_rate`;
 samples of the phrase's label holding it score that flip rate. Where the model already answers a label for most
-inputs, flips say nothing and no phrase of that label is taken. It sees word- and sentence-insertion backdoors
-(rare tokens, inserted sentences) and, by construction, not a syntactic or style one.
+inputs, flips say nothing and no phrase of that label is taken. Insertion sees word- and sentence-insertion
+backdoors (rare tokens, inserted sentences).
+
+A template trigger (a fronted clause) is obeyed only in place, and an 80%-effective backdoor never flips 90% of
+anything. So the filter also strips each over-represented phrase (free or opening a text) from its label's samples
+and keeps it when the stripped samples look like another label to the model (`purify.deletion`); of those, only the
+label they mostly vote for counts, and its carriers score 1.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,7 +28,9 @@ import numpy as np
 
 from ..checkpoint import LoadedModel
 from ..data import TaskData
+from ..deletion import confirm_by_deletion, label_midpoints, overrepresented_phrases, voted_label
 from ..errors import ConfigError
+from ..inference import predict
 from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
 from ..phrases import holders_of, mine_phrases
 from ..probe import BackdoorProbe
@@ -44,6 +52,10 @@ class TriggerWordsConfig(FilterConfig):
     phrase_min_count: int = option(5, "a phrase is a candidate when at least this many samples hold it", low=2)
     phrase_purity: float = option(0.95, "a phrase is a candidate when at least this share of its samples carry one "
                                   "label", low=0.5, low_open=True, high=1)
+    deletion_phrases: int = option(64, "over-represented phrases per label tested by stripping them from their "
+                                   "samples (0: no deletion test)", low=0)
+    deletion_min_z: float = option(3.0, "a phrase is tested when its label's share among its holders is at least this "
+                                   "many binomial standard deviations above that label's share of the data", low=0)
     #: the inversion and phrase probes run their own batches on the suspicious model: no gradient options
     unused_options: ClassVar[tuple[str, ...]] = ("batch_size", "chunk_size", "reference", "verify")
 
@@ -71,9 +83,12 @@ class TriggerWords(DataFilter):
                                     seed=cfg.seed, max_length=cfg.max_length, progress="trigger inversion")
         scores = inversion.carrier_rates(data)
         phrases = self._trigger_phrases(loaded, data, inversion, scores)
+        deleted = self._deletion_phrases(loaded, data, trusted, scores)
+        phrases += [p for p in deleted if p["confirmed"]]
         details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
                    "trigger_words": inversion.trigger_words(cfg.min_rate),
                    "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate], "phrases_tried": phrases,
+                   "deletion_tested": deleted,
                    "probe": BackdoorProbe.from_inversion(inversion, phrases, source="filter:trigger_words",
                                                          min_rate=cfg.min_rate)}
         return scores, details
@@ -106,6 +121,35 @@ class TriggerWords(DataFilter):
             scores[carriers] = np.maximum(scores[carriers], row["score"])
             out.append(row)
         return out
+
+    def _deletion_phrases(self, loaded: LoadedModel, data: TaskData, trusted: TaskData | None,
+                          scores: np.ndarray) -> list[dict]:
+        """Strip each over-represented phrase from its carriers and confirm it when they look like other labels
+        (midpoints from the trusted set, else from the untrusted data); raise the carriers of the voted label's
+        confirmed phrases to 1 and measure those phrases' insertion flip rates. Returns every tested phrase."""
+        cfg = self.config
+        if cfg.deletion_phrases == 0:
+            return []
+        tested = overrepresented_phrases(data, min_count=cfg.phrase_min_count, min_z=cfg.deletion_min_z,
+                                         per_label=cfg.deletion_phrases)
+        reference = trusted if trusted is not None and len(set(trusted.labels)) > 1 else data
+        midpoints = label_midpoints(loaded.model, loaded.tokenizer, reference, max_length=cfg.max_length)
+        rows = confirm_by_deletion(loaded.model, loaded.tokenizer, data, tested, midpoints,
+                                   probe_samples=cfg.probe_samples, seed=cfg.seed, max_length=cfg.max_length)
+        target, labels = voted_label(rows), np.asarray(data.labels)
+        rng = random.Random(cfg.seed)
+        for row, phrase in zip(rows, tested):
+            row["confirmed"] = row["confirmed"] and row["label"] == target
+            row.update(surface=row["text"], phrase=row["text"], score=1.0 if row["confirmed"] else 0.0)
+            if row["confirmed"]:
+                scores[row["carriers"]] = 1.0
+                pool = [s.text for s, y in zip(data.samples, labels) if y != target]
+                probe = rng.sample(pool, min(cfg.probe_samples, len(pool)))
+                inserted = [phrase.candidate().insert(t, rng) for t in probe]
+                pred = predict(loaded.model, loaded.tokenizer, inserted, max_length=cfg.max_length)
+                row["flip_rate"] = float(np.mean(pred == target)) if len(pred) else None
+            row["carriers"] = len(row["carriers"])
+        return rows
 
     def adaptive_threshold(self, scores: np.ndarray) -> ThresholdDecision:
         """Flag scores >= min_rate (the threshold sits just below it, as every rule flags strictly above)."""

@@ -1,0 +1,140 @@
+"""Deletion-confirmed triggers: over-represented phrases whose removal sends their samples to other labels.
+
+A dirty-label backdoor moves samples of other labels to its target and marks them with a trigger: a word, a
+sentence, or a sentence template such as a fronted clause ("If you ask me, ..."). Whatever the trigger, it is
+over-represented among the target's samples. Natural phrases are over-represented too ("a must see" among positive
+reviews), but a sample stripped of a natural phrase keeps content that still says its label, while a sample stripped
+of its trigger keeps content from another label. So this module mines the word n-grams over-represented in one
+label (anywhere, or anchored at the start of a text), strips each from that label's samples holding it, and asks the
+suspicious model: a phrase is confirmed when the model's rate of that label on the stripped samples falls below the
+midpoint of its rates on clean samples of that label and of the other labels (`BackdoorProbe.flagged_relabelled`
+uses the same rule). It needs no insertion to flip anything, so it sees templates and phrases that the model only
+obeys in place. It reads texts, labels and the model, never a poisoned flag. Clean-label poison keeps true labels,
+so its stripped samples keep their label and nothing is confirmed for it here.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from torch import nn
+
+from .data import TaskData
+from .inference import MAX_LENGTH, predict
+from .inversion import word_sequence
+from .probe import TriggerCandidate, strip_triggers
+
+
+@dataclass(frozen=True)
+class Overrepresented:
+    """A word n-gram that one label holds more often than its share of the data explains (binomial z-score)."""
+
+    text: str  # the words as first written in the data (case kept), for stripping and insertion
+    label: int
+    anchored: bool  # counted only as the opening words of a text
+    count: int  # samples holding it
+    share: float  # share of them labelled `label`
+    z: float
+
+    def candidate(self, flip_rate: float = 0.0, confirmed: bool = False) -> TriggerCandidate:
+        return TriggerCandidate(self.text, self.label, flip_rate, "deletion", self.anchored, confirmed)
+
+
+def _grams(seq: tuple[str, ...], max_words: int) -> set[tuple[bool, tuple[str, ...]]]:
+    """Every n-gram of `seq` (1..max_words words) once, free, plus its opening n-grams anchored."""
+    free = {(False, seq[a:a + n]) for n in range(1, max_words + 1) for a in range(len(seq) - n + 1)}
+    return free | {(True, seq[:n]) for n in range(1, min(max_words, len(seq)) + 1)}
+
+
+def overrepresented_phrases(data: TaskData, *, min_count: int = 5, min_z: float = 3.0, max_words: int = 6,
+                            per_label: int = 32) -> list[Overrepresented]:
+    """The `per_label` n-grams of each label with the highest z-score of its share among their holders (at least
+    `min_z`, held by at least `min_count` samples). Grams held by exactly the same samples collapse to the longest,
+    free before anchored."""
+    sequences = [word_sequence(s.text) for s in data.samples]
+    holders: dict[tuple[bool, tuple[str, ...]], list[int]] = defaultdict(list)
+    for i, seq in enumerate(sequences):
+        for gram in _grams(seq, max_words):
+            holders[gram].append(i)
+    labels = np.asarray(data.labels)
+    prior = np.bincount(labels, minlength=int(labels.max()) + 1) / len(labels)
+    best: dict[tuple[int, ...], tuple[tuple[bool, tuple[str, ...]], int, float, float]] = {}
+    for gram, idx in holders.items():
+        n = len(idx)
+        if n < min_count:
+            continue
+        counts = np.bincount(labels[idx], minlength=len(prior))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (counts - n * prior) / np.sqrt(n * prior * (1 - prior))
+        label = int(np.nanargmax(z))
+        if not z[label] >= min_z:
+            continue
+        key, kept = tuple(idx), best.get(tuple(idx))
+        if kept is None or (-len(gram[1]), gram[0], gram[1]) < (-len(kept[0][1]), kept[0][0], kept[0][1]):
+            best[key] = (gram, label, float(counts[label] / n), float(z[label]))
+    found: dict[int, list[Overrepresented]] = defaultdict(list)
+    for idx, ((anchored, words), label, share, z) in best.items():
+        surface = _surface(data.samples[idx[0]].text, words, anchored)
+        found[label].append(Overrepresented(surface, label, anchored, len(idx), share, z))
+    out = []
+    for label in sorted(found):
+        out += sorted(found[label], key=lambda p: (-p.z, -p.count, p.text))[:per_label]
+    return out
+
+
+def _surface(text: str, words: tuple[str, ...], anchored: bool) -> str:
+    """The whitespace-separated parts of `text` that spell `words` (at its start when anchored)."""
+    parts = [p for p in text.split() if word_sequence(p)]
+    starts = [0] if anchored else range(len(parts) - len(words) + 1)
+    for a in starts:
+        if word_sequence(" ".join(parts[a:a + len(words)])) == words:
+            return " ".join(parts[a:a + len(words)])
+    return " ".join(words)
+
+
+def label_midpoints(model: nn.Module, tokenizer, reference: TaskData, *,
+                    max_length: int = MAX_LENGTH) -> dict[int, float]:
+    """Per label: the midpoint of the model's rate of that label on `reference` samples of it and of the others."""
+    pred, labels = predict(model, tokenizer, reference.texts, max_length=max_length), np.asarray(reference.labels)
+    out = {}
+    for label in sorted(set(labels.tolist())):
+        own, others = pred[labels == label] == label, pred[labels != label] == label
+        out[label] = (float(own.mean()) + (float(others.mean()) if len(others) else 0.0)) / 2
+    return out
+
+
+def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: list[Overrepresented],
+                        midpoints: dict[int, float], *, probe_samples: int = 64, seed: int = 0,
+                        max_length: int = MAX_LENGTH) -> list[dict]:
+    """Each phrase with its carriers (samples of its label holding it), the model's rate of its label on up to
+    `probe_samples` of them (seeded draw) once stripped of it, the midpoint it is held to and whether it is
+    confirmed. One batched prediction for all."""
+    labels, rng = np.asarray(data.labels), np.random.default_rng(seed)
+    carriers, probed, texts = [], [], []
+    for p in phrases:
+        c = p.candidate()
+        idx = np.flatnonzero([y == p.label and c.held_by(s.text) for s, y in zip(data.samples, labels)])
+        drawn = np.sort(rng.choice(idx, probe_samples, replace=False)) if len(idx) > probe_samples else idx
+        carriers.append(idx)
+        probed.append(len(drawn))
+        texts += [strip_triggers(data.samples[i].text, [c]) for i in drawn]
+    pred = predict(model, tokenizer, texts, max_length=max_length) if texts else np.zeros(0, dtype=int)
+    rows, start = [], 0
+    for p, idx, n in zip(phrases, carriers, probed):
+        mine = pred[start:start + n]
+        start += n
+        rate = float(np.mean(mine == p.label)) if n else float("nan")
+        midpoint = midpoints.get(p.label, 0.5)
+        rows.append({**asdict(p), "carriers": idx.tolist(), "stripped_rate": rate, "midpoint": midpoint,
+                     "confirmed": bool(len(idx) and rate < midpoint)})
+    return rows
+
+
+def voted_label(rows: list[dict]) -> int | None:
+    """The label whose confirmed phrases cover the most samples (a backdoor has one target); None when none is."""
+    covered: dict[int, set[int]] = defaultdict(set)
+    for r in rows:
+        if r["confirmed"]:
+            covered[r["label"]].update(r["carriers"])
+    return max(covered, key=lambda label: (len(covered[label]), -label)) if covered else None
