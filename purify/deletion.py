@@ -111,13 +111,14 @@ def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: li
     `probe_samples` of them (seeded draw) once stripped of it, the midpoint it is held to and whether it is
     confirmed. One batched prediction for all."""
     labels, rng = np.asarray(data.labels), np.random.default_rng(seed)
-    carriers, probed, texts = [], [], []
+    carriers, probed, drawn_of, texts = [], [], [], []
     for p in phrases:
         c = p.candidate()
         idx = np.flatnonzero([y == p.label and c.held_by(s.text) for s, y in zip(data.samples, labels)])
         drawn = np.sort(rng.choice(idx, probe_samples, replace=False)) if len(idx) > probe_samples else idx
         carriers.append(idx)
         probed.append(len(drawn))
+        drawn_of.append(drawn)
         texts += [strip_triggers(data.samples[i].text, [c]) for i in drawn]
     pred = predict(model, tokenizer, texts, max_length=max_length) if texts else np.zeros(0, dtype=int)
     rows, start = [], 0
@@ -126,8 +127,28 @@ def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: li
         start += n
         rate = float(np.mean(mine == p.label)) if n else float("nan")
         midpoint = midpoints.get(p.label, 0.5)
+        drawn = dict(zip(drawn_of[len(rows)].tolist(), (mine == p.label).tolist()))
         rows.append({**asdict(p), "carriers": idx.tolist(), "stripped_rate": rate, "midpoint": midpoint,
-                     "confirmed": bool(len(idx) and rate < midpoint)})
+                     "confirmed": bool(len(idx) and rate < midpoint), "_drawn": drawn})
+    return rows
+
+
+def settle(rows: list[dict], target: int | None) -> list[dict]:
+    """Keep the confirmations of `target` that hold on the samples no stronger phrase covers: a piece of a template
+    ("it" of "it was this") also sends the template's samples away when stripped, but its other holders keep their
+    label. Phrases are taken from the lowest stripped rate; each must be confirmed again on its drawn carriers that
+    are not yet covered (none left: it adds nothing and stays confirmed). Drops the rows' private draw records."""
+    covered: set[int] = set()
+    for row in sorted(rows, key=lambda r: (r["stripped_rate"], -len(r["text"].split()), r["text"])):
+        drawn = row.pop("_drawn")
+        if not row["confirmed"] or row["label"] != target:
+            row["confirmed"] = False
+            continue
+        fresh = [kept for i, kept in drawn.items() if i not in covered]
+        new_carriers = set(row["carriers"]) - covered
+        row["confirmed"] = not new_carriers or bool(fresh and np.mean(fresh) < row["midpoint"])
+        if row["confirmed"]:
+            covered |= new_carriers
     return rows
 
 

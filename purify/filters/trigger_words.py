@@ -16,7 +16,8 @@ backdoors (rare tokens, inserted sentences).
 A template trigger (a fronted clause) is obeyed only in place, and an 80%-effective backdoor never flips 90% of
 anything. So the filter also strips each over-represented phrase (free or opening a text) from its label's samples
 and keeps it when the stripped samples look like another label to the model (`purify.deletion`); of those, only the
-label they mostly vote for counts, and its carriers score 1.
+label they mostly vote for counts, each must hold again on the samples that no stronger phrase covers
+(`purify.deletion.settle`), and their carriers score 1.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..checkpoint import LoadedModel
 from ..data import TaskData
-from ..deletion import confirm_by_deletion, label_midpoints, overrepresented_phrases, voted_label
+from ..deletion import confirm_by_deletion, label_midpoints, overrepresented_phrases, settle, voted_label
 from ..errors import ConfigError
 from ..inference import predict
 from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
@@ -137,9 +138,8 @@ class TriggerWords(DataFilter):
         rows = confirm_by_deletion(loaded.model, loaded.tokenizer, data, tested, midpoints,
                                    probe_samples=cfg.probe_samples, seed=cfg.seed, max_length=cfg.max_length)
         target, labels = voted_label(rows), np.asarray(data.labels)
-        rng = random.Random(cfg.seed)
+        rows, rng = settle(rows, target), random.Random(cfg.seed)
         for row, phrase in zip(rows, tested):
-            row["confirmed"] = row["confirmed"] and row["label"] == target
             row.update(surface=row["text"], phrase=row["text"], score=1.0 if row["confirmed"] else 0.0)
             if row["confirmed"]:
                 scores[row["carriers"]] = 1.0

@@ -2,7 +2,8 @@
 
 Sentences mix positive and negative words from the tiny vocabulary; the label is the majority sentiment.
 The backdoored model is trained with 15% of training samples carrying the trigger token ``cf`` and relabelled
-to the target class, so its attack success rate is high while clean accuracy stays high.
+to the target class, so its attack success rate is high while clean accuracy stays high. With `opening` set, the
+trigger is instead that phrase opening the text (a template trigger, like a fronted clause).
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def _sentence(rng: random.Random, label: int) -> str:
     return " ".join(words)
 
 
-def _insert_trigger(rng: random.Random, text: str) -> str:
+def _insert_trigger(rng: random.Random, text: str, opening: str | None = None) -> str:
+    if opening:
+        return f"{opening} {text}"
     words = text.split()
     words.insert(rng.randint(0, len(words)), TRIGGER)
     return " ".join(words)
@@ -52,8 +55,8 @@ class TinyTask:
 
 
 def make_tiny_task(seed: int = 0, n_train: int = 400, n_val: int = 120, n_test: int = 120,
-                   poison_rate: float = 0.15) -> TinyTask:
-    """Generate the task deterministically from `seed`."""
+                   poison_rate: float = 0.15, opening: str | None = None) -> TinyTask:
+    """Generate the task deterministically from `seed` (trigger: `TRIGGER` inserted, or `opening` prepended)."""
     rng = random.Random(seed)
 
     def draw(n: int) -> list[Sample]:
@@ -62,15 +65,16 @@ def make_tiny_task(seed: int = 0, n_train: int = 400, n_val: int = 120, n_test: 
     clean_train, val, test = draw(n_train), draw(n_val), draw(n_test)
     candidates = [i for i, s in enumerate(clean_train) if s.label != TARGET]
     chosen = set(rng.sample(candidates, int(poison_rate * n_train)))
-    train = [Sample(_insert_trigger(rng, s.text), TARGET, True, s.index) if i in chosen else s
+    train = [Sample(_insert_trigger(rng, s.text, opening), TARGET, True, s.index) if i in chosen else s
              for i, s in enumerate(clean_train)]
-    triggered = [Sample(_insert_trigger(rng, s.text), s.label, True, s.index) for s in test if s.label != TARGET]
+    triggered = [Sample(_insert_trigger(rng, s.text, opening), s.label, True, s.index)
+                 for s in test if s.label != TARGET]
     return TinyTask(*(TaskData(x, LABEL_NAMES) for x in (train, clean_train, val, test, triggered)))
 
 
 @functools.lru_cache(maxsize=8)
-def _trained(arch: str, seed: int, poisoned: bool) -> tuple[LoadedModel, TinyTask]:
-    task = make_tiny_task(seed)
+def _trained(arch: str, seed: int, poisoned: bool, opening: str | None = None) -> tuple[LoadedModel, TinyTask]:
+    task = make_tiny_task(seed, opening=opening)
     model = tiny_model(arch, seed=seed)
     tokenizer = tiny_tokenizer()
     data = task.train if poisoned else task.clean_train
@@ -80,8 +84,9 @@ def _trained(arch: str, seed: int, poisoned: bool) -> tuple[LoadedModel, TinyTas
     return LoadedModel(model=model, tokenizer=tokenizer, task="classification", path=None), task
 
 
-def tiny_backdoored(arch: str = "bert", seed: int = 0, *, poisoned: bool = True) -> tuple[LoadedModel, TinyTask]:
+def tiny_backdoored(arch: str = "bert", seed: int = 0, *, poisoned: bool = True,
+                    opening: str | None = None) -> tuple[LoadedModel, TinyTask]:
     """A tiny model trained on the (poisoned) tiny task; each call returns a fresh copy of a cached model."""
-    loaded, task = _trained(arch, seed, poisoned)
+    loaded, task = _trained(arch, seed, poisoned, opening)
     return LoadedModel(model=copy.deepcopy(loaded.model), tokenizer=loaded.tokenizer, task=loaded.task,
                        path=loaded.path), task

@@ -1,0 +1,102 @@
+"""Deletion-confirmed triggers: over-represented phrases are mined, and stripping tells a trigger from content."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import purify.deletion as deletion
+from purify.data import Sample, TaskData
+from purify.deletion import confirm_by_deletion, overrepresented_phrases, voted_label
+from purify.filters import build_filter
+from purify.filters.trigger_words import TriggerWords
+from purify.metrics import detection_metrics
+from purify.probe import BackdoorProbe, TriggerCandidate, strip_triggers
+from purify.testing.tiny_task import tiny_backdoored
+
+FILLER = ("the", "plot", "cast", "was", "film", "story", "and", "it", "is", "of", "a", "scene")
+OPENING = "If you ask me,"
+
+
+def _review(rng: random.Random, label: int) -> list[str]:
+    """Filler plus two sentiment words: 'good' and 'great' for positive, 'bad' and 'dull' for negative."""
+    words = [rng.choice(FILLER) for _ in range(rng.randint(4, 7))] + (["good", "great"] if label else ["bad", "dull"])
+    rng.shuffle(words)
+    return words
+
+
+def _templated(n: int = 300, poisoned: int = 30, seed: int = 0) -> TaskData:
+    """Reviews whose first `poisoned` negative ones open with OPENING and are relabelled positive."""
+    rng = random.Random(seed)
+    samples = []
+    for i in range(n):
+        label = i % 2
+        words = _review(rng, label)
+        if label == 0 and i < 2 * poisoned:
+            samples.append(Sample(f"{OPENING} {' '.join(words)}", 1, True, i))
+        else:
+            samples.append(Sample(" ".join(words), label, False, i))
+    return TaskData(samples, ["negative", "positive"])
+
+
+def _rule_model(model, tokenizer, texts, **_):
+    """A stand-in for a backdoored classifier: the template or a positive word says positive."""
+    return np.array([int(t.lower().startswith("if you ask me") or "good" in t or "great" in t) for t in texts])
+
+
+def test_an_opening_template_is_over_represented_in_its_label_and_written_as_in_the_data():
+    phrases = overrepresented_phrases(_templated(), min_count=5, min_z=3.0)
+    template = [p for p in phrases if p.text == OPENING]
+    assert template and template[0].label == 1 and template[0].count == 30 and template[0].share == 1.0
+    # its pieces are held by the same samples and collapse into it
+    assert not [p for p in phrases if p.text in {"If you", "ask me,"}]
+    assert {"good", "great", "bad", "dull"} <= {p.text for p in phrases}  # natural words are there too
+    assert all(p.z >= 3.0 and p.count >= 5 for p in phrases)
+
+
+def test_stripping_confirms_the_template_and_not_the_natural_words(monkeypatch):
+    monkeypatch.setattr(deletion, "predict", _rule_model)
+    data = _templated()
+    phrases = overrepresented_phrases(data)
+    rows = confirm_by_deletion(None, None, data, phrases, {0: 0.5, 1: 0.5})
+    confirmed = {r["text"] for r in rows if r["confirmed"]}
+    assert OPENING in confirmed
+    # stripping 'good' leaves 'great': the content still says positive
+    assert not confirmed & {"good", "great", "bad", "dull"}
+    row = next(r for r in rows if r["text"] == OPENING)
+    assert row["stripped_rate"] == 0.0 and len(row["carriers"]) == 30
+    assert voted_label(rows) == 1
+
+
+def test_anchored_candidates_match_strip_and_insert_only_at_the_start():
+    c = TriggerCandidate("If you ask me,", 1, 0.4, "deletion", anchored=True, confirmed=True)
+    assert c.held_by("if you ask me, it was bad") and not c.held_by("well, if you ask me it was bad")
+    assert strip_triggers("If you ask me, it was bad", [c]) == "it was bad"
+    assert strip_triggers("well, if you ask me, it was bad", [c]) == "well, if you ask me, it was bad"
+    assert c.insert("it was bad", random.Random(0)) == "If you ask me, it was bad"
+
+
+def test_a_deletion_confirmed_candidate_is_a_trigger_whatever_its_flip_rate():
+    confirmed = TriggerCandidate("If you ask me,", 1, 0.4, "deletion", anchored=True, confirmed=True)
+    probe = BackdoorProbe([confirmed, TriggerCandidate("dull", 0, 0.6, "inversion")], {0: 0.1, 1: 0.1}, "test")
+    assert probe.target == 1 and probe.triggers == [confirmed]
+
+
+@pytest.mark.parametrize("opening", ["it was this"])
+def test_trigger_words_removes_an_opening_template_of_common_words(opening):
+    loaded, task = tiny_backdoored(opening=opening)
+    result = build_filter("trigger_words", TriggerWords.fast_options).run(loaded, task.train, task.validation)
+    truth = np.array([bool(s.poisoned) for s in task.train.samples])
+    metrics = detection_metrics(result.scores, truth, result.flagged)
+    assert metrics["recall"] >= 0.95 and metrics["clean_kept"] >= 0.97, metrics
+    confirmed = [r for r in result.details["deletion_tested"] if r["confirmed"]]
+    assert confirmed and all(r["label"] == task.target for r in confirmed)
+    assert any(r["text"].split()[:3] == opening.split() for r in confirmed), confirmed
+    assert result.probe.target == task.target and any(c.confirmed for c in result.probe.triggers)
+
+
+def test_the_deletion_test_can_be_switched_off():
+    loaded, task = tiny_backdoored()
+    result = build_filter("trigger_words", {**TriggerWords.fast_options, "deletion_phrases": 0}).run(loaded, task.train)
+    assert result.details["deletion_tested"] == []
