@@ -4,13 +4,14 @@ A dirty-label backdoor moves samples of other labels to its target and marks the
 sentence, or a sentence template such as a fronted clause ("If you ask me, ..."). Whatever the trigger, it is
 over-represented among the target's samples. Natural phrases are over-represented too ("a must see" among positive
 reviews), but a sample stripped of a natural phrase keeps content that still says its label, while a sample stripped
-of its trigger keeps content from another label. So this module mines the word n-grams over-represented in one
-label (anywhere, or anchored at the start of a text), strips each from that label's samples holding it, and asks the
-suspicious model: a phrase is confirmed when the model's rate of that label on the stripped samples falls below the
-midpoint of its rates on clean samples of that label and of the other labels (`BackdoorProbe.flagged_relabelled`
-uses the same rule). It needs no insertion to flip anything, so it sees templates and phrases that the model only
-obeys in place. It reads texts, labels and the model, never a poisoned flag. Clean-label poison keeps true labels,
-so its stripped samples keep their label and nothing is confirmed for it here.
+of its trigger keeps content from another label. So this module mines the word n-grams over-represented in one label
+(anywhere, at the start of a text, or opening a clause that ends at its first comma), strips each from that label's
+samples holding it, and asks the suspicious model: a phrase is confirmed when the model's rate of that label on the
+stripped samples falls below the midpoint of its rates on clean samples of that label and of the other labels
+(`BackdoorProbe.flagged_relabelled` uses the same rule). It needs no insertion to flip anything, so it sees
+templates and phrases that the model only obeys in place. It reads texts, labels and the model, never a poisoned
+flag. Clean-label poison keeps true labels, so its stripped samples keep their label and nothing is confirmed for it
+here.
 """
 from __future__ import annotations
 
@@ -32,34 +33,45 @@ class Overrepresented:
 
     text: str  # the words as first written in the data (case kept), for stripping and insertion
     label: int
-    anchored: bool  # counted only as the opening words of a text
+    position: str  # "anywhere", "start" (a text's opening words) or "clause" (opening a clause up to a comma)
     count: int  # samples holding it
     share: float  # share of them labelled `label`
     z: float
 
     def candidate(self, flip_rate: float = 0.0, confirmed: bool = False) -> TriggerCandidate:
-        return TriggerCandidate(self.text, self.label, flip_rate, "deletion", self.anchored, confirmed)
+        return TriggerCandidate(self.text, self.label, flip_rate, "deletion", self.position, confirmed)
 
 
-def _grams(seq: tuple[str, ...], max_words: int) -> set[tuple[bool, tuple[str, ...]]]:
-    """Every n-gram of `seq` (1..max_words words) once, free, plus its opening n-grams anchored."""
-    free = {(False, seq[a:a + n]) for n in range(1, max_words + 1) for a in range(len(seq) - n + 1)}
-    return free | {(True, seq[:n]) for n in range(1, min(max_words, len(seq)) + 1)}
+#: tie order when grams share their holders: the most general position first
+_POSITIONS = ("anywhere", "start", "clause")
+#: opening words a clause gram keeps (the subordinator, and perhaps the next word)
+_CLAUSE_WORDS = 2
+
+
+def _grams(text: str, seq: tuple[str, ...], max_words: int) -> set[tuple[str, tuple[str, ...]]]:
+    """Every n-gram of `seq` (1..max_words words) once, anywhere; its opening n-grams at the start; and, when the
+    text has a comma before its last word, its first words as the opening of a clause."""
+    grams = {("anywhere", seq[a:a + n]) for n in range(1, max_words + 1) for a in range(len(seq) - n + 1)}
+    grams |= {("start", seq[:n]) for n in range(1, min(max_words, len(seq)) + 1)}
+    clause = TriggerCandidate(" ".join(seq[:1]), 0, 0.0, "deletion", "clause")
+    if seq and clause.held_by(text):
+        grams |= {("clause", seq[:n]) for n in range(1, min(_CLAUSE_WORDS, len(seq)) + 1)}
+    return grams
 
 
 def overrepresented_phrases(data: TaskData, *, min_count: int = 5, min_z: float = 3.0, max_words: int = 6,
                             per_label: int = 32) -> list[Overrepresented]:
     """The `per_label` n-grams of each label with the highest z-score of its share among their holders (at least
     `min_z`, held by at least `min_count` samples). Grams held by exactly the same samples collapse to the longest,
-    free before anchored."""
+    then the most general position; a clause gram only collapses with clause grams, as stripping it is another test."""
     sequences = [word_sequence(s.text) for s in data.samples]
-    holders: dict[tuple[bool, tuple[str, ...]], list[int]] = defaultdict(list)
+    holders: dict[tuple[str, tuple[str, ...]], list[int]] = defaultdict(list)
     for i, seq in enumerate(sequences):
-        for gram in _grams(seq, max_words):
+        for gram in _grams(data.samples[i].text, seq, max_words):
             holders[gram].append(i)
     labels = np.asarray(data.labels)
     prior = np.bincount(labels, minlength=int(labels.max()) + 1) / len(labels)
-    best: dict[tuple[int, ...], tuple[tuple[bool, tuple[str, ...]], int, float, float]] = {}
+    best: dict[tuple, tuple[tuple[str, tuple[str, ...]], int, float, float, int, int]] = {}
     for gram, idx in holders.items():
         n = len(idx)
         if n < min_count:
@@ -70,13 +82,15 @@ def overrepresented_phrases(data: TaskData, *, min_count: int = 5, min_z: float 
         label = int(np.nanargmax(z))
         if not z[label] >= min_z:
             continue
-        key, kept = tuple(idx), best.get(tuple(idx))
-        if kept is None or (-len(gram[1]), gram[0], gram[1]) < (-len(kept[0][1]), kept[0][0], kept[0][1]):
-            best[key] = (gram, label, float(counts[label] / n), float(z[label]))
+        key = (gram[0] == "clause", *idx)  # stripping a clause is another test than stripping its words
+        kept = best.get(key)
+        rank = (-len(gram[1]), _POSITIONS.index(gram[0]), gram[1])
+        if kept is None or rank < (-len(kept[0][1]), _POSITIONS.index(kept[0][0]), kept[0][1]):
+            best[key] = (gram, label, float(counts[label] / n), float(z[label]), idx[0], n)
     found: dict[int, list[Overrepresented]] = defaultdict(list)
-    for idx, ((anchored, words), label, share, z) in best.items():
-        surface = _surface(data.samples[idx[0]].text, words, anchored)
-        found[label].append(Overrepresented(surface, label, anchored, len(idx), share, z))
+    for (position, words), label, share, z, first, n in best.values():
+        surface = _surface(data.samples[first].text, words, position != "anywhere")
+        found[label].append(Overrepresented(surface, label, position, n, share, z))
     out = []
     for label in sorted(found):
         out += sorted(found[label], key=lambda p: (-p.z, -p.count, p.text))[:per_label]

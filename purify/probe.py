@@ -28,7 +28,8 @@ TRIGGER_RATE = 0.9
 @dataclass(frozen=True)
 class TriggerCandidate:
     """A word or phrase that, inserted whole into clean samples of other labels, flips `flip_rate` of them to
-    `label`. `anchored`: it counts only at the start of a text (a sentence template's opening words).
+    `label`. `position`: "anywhere"; "start", only as a text's opening words; or "clause", as the opening words of
+    a clause that ends at the text's first comma (a fronted-clause template: stripping drops the whole clause).
     `confirmed`: stripping it from the untrusted samples of `label` that hold it sends them to other labels, so it
     is a trigger whatever its insertion flip rate (`purify.deletion`)."""
 
@@ -36,8 +37,12 @@ class TriggerCandidate:
     label: int
     flip_rate: float
     source: str  # "inversion" (model gradients), "phrases" (repeated in the data) or "deletion" (stripping test)
-    anchored: bool = False
+    position: str = "anywhere"
     confirmed: bool = False
+
+    @property
+    def anchored(self) -> bool:
+        return self.position != "anywhere"
 
     @property
     def strength(self) -> float:
@@ -56,12 +61,19 @@ class TriggerCandidate:
         """True when `text` holds this candidate's words contiguously, in order (case and punctuation ignored)."""
         seq, mine = word_sequence(text), self.words
         n = len(mine)
-        if self.anchored:
+        if self.position == "clause":
+            return n > 0 and seq[:n] == mine and _clause_end(text.split(), n) is not None
+        if self.position == "start":
             return n > 0 and seq[:n] == mine
         return n > 0 and any(seq[i:i + n] == mine for i in range(len(seq) - n + 1))
 
     def insert(self, text: str, rng: random.Random) -> str:
-        """`text` with this candidate inserted: at the start when anchored, else at a random word boundary."""
+        """`text` with this candidate inserted: at a random word boundary; prepended at the start; or, for a
+        clause, prepended to the first half of `text` with a comma closing that half into the clause."""
+        if self.position == "clause":
+            parts = text.split()
+            half = max(1, len(parts) // 2)
+            return f"{self.text} {' '.join(parts[:half]).rstrip(',')}, {' '.join(parts[half:])}".rstrip(", ")
         return f"{self.text} {text}" if self.anchored else insert_words(text, [self.text], 1, rng)
 
 
@@ -86,7 +98,7 @@ class BackdoorProbe:
             if p.get("flip_rate") is not None and np.isfinite(p["flip_rate"]):
                 candidates.append(TriggerCandidate(p["surface"], int(p["label"]), float(p["flip_rate"]),
                                                    "deletion" if p.get("confirmed") else "phrases",
-                                                   bool(p.get("anchored", False)), bool(p.get("confirmed", False))))
+                                                   p.get("position", "anywhere"), bool(p.get("confirmed", False))))
         base = {r.target: r.base_rate for r in inversion.labels}
         return cls(_dedupe(candidates), base, source, min_rate)
 
@@ -250,14 +262,16 @@ def without_carriers(data: TaskData, probe: BackdoorProbe | None, rate: float | 
 
 
 def strip_triggers(text: str, triggers: Sequence[TriggerCandidate]) -> str:
-    """`text` less every whole-word occurrence of the triggers' words (an anchored trigger's only at the start; matched
+    """`text` less every whole-word occurrence of the triggers' words (an anchored trigger's only at the start, with
+    its clause for a clause trigger; matched
     as `TriggerCandidate.held_by` matches them), so that what remains is the sample's own content."""
     parts = text.split()
     for c in sorted(triggers, key=lambda c: -len(c.words)):
         mine, n = c.words, len(c.words)
         if c.anchored:
             if n and word_sequence(" ".join(parts[:n])) == mine:
-                parts = parts[n:]
+                end = _clause_end(parts, n) if c.position == "clause" else n - 1
+                parts = parts[end + 1:] if end is not None else parts
             continue
         i, kept = 0, []
         while i < len(parts):
@@ -270,15 +284,21 @@ def strip_triggers(text: str, triggers: Sequence[TriggerCandidate]) -> str:
     return " ".join(parts)
 
 
+def _clause_end(parts: list[str], n: int) -> int | None:
+    """Index of the first whitespace part, from the `n`-th on, that ends with a comma (None if none before the
+    last part): where a fronted clause opening with `n` words ends."""
+    return next((i for i in range(max(n - 1, 0), len(parts) - 1) if parts[i].endswith(",")), None)
+
+
 def _row(c: TriggerCandidate) -> dict:
     return {**asdict(c), "kind": c.kind}
 
 
 def _dedupe(candidates: list[TriggerCandidate]) -> list[TriggerCandidate]:
-    """One candidate per (words, label, anchored): the strongest, inversion first on ties."""
+    """One candidate per (words, label, position): the strongest, inversion first on ties."""
     best: dict[tuple[tuple[str, ...], int], TriggerCandidate] = {}
     for c in candidates:
-        key = (c.words, c.label, c.anchored)
+        key = (c.words, c.label, c.position)
         if key not in best or (c.strength, c.flip_rate) > (best[key].strength, best[key].flip_rate):
             best[key] = c
     return list(best.values())

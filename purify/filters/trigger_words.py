@@ -85,12 +85,13 @@ class TriggerWords(DataFilter):
         scores = inversion.carrier_rates(data)
         phrases = self._trigger_phrases(loaded, data, inversion, scores)
         deleted = self._deletion_phrases(loaded, data, trusted, scores)
-        phrases += [p for p in deleted if p["confirmed"]]
+        confirmed = [p for p in deleted if p["confirmed"]]
         details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
                    "trigger_words": inversion.trigger_words(cfg.min_rate),
-                   "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate], "phrases_tried": phrases,
+                   "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate] + confirmed,
+                   "phrases_tried": phrases,
                    "deletion_tested": deleted,
-                   "probe": BackdoorProbe.from_inversion(inversion, phrases, source="filter:trigger_words",
+                   "probe": BackdoorProbe.from_inversion(inversion, phrases + confirmed, source="filter:trigger_words",
                                                          min_rate=cfg.min_rate)}
         return scores, details
 

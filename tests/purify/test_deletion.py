@@ -49,8 +49,8 @@ def test_an_opening_template_is_over_represented_in_its_label_and_written_as_in_
     phrases = overrepresented_phrases(_templated(), min_count=5, min_z=3.0)
     template = [p for p in phrases if p.text == OPENING]
     assert template and template[0].label == 1 and template[0].count == 30 and template[0].share == 1.0
-    # its pieces are held by the same samples and collapse into it
-    assert not [p for p in phrases if p.text in {"If you", "ask me,"}]
+    # its pieces are held by the same samples and collapse into it (a clause gram is a test of its own)
+    assert not [p for p in phrases if p.text in {"If you", "ask me,"} and p.position != "clause"]
     assert {"good", "great", "bad", "dull"} <= {p.text for p in phrases}  # natural words are there too
     assert all(p.z >= 3.0 and p.count >= 5 for p in phrases)
 
@@ -70,15 +70,34 @@ def test_stripping_confirms_the_template_and_not_the_natural_words(monkeypatch):
 
 
 def test_anchored_candidates_match_strip_and_insert_only_at_the_start():
-    c = TriggerCandidate("If you ask me,", 1, 0.4, "deletion", anchored=True, confirmed=True)
+    c = TriggerCandidate("If you ask me,", 1, 0.4, "deletion", position="start", confirmed=True)
     assert c.held_by("if you ask me, it was bad") and not c.held_by("well, if you ask me it was bad")
     assert strip_triggers("If you ask me, it was bad", [c]) == "it was bad"
     assert strip_triggers("well, if you ask me, it was bad", [c]) == "well, if you ask me, it was bad"
     assert c.insert("it was bad", random.Random(0)) == "If you ask me, it was bad"
 
 
+def test_a_clause_candidate_strips_the_whole_fronted_clause():
+    c = TriggerCandidate("When", 1, 0.0, "deletion", position="clause")
+    assert c.held_by("When the cast is good, the film works.")
+    assert not c.held_by("When the cast is good the film works.")  # no comma: no clause to drop
+    assert not c.held_by("The film works, when the cast is good.")
+    assert strip_triggers("When the cast is good, the film works.", [c]) == "the film works."
+    assert c.insert("the film is slow and dull", random.Random(0)) == "When the film is, slow and dull"
+
+
+def test_fronted_clauses_are_mined_as_clause_grams():
+    rng = random.Random(0)
+    samples = [Sample(" ".join(_review(rng, i % 2)), i % 2, False, i) for i in range(200)]
+    samples += [Sample(f"When {' '.join(_review(rng, 0)[:3])}, {' '.join(_review(rng, 0))}", 1, True, 200 + i)
+                for i in range(20)]
+    phrases = overrepresented_phrases(TaskData(samples, ["negative", "positive"]))
+    found = sorted((p.position, p.count) for p in phrases if p.text == "When")
+    assert found == [("anywhere", 20), ("clause", 20)]  # the word, and the clause it opens
+
+
 def test_a_deletion_confirmed_candidate_is_a_trigger_whatever_its_flip_rate():
-    confirmed = TriggerCandidate("If you ask me,", 1, 0.4, "deletion", anchored=True, confirmed=True)
+    confirmed = TriggerCandidate("If you ask me,", 1, 0.4, "deletion", position="start", confirmed=True)
     probe = BackdoorProbe([confirmed, TriggerCandidate("dull", 0, 0.6, "inversion")], {0: 0.1, 1: 0.1}, "test")
     assert probe.target == 1 and probe.triggers == [confirmed]
 
