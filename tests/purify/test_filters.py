@@ -1,8 +1,6 @@
 """Data filters: spectral entropy, per-sample gradients, the registry and result, and both filters end to end."""
 from __future__ import annotations
 
-import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 from purify.checkpoint import LoadedModel
 from purify.data import Sample, TaskData
 from purify.errors import ConfigError
-from purify.filters import FILTERS, FilterResult, build_filter, get_filter
+from purify.filters import FILTERS, build_filter, get_filter
 from purify.filters.gradsentry import GradSentryConfig, default_target, spectral_entropy, top_singular_values
 from purify.filters.gradshield import GradShield, GradShieldConfig
 from purify.filters.trigger_words import TriggerWords
@@ -180,30 +178,7 @@ def test_registry():
         build_filter("trigger_words", {"threshold_method": "gmm"})
 
 
-def without_flags(data: TaskData) -> TaskData:
-    return TaskData([dataclasses.replace(s, poisoned=None) for s in data.samples], data.label_names, data.source)
-
-
-@pytest.mark.parametrize("name", ["gradsentry", "gradshield", "trigger_words"])
-def test_result_is_consistent_deterministic_and_blind_to_ground_truth(name):
-    loaded, task = tiny_backdoored()
-    data = task.train.subset(range(0, 400, 4))
-    filt = build_filter(name, FILTERS[name].filter_cls.fast_options)
-    result = filt.run(loaded, data, task.validation)
-    assert isinstance(result, FilterResult)
-    assert result.method == name
-    assert result.scores.shape == (len(data),) and result.flagged.dtype == bool
-    assert len(result.kept) + len(result.removed) == len(data)
-    assert np.array_equal(result.flagged, result.scores > result.threshold)
-    assert [s.index for s in result.removed.samples] == [data.samples[i].index for i in np.flatnonzero(result.flagged)]
-    summary = json.loads(json.dumps(result.summary(include_scores=True)))
-    assert summary["n"] == len(data) and summary["n_removed"] == len(result.removed)
-    assert summary["threshold_method"] == result.threshold_method and summary["options"]["seed"] == 0
-    assert len(summary["scores"]) == len(data)
-    # same seed, same scores; and the scores never depend on the ground-truth flags
-    again = filt.run(loaded, without_flags(data), task.validation)
-    assert np.allclose(again.scores, result.scores, rtol=1e-5, atol=1e-9)
-    assert np.array_equal(again.flagged, result.flagged)
+# the result's consistency, determinism and blindness to the flags: purify.testing.filter_conformance
 
 
 def test_trigger_words_removes_the_poisoned_lines_of_the_tiny_backdoor():
