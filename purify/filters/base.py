@@ -24,7 +24,8 @@ from ..inference import MAX_LENGTH
 from ..probe import BackdoorProbe
 from ..registry import StrategyConfig, option
 from ..registry_base import Registry
-from .thresholds import THRESHOLD_METHODS, ThresholdDecision, user_threshold
+from .thresholds import (THRESHOLD_METHODS, ThresholdDecision, gmm_threshold, kde_valley_threshold, mean_std_threshold,
+                         user_threshold)
 
 
 @dataclass
@@ -139,9 +140,15 @@ class DataFilter(ABC):
                            reference: LoadedModel | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Scores aligned with `data` (higher = more suspicious) and JSON-able details of how they were computed."""
 
-    @abstractmethod
     def adaptive_threshold(self, scores: np.ndarray) -> ThresholdDecision:
-        """The filter's own threshold rule for these scores."""
+        """The filter's own threshold rule for these scores; by default the configured `threshold_method` (or
+        `default_threshold_method`) with the rule's own defaults. Filters with rule options override this."""
+        method = self.config.threshold_method or self.default_threshold_method
+        if method == "gmm":
+            return gmm_threshold(scores, seed=self.config.seed)
+        if method == "kde_valley":
+            return kde_valley_threshold(scores, fallback=mean_std_threshold(scores).value)
+        return mean_std_threshold(scores)
 
     def score(self, loaded: LoadedModel, data: TaskData, trusted: TaskData | None = None, *,
               reference: LoadedModel | None = None) -> np.ndarray:
