@@ -16,6 +16,7 @@ here.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -147,23 +148,42 @@ def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: li
     return rows
 
 
-def settle(rows: list[dict], target: int | None) -> list[dict]:
+def settle(rows: list[dict], target: int | None,
+           fill: Callable[[dict, list[int]], dict[int, bool]] | None = None) -> list[dict]:
     """Keep the confirmations of `target` that hold on the samples no stronger phrase covers: a piece of a template
     ("it" of "it was this") also sends the template's samples away when stripped, but its other holders keep their
     label. Phrases are taken from the lowest stripped rate; each must be confirmed again on its drawn carriers that
-    are not yet covered (none left: it adds nothing and stays confirmed). Drops the rows' private draw records."""
+    are not yet covered (none left: it adds nothing and stays confirmed). A phrase that fails this is mixed (a
+    template's opening word also opens clean texts): with `fill` (row, sample indices -> whether the model keeps
+    the label once each is stripped), only its uncovered carriers that the model then gives another label are
+    taken, in `row["taken"]`. Every row gets `taken`; the rows' private draw records are dropped."""
     covered: set[int] = set()
     for row in sorted(rows, key=lambda r: (r["stripped_rate"], -len(r["text"].split()), r["text"])):
-        drawn = row.pop("_drawn")
+        drawn, row["taken"] = row.pop("_drawn"), []
         if not row["confirmed"] or row["label"] != target:
             row["confirmed"] = False
             continue
-        fresh = [kept for i, kept in drawn.items() if i not in covered]
-        new_carriers = set(row["carriers"]) - covered
+        new_carriers = sorted(set(row["carriers"]) - covered)
+        fresh = [drawn[i] for i in new_carriers if i in drawn]
         row["confirmed"] = not new_carriers or bool(fresh and np.mean(fresh) < row["midpoint"])
         if row["confirmed"]:
-            covered |= new_carriers
+            row["taken"] = new_carriers
+        elif fill is not None:
+            drawn.update(fill(row, [i for i in new_carriers if i not in drawn]))
+            row["taken"] = [i for i in new_carriers if not drawn[i]]
+        covered.update(row["taken"])
     return rows
+
+
+def stripped_keeps(model: nn.Module, tokenizer, data: TaskData, row: dict, indices: list[int], *,
+                   max_length: int = MAX_LENGTH) -> dict[int, bool]:
+    """Per sample of `indices`: whether the model still gives it `row`'s label once stripped of `row`'s phrase."""
+    if not indices:
+        return {}
+    c = TriggerCandidate(row["text"], row["label"], 0.0, "deletion", row["position"])
+    pred = predict(model, tokenizer, [strip_triggers(data.samples[i].text, [c]) for i in indices],
+                   max_length=max_length)
+    return dict(zip(indices, (pred == row["label"]).tolist()))
 
 
 def voted_label(rows: list[dict]) -> int | None:

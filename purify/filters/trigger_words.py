@@ -17,7 +17,9 @@ A template trigger (a fronted clause) is obeyed only in place, and an 80%-effect
 anything. So the filter also strips each over-represented phrase (free or opening a text) from its label's samples
 and keeps it when the stripped samples look like another label to the model (`purify.deletion`); of those, only the
 label they mostly vote for counts, each must hold again on the samples that no stronger phrase covers
-(`purify.deletion.settle`), and their carriers score 1.
+(`purify.deletion.settle`), and their carriers score 1; of a phrase that holds on the whole but not on what is left
+(a template's opening word that also opens clean texts), only the carriers the model gives another label once
+stripped score 1.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import numpy as np
 
 from ..checkpoint import LoadedModel
 from ..data import TaskData
-from ..deletion import confirm_by_deletion, label_midpoints, overrepresented_phrases, settle, voted_label
+from ..deletion import (confirm_by_deletion, label_midpoints, overrepresented_phrases, settle, stripped_keeps,
+                        voted_label)
 from ..errors import ConfigError
 from ..inference import predict
 from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
@@ -139,11 +142,14 @@ class TriggerWords(DataFilter):
         rows = confirm_by_deletion(loaded.model, loaded.tokenizer, data, tested, midpoints,
                                    probe_samples=cfg.probe_samples, seed=cfg.seed, max_length=cfg.max_length)
         target, labels = voted_label(rows), np.asarray(data.labels)
-        rows, rng = settle(rows, target), random.Random(cfg.seed)
+        rows = settle(rows, target, lambda row, idx: stripped_keeps(loaded.model, loaded.tokenizer, data, row, idx,
+                                                                    max_length=cfg.max_length))
+        rng = random.Random(cfg.seed)
         for row, phrase in zip(rows, tested):
             row.update(surface=row["text"], phrase=row["text"], score=1.0 if row["confirmed"] else 0.0)
+            scores[row["taken"]] = 1.0
+            row["taken"] = len(row["taken"])
             if row["confirmed"]:
-                scores[row["carriers"]] = 1.0
                 pool = [s.text for s, y in zip(data.samples, labels) if y != target]
                 probe = rng.sample(pool, min(cfg.probe_samples, len(pool)))
                 inserted = [phrase.candidate().insert(t, rng) for t in probe]

@@ -8,7 +8,7 @@ import pytest
 
 import purify.deletion as deletion
 from purify.data import Sample, TaskData
-from purify.deletion import confirm_by_deletion, overrepresented_phrases, voted_label
+from purify.deletion import confirm_by_deletion, overrepresented_phrases, settle, voted_label
 from purify.filters import build_filter
 from purify.filters.trigger_words import TriggerWords
 from purify.metrics import detection_metrics
@@ -119,3 +119,23 @@ def test_the_deletion_test_can_be_switched_off():
     loaded, task = tiny_backdoored()
     result = build_filter("trigger_words", {**TriggerWords.fast_options, "deletion_phrases": 0}).run(loaded, task.train)
     assert result.details["deletion_tested"] == []
+
+
+def _row(text: str, carriers: list[int], kept: dict[int, bool], label: int = 1) -> dict:
+    rate = float(np.mean(list(kept.values())))
+    return {"text": text, "label": label, "position": "start", "carriers": carriers, "stripped_rate": rate,
+            "midpoint": 0.5, "confirmed": rate < 0.5, "_drawn": dict(kept)}
+
+
+def test_settle_takes_only_the_stripped_away_carriers_of_a_mixed_phrase():
+    template = _row("If you ask me,", list(range(10)), {i: False for i in range(10)})
+    # the opening word also opens five clean texts, which keep their label once stripped
+    opening = _row("If", list(range(20)), {**{i: False for i in range(10)}, **{i: i < 15 for i in range(10, 20)}})
+    natural = _row("great", [30, 31], {30: True, 31: True})
+    other = _row("dull", [40], {40: False}, label=0)
+    rows = settle([opening, template, natural, other], target=1, fill=lambda row, idx: {})
+    by = {r["text"]: r for r in rows}
+    assert by["If you ask me,"]["confirmed"] and by["If you ask me,"]["taken"] == list(range(10))
+    assert not by["If"]["confirmed"] and by["If"]["taken"] == list(range(15, 20))
+    assert by["great"]["taken"] == [] and by["dull"]["taken"] == [] and not by["dull"]["confirmed"]
+    assert all("_drawn" not in r for r in rows)
