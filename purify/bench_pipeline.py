@@ -138,10 +138,10 @@ def _cell_row(r: dict) -> str:
 
 def _spread_row(rows: list[dict]) -> str:
     """Mean ± sample standard deviation over the seeds of one entry and row."""
-    from .bench import _mean_sd
+    from .bench_tables import mean_sd
 
     def ms(key: str) -> str:
-        return _mean_sd([r.get(key) for r in rows])
+        return mean_sd([r.get(key) for r in rows])
 
     c = rows[0]["cell"]
     seconds = sum(r["seconds"] for r in rows) / len(rows)
