@@ -16,10 +16,10 @@ backdoors (rare tokens, inserted sentences).
 A template trigger (a fronted clause) is obeyed only in place, and an 80%-effective backdoor never flips 90% of
 anything. So the filter also strips each over-represented phrase (free or opening a text) from its label's samples
 and keeps it when the stripped samples look like another label to the model (`purify.deletion`); of those, only the
-label they mostly vote for counts, each must hold again on the samples that no stronger phrase covers
-(`purify.deletion.settle`), and their carriers score 1; of a phrase that holds on the whole but not on what is left
-(a template's opening word that also opens clean texts), only the carriers the model gives another label once
-stripped score 1.
+label insertion found triggers for counts (or, where it found none, the label they mostly vote for), each must hold
+again on the samples that no stronger phrase covers (`purify.deletion.settle`), and their carriers score 1; of a
+phrase that holds on the whole but not on what is left (a template's opening word that also opens clean texts), only
+the carriers the model gives another label once stripped score 1.
 """
 from __future__ import annotations
 
@@ -87,7 +87,9 @@ class TriggerWords(DataFilter):
                                     seed=cfg.seed, max_length=cfg.max_length, progress="trigger inversion")
         scores = inversion.carrier_rates(data)
         phrases = self._trigger_phrases(loaded, data, inversion, scores)
-        deleted = self._deletion_phrases(loaded, data, trusted, scores)
+        inserted = BackdoorProbe.from_inversion(inversion, phrases, source="filter:trigger_words",
+                                                min_rate=cfg.min_rate)
+        deleted = self._deletion_phrases(loaded, data, trusted, scores, inserted.target if inserted.found else None)
         confirmed = [p for p in deleted if p["confirmed"]]
         details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
                    "trigger_words": inversion.trigger_words(cfg.min_rate),
@@ -127,11 +129,12 @@ class TriggerWords(DataFilter):
             out.append(row)
         return out
 
-    def _deletion_phrases(self, loaded: LoadedModel, data: TaskData, trusted: TaskData | None,
-                          scores: np.ndarray) -> list[dict]:
+    def _deletion_phrases(self, loaded: LoadedModel, data: TaskData, trusted: TaskData | None, scores: np.ndarray,
+                          target: int | None) -> list[dict]:
         """Strip each over-represented phrase from its carriers and confirm it when they look like other labels
-        (midpoints from the trusted set, else from the untrusted data); raise the carriers of the voted label's
-        confirmed phrases to 1 and measure those phrases' insertion flip rates. Returns every tested phrase."""
+        (midpoints from the trusted set, else from the untrusted data); raise the carriers of `target`'s confirmed
+        phrases to 1 (`target`: the label insertion found triggers for, else the one the confirmations vote for) and
+        measure those phrases' insertion flip rates. Returns every tested phrase."""
         cfg = self.config
         if cfg.deletion_phrases == 0:
             return []
@@ -141,7 +144,7 @@ class TriggerWords(DataFilter):
         midpoints = label_midpoints(loaded.model, loaded.tokenizer, reference, max_length=cfg.max_length)
         rows = confirm_by_deletion(loaded.model, loaded.tokenizer, data, tested, midpoints,
                                    probe_samples=cfg.probe_samples, seed=cfg.seed, max_length=cfg.max_length)
-        target, labels = voted_label(rows), np.asarray(data.labels)
+        target, labels = voted_label(rows) if target is None else target, np.asarray(data.labels)
         rows = settle(rows, target, lambda row, idx: stripped_keeps(loaded.model, loaded.tokenizer, data, row, idx,
                                                                     max_length=cfg.max_length))
         rng = random.Random(cfg.seed)

@@ -139,3 +139,16 @@ def test_settle_takes_only_the_stripped_away_carriers_of_a_mixed_phrase():
     assert not by["If"]["confirmed"] and by["If"]["taken"] == list(range(15, 20))
     assert by["great"]["taken"] == [] and by["dull"]["taken"] == [] and not by["dull"]["confirmed"]
     assert all("_drawn" not in r for r in rows)
+
+
+def test_where_insertion_found_the_trigger_its_label_is_the_deletion_target(monkeypatch):
+    import purify.filters.trigger_words as trigger_words
+
+    def wrong_vote(rows):
+        raise AssertionError("the vote is only for runs where insertion confirmed nothing")
+
+    monkeypatch.setattr(trigger_words, "voted_label", wrong_vote)
+    loaded, task = tiny_backdoored()
+    result = build_filter("trigger_words", TriggerWords.fast_options).run(loaded, task.train, task.validation)
+    assert all(r["label"] == task.target for r in result.details["deletion_tested"] if r["taken"])
+    assert not result.flagged[np.array(task.train.labels) != task.target].any()
