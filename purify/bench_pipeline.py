@@ -105,8 +105,8 @@ def pipeline_table(ok: list[dict]) -> list[str]:
     """Markdown rows: one per cell, the default pipeline first on each entry, a mean ± sd row under a row with
     several seeds, and the zoo's clean reference last on each entry."""
     lines = ["| entry | row | seed | ASR before | ASR after | floor | trigger lift | CACC before -> after | "
-             "removed (poisoned / all) | triggers found | verdict | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "removed (poisoned / all) | triggers found | verdict | s | git |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {row: i for i, row in enumerate(ROWS)}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in sorted(ok, key=lambda r: (r["cell"]["entry"], order.get(r["cell"]["method"], 9), r["cell"]["method"],
@@ -133,7 +133,13 @@ def _cell_row(r: dict) -> str:
     row = c["method"] + (" (default)" if r.get("default") else "")
     return (f"| {c['entry']} | {row} | {c['seed']} | {_pct(r['asr_before'])} | {_pct(r['asr_after'])} | "
             f"{_pct(r['asr_floor'])} | {_pct(r.get('trigger_lift'))} | {_pct(r['cacc_before'])} -> "
-            f"{_pct(r['cacc_after'])} | {removed} | {triggers} | {r.get('verdict') or '-'} | {r['seconds']:.0f} |")
+            f"{_pct(r['cacc_after'])} | {removed} | {triggers} | {r.get('verdict') or '-'} | {r['seconds']:.0f} | "
+            f"{_commit(r)} |")
+
+
+def _commit(r: dict) -> str:
+    """The code a cell ran (cells are cached by options, not by code: rows of one table may differ)."""
+    return ((r.get("provenance") or {}).get("git_hash") or "-")[:7]
 
 
 def _spread_row(rows: list[dict]) -> str:
@@ -147,11 +153,11 @@ def _spread_row(rows: list[dict]) -> str:
     seconds = sum(r["seconds"] for r in rows) / len(rows)
     return (f"| {c['entry']} | {c['method']}: mean ± sd | {len(rows)} seeds | {ms('asr_before')} | {ms('asr_after')} | "
             f"{_pct(rows[0]['asr_floor'])} | {ms('trigger_lift')} | {ms('cacc_before')} -> {ms('cacc_after')} | "
-            f"- | - | - | {seconds:.0f} |")
+            f"- | - | - | {seconds:.0f} | {', '.join(dict.fromkeys(_commit(r) for r in rows))} |")
 
 
 def _clean_reference_row(entry: str, record: dict) -> str:
     """The zoo's clean model on this entry (trained on the split before poisoning): the bar, not a product row."""
     cacc = _pct(record.get("clean_reference_cacc"))
     return (f"| {entry} | zoo clean reference | - | - | {_pct(record['asr_floor'])} | {_pct(record['asr_floor'])} | - "
-            f"| - -> {cacc} | - | - | - | - |")
+            f"| - -> {cacc} | - | - | - | - | - |")
