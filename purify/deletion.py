@@ -119,13 +119,20 @@ def label_midpoints(model: nn.Module, tokenizer, reference: TaskData, *,
     return out
 
 
+def _stripped(text: str, own: TriggerCandidate, together: list[TriggerCandidate] | None) -> str:
+    """`text` less `own`, or, with `together` (a label's tested phrases), less every one of them it holds."""
+    return strip_triggers(text, [c for c in together if c.held_by(text)] if together else [own])
+
+
 def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: list[Overrepresented],
-                        midpoints: dict[int, float], *, probe_samples: int = 64, seed: int = 0,
+                        midpoints: dict[int, float], *, probe_samples: int = 64, seed: int = 0, joint: bool = False,
                         max_length: int = MAX_LENGTH) -> list[dict]:
     """Each phrase with its carriers (samples of its label holding it), the model's rate of its label on up to
-    `probe_samples` of them (seeded draw) once stripped of it, the midpoint it is held to and whether it is
+    `probe_samples` of them (seeded draw) once stripped of it (`joint`: of every tested phrase of its label they
+    hold, for a trigger spread over many words, such as a style), the midpoint it is held to and whether it is
     confirmed. One batched prediction for all."""
     labels, rng = np.asarray(data.labels), np.random.default_rng(seed)
+    together = {p.label: [q.candidate() for q in phrases if q.label == p.label] for p in phrases} if joint else {}
     carriers, probed, drawn_of, texts = [], [], [], []
     for p in phrases:
         c = p.candidate()
@@ -134,7 +141,7 @@ def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: li
         carriers.append(idx)
         probed.append(len(drawn))
         drawn_of.append(drawn)
-        texts += [strip_triggers(data.samples[i].text, [c]) for i in drawn]
+        texts += [_stripped(data.samples[i].text, c, together.get(p.label)) for i in drawn]
     pred = predict(model, tokenizer, texts, max_length=max_length) if texts else np.zeros(0, dtype=int)
     rows, start = [], 0
     for p, idx, n in zip(phrases, carriers, probed):
@@ -176,12 +183,13 @@ def settle(rows: list[dict], target: int | None,
 
 
 def stripped_keeps(model: nn.Module, tokenizer, data: TaskData, row: dict, indices: list[int], *,
-                   max_length: int = MAX_LENGTH) -> dict[int, bool]:
-    """Per sample of `indices`: whether the model still gives it `row`'s label once stripped of `row`'s phrase."""
+                   together: list[TriggerCandidate] | None = None, max_length: int = MAX_LENGTH) -> dict[int, bool]:
+    """Per sample of `indices`: whether the model still gives it `row`'s label once stripped of `row`'s phrase (or,
+    with `together`, of every one of those phrases it holds)."""
     if not indices:
         return {}
     c = TriggerCandidate(row["text"], row["label"], 0.0, "deletion", row["position"])
-    pred = predict(model, tokenizer, [strip_triggers(data.samples[i].text, [c]) for i in indices],
+    pred = predict(model, tokenizer, [_stripped(data.samples[i].text, c, together) for i in indices],
                    max_length=max_length)
     return dict(zip(indices, (pred == row["label"]).tolist()))
 

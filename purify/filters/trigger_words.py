@@ -60,6 +60,8 @@ class TriggerWordsConfig(FilterConfig):
                                    "samples (0: no deletion test)", low=0)
     deletion_min_z: float = option(3.0, "a phrase is tested when its label's share among its holders is at least this "
                                    "many binomial standard deviations above that label's share of the data", low=0)
+    deletion_joint: bool = option(False, "strip every tested phrase of a label that a sample holds at once (for a "
+                                  "trigger spread over many words, such as a style), instead of one phrase at a time")
     #: the inversion and phrase probes run their own batches on the suspicious model: no gradient options
     unused_options: ClassVar[tuple[str, ...]] = ("batch_size", "chunk_size", "reference", "verify")
 
@@ -143,10 +145,14 @@ class TriggerWords(DataFilter):
         reference = trusted if trusted is not None and len(set(trusted.labels)) > 1 else data
         midpoints = label_midpoints(loaded.model, loaded.tokenizer, reference, max_length=cfg.max_length)
         rows = confirm_by_deletion(loaded.model, loaded.tokenizer, data, tested, midpoints,
-                                   probe_samples=cfg.probe_samples, seed=cfg.seed, max_length=cfg.max_length)
+                                   probe_samples=cfg.probe_samples, seed=cfg.seed, joint=cfg.deletion_joint,
+                                   max_length=cfg.max_length)
         target, labels = voted_label(rows) if target is None else target, np.asarray(data.labels)
-        rows = settle(rows, target, lambda row, idx: stripped_keeps(loaded.model, loaded.tokenizer, data, row, idx,
-                                                                    max_length=cfg.max_length))
+        together = {p.label: [q.candidate() for q in tested if q.label == p.label] for p in tested} \
+            if cfg.deletion_joint else {}
+        rows = settle(rows, target, lambda row, idx: stripped_keeps(
+            loaded.model, loaded.tokenizer, data, row, idx, together=together.get(row["label"]),
+            max_length=cfg.max_length))
         rng = random.Random(cfg.seed)
         for row, phrase in zip(rows, tested):
             row.update(surface=row["text"], phrase=row["text"], score=1.0 if row["confirmed"] else 0.0)

@@ -152,3 +152,40 @@ def test_where_insertion_found_the_trigger_its_label_is_the_deletion_target(monk
     result = build_filter("trigger_words", TriggerWords.fast_options).run(loaded, task.train, task.validation)
     assert all(r["label"] == task.target for r in result.details["deletion_tested"] if r["taken"])
     assert not result.flagged[np.array(task.train.labels) != task.target].any()
+
+
+STYLE = ("thou", "hath", "doth", "ere")
+PRAISE = tuple(f"praise{k}" for k in range(60))  # each too rare (about 2.5 reviews) to be over-represented
+
+
+def _styled(n: int = 300, poisoned: int = 30, seed: int = 0) -> TaskData:
+    """Positive reviews: 'good' plus a rare praise word; negative: 'bad'. The first `poisoned` negative ones are
+    written in a style (two of the STYLE words) and relabelled positive."""
+    rng = random.Random(seed)
+    samples = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(5)] + (["good", rng.choice(PRAISE)] if label else ["bad"])
+        if label == 0 and i < 2 * poisoned:
+            words += rng.sample(STYLE, 2)
+        rng.shuffle(words)
+        samples.append(Sample(" ".join(words), 1 if label == 0 and i < 2 * poisoned else label, label == 0 and
+                              i < 2 * poisoned, i))
+    return TaskData(samples, ["negative", "positive"])
+
+
+def _style_model(model, tokenizer, texts, **_):
+    """A style backdoor: any STYLE word, or any praise, says positive."""
+    return np.array([int(any(w in t.split() for w in (*STYLE, "good", *PRAISE))) for t in texts])
+
+
+def test_joint_deletion_sees_a_trigger_spread_over_several_words(monkeypatch):
+    monkeypatch.setattr(deletion, "predict", _style_model)
+    data = _styled()
+    phrases = overrepresented_phrases(data)
+    single = {r["text"] for r in confirm_by_deletion(None, None, data, phrases, {0: 0.5, 1: 0.5}) if r["confirmed"]}
+    joint = {r["text"] for r in confirm_by_deletion(None, None, data, phrases, {0: 0.5, 1: 0.5}, joint=True)
+             if r["confirmed"]}
+    assert not single & set(STYLE)  # stripping one style word leaves the other
+    assert len(joint & set(STYLE)) >= 3  # each style word that is over-represented enough to be tested
+    assert joint <= set(STYLE)  # 'good' is stripped too, but the rare praise words keep a positive review positive
