@@ -1,7 +1,9 @@
 """The default filter (trigger_words, with its deletion test) on zoo entries: recall and clean kept against the
 ground-truth flags (read only here, to score), how many samples the deletion test added, and the seconds.
 
-    PYTHONPATH=. python benchmarks/experiments/deletion/filter_table.py ENTRY [ENTRY ...]
+    PYTHONPATH=. python benchmarks/experiments/deletion/filter_table.py ENTRY [ENTRY ...] [OPTION=VALUE ...]
+
+OPTION=VALUE arguments are trigger_words options (for example deletion_joint=true).
 """
 import sys
 import time
@@ -13,14 +15,17 @@ from purify.checkpoint import load_checkpoint
 from purify.filters import build_filter
 from purify.metrics import detection_metrics
 
+options = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+entries = [a for a in sys.argv[1:] if "=" not in a]
+print(f"options: {options or 'defaults'}")
 print("| entry | removed | recall | clean kept | confirmed by deletion (label, position, carriers) | seconds |")
 print("|---|---|---|---|---|---|")
-for name in sys.argv[1:]:
+for name in entries:
     entry = _entry(name)
     train, trusted = entry.load("train"), entry.load("trusted")
     loaded = load_checkpoint(entry.model_dir, task="classification")
     started = time.time()
-    result = build_filter("trigger_words", {}).run(loaded, train, trusted)
+    result = build_filter("trigger_words", options).run(loaded, train, trusted)
     seconds = time.time() - started
     truth = np.array([bool(s.poisoned) for s in train.samples])
     m = detection_metrics(result.scores, truth, result.flagged)
