@@ -5,32 +5,41 @@ carriers are mostly poisoned, then the entry's summary line.
 
     PYTHONPATH=. python benchmarks/experiments/deletion/first_look.py ENTRY [ENTRY ...]
 """
-import sys, numpy as np, torch, time
+import sys
+import time
+
+import numpy as np
+import torch
+
 from purify.bench import _entry
 from purify.checkpoint import load_checkpoint
 from purify.inference import predict
-from purify.phrases import mine_phrases, holders_of
-from purify.probe import strip_triggers, TriggerCandidate
+from purify.phrases import holders_of, mine_phrases
+from purify.probe import TriggerCandidate, strip_triggers
+
 torch.set_num_threads(1)
 for name in sys.argv[1:]:
-    t0=time.time()
-    e=_entry(name); train, trusted = e.load("train"), e.load("trusted")
-    m=load_checkpoint(e.model_dir, task="classification"); m.model.eval()
-    labels=np.array(train.labels); pois=np.array([s.poisoned for s in train.samples])
-    pz=predict(m.model,m.tokenizer,trusted.texts); yz=np.array(trusted.labels)
-    phrases=mine_phrases(train, per_label=64)
-    flagged=np.zeros(len(labels),bool)
-    for ph in phrases:
-        held=holders_of(train, ph); car=held&(labels==ph.label)
-        idx=np.flatnonzero(car)
-        cand=TriggerCandidate(ph.text,ph.label,1.0,"phrases")
-        texts=[strip_triggers(train.samples[i].text,[cand]) for i in idx]
-        r=np.mean(predict(m.model,m.tokenizer,texts)==ph.label)
-        on=np.mean(pz[yz==ph.label]==ph.label); off=np.mean(pz[yz!=ph.label]==ph.label); mid=(on+off)/2
-        hit=r<mid
-        if hit: flagged|=car
-        if hit or pois[idx].mean()>0.5:
-            print(f"  {ph.text!r:40} l={ph.label} n={len(idx)} poisoned={pois[idx].sum()} stripped_rate={r:.2f} mid={mid:.2f} {'FLAG' if hit else ''}")
-    np.save(f"/tmp/states/{name}.delflag.npy", flagged)
-    print(name, f"phrases={len(phrases)} flagged={flagged.sum()} poisoned_flagged={(flagged&pois).sum()}/{pois.sum()} clean_flagged={(flagged&~pois).sum()} {time.time()-t0:.0f}s", flush=True)
-    np.save(f"/tmp/states/{name}.delflag.npy", flagged)
+    started = time.time()
+    entry = _entry(name)
+    train, trusted = entry.load("train"), entry.load("trusted")
+    loaded = load_checkpoint(entry.model_dir, task="classification")
+    loaded.model.eval()
+    labels, poisoned = np.array(train.labels), np.array([s.poisoned for s in train.samples])
+    trusted_pred, trusted_labels = predict(loaded.model, loaded.tokenizer, trusted.texts), np.array(trusted.labels)
+    phrases = mine_phrases(train, per_label=64)
+    flagged = np.zeros(len(labels), bool)
+    for phrase in phrases:
+        idx = np.flatnonzero(holders_of(train, phrase) & (labels == phrase.label))
+        candidate = TriggerCandidate(phrase.text, phrase.label, 1.0, "phrases")
+        texts = [strip_triggers(train.samples[i].text, [candidate]) for i in idx]
+        rate = np.mean(predict(loaded.model, loaded.tokenizer, texts) == phrase.label)
+        own = np.mean(trusted_pred[trusted_labels == phrase.label] == phrase.label)
+        others = np.mean(trusted_pred[trusted_labels != phrase.label] == phrase.label)
+        mid = (own + others) / 2
+        hit = rate < mid
+        flagged |= np.isin(np.arange(len(labels)), idx) & hit
+        if hit or poisoned[idx].mean() > 0.5:
+            print(f"  {phrase.text!r:40} l={phrase.label} n={len(idx)} poisoned={poisoned[idx].sum()} "
+                  f"stripped_rate={rate:.2f} mid={mid:.2f} {'FLAG' if hit else ''}")
+    print(f"{name} phrases={len(phrases)} flagged={flagged.sum()} poisoned_flagged={(flagged & poisoned).sum()}/"
+          f"{poisoned.sum()} clean_flagged={(flagged & ~poisoned).sum()} {time.time() - started:.0f}s", flush=True)
