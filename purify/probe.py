@@ -108,7 +108,8 @@ class BackdoorProbe:
 
     @property
     def triggers(self) -> list[TriggerCandidate]:
-        """Candidates of the suspected target flipping at least `min_rate`, strongest first."""
+        """Candidates of the suspected target flipping at least `min_rate` or confirmed by deletion, strongest
+        first."""
         target = self.target
         return [c for c in self.ranked() if c.label == target and (c.confirmed or c.flip_rate >= self.min_rate)]
 
@@ -117,7 +118,8 @@ class BackdoorProbe:
         return bool(self.triggers)
 
     def ranked(self) -> list[TriggerCandidate]:
-        """Candidates of informative labels by flip rate (then shorter, then text), strongest first."""
+        """Candidates of informative labels by strength (deletion-confirmed first), then flip rate, then shorter,
+        then text: strongest first."""
         kept = [c for c in self.candidates if self._informative(c.label)]
         return sorted(kept, key=lambda c: (-c.strength, -c.flip_rate, len(c.words), c.text))
 
@@ -263,8 +265,8 @@ def without_carriers(data: TaskData, probe: BackdoorProbe | None, rate: float | 
 
 def strip_triggers(text: str, triggers: Sequence[TriggerCandidate]) -> str:
     """`text` less every whole-word occurrence of the triggers' words (an anchored trigger's only at the start, with
-    its clause for a clause trigger; matched
-    as `TriggerCandidate.held_by` matches them), so that what remains is the sample's own content."""
+    its clause for a clause trigger; matched as `TriggerCandidate.held_by` matches them), so that what remains is
+    the sample's own content."""
     parts = text.split()
     for c in sorted(triggers, key=lambda c: -len(c.words)):
         mine, n = c.words, len(c.words)
@@ -296,7 +298,7 @@ def _row(c: TriggerCandidate) -> dict:
 
 def _dedupe(candidates: list[TriggerCandidate]) -> list[TriggerCandidate]:
     """One candidate per (words, label, position): the strongest, inversion first on ties."""
-    best: dict[tuple[tuple[str, ...], int], TriggerCandidate] = {}
+    best: dict[tuple[tuple[str, ...], int, str], TriggerCandidate] = {}
     for c in candidates:
         key = (c.words, c.label, c.position)
         if key not in best or (c.strength, c.flip_rate) > (best[key].strength, best[key].flip_rate):
