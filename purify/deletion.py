@@ -25,6 +25,7 @@ from torch import nn
 from .data import TaskData
 from .inference import MAX_LENGTH, predict
 from .inversion import word_sequence
+from .phrases import surface_of
 from .probe import TriggerCandidate, strip_triggers
 
 
@@ -90,22 +91,12 @@ def overrepresented_phrases(data: TaskData, *, min_count: int = 5, min_z: float 
             best[key] = (gram, label, float(counts[label] / n), float(z[label]), idx[0], n)
     found: dict[int, list[Overrepresented]] = defaultdict(list)
     for (position, words), label, share, z, first, n in best.values():
-        surface = _surface(data.samples[first].text, words, position != "anywhere")
+        surface = surface_of(data.samples[first].text, words, at_start=position != "anywhere")
         found[label].append(Overrepresented(surface, label, position, n, share, z))
     out = []
     for label in sorted(found):
         out += sorted(found[label], key=lambda p: (-p.z, -p.count, p.text))[:per_label]
     return out
-
-
-def _surface(text: str, words: tuple[str, ...], anchored: bool) -> str:
-    """The whitespace-separated parts of `text` that spell `words` (at its start when anchored)."""
-    parts = [p for p in text.split() if word_sequence(p)]
-    starts = [0] if anchored else range(len(parts) - len(words) + 1)
-    for a in starts:
-        if word_sequence(" ".join(parts[a:a + len(words)])) == words:
-            return " ".join(parts[a:a + len(words)])
-    return " ".join(words)
 
 
 def label_midpoints(model: nn.Module, tokenizer, reference: TaskData, *,
@@ -117,6 +108,14 @@ def label_midpoints(model: nn.Module, tokenizer, reference: TaskData, *,
         own, others = pred[labels == label] == label, pred[labels != label] == label
         out[label] = (float(own.mean()) + (float(others.mean()) if len(others) else 0.0)) / 2
     return out
+
+
+def label_groups(phrases: list[Overrepresented]) -> dict[int, list[TriggerCandidate]]:
+    """Each label's tested phrases as candidates: what the joint mode strips together."""
+    groups: dict[int, list[TriggerCandidate]] = defaultdict(list)
+    for p in phrases:
+        groups[p.label].append(p.candidate())
+    return dict(groups)
 
 
 def _stripped(text: str, own: TriggerCandidate, together: list[TriggerCandidate] | None) -> str:
@@ -132,7 +131,7 @@ def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: li
     hold, for a trigger spread over many words, such as a style), the midpoint it is held to and whether it is
     confirmed. One batched prediction for all."""
     labels, rng = np.asarray(data.labels), np.random.default_rng(seed)
-    together = {p.label: [q.candidate() for q in phrases if q.label == p.label] for p in phrases} if joint else {}
+    together = label_groups(phrases) if joint else {}
     carriers, probed, drawn_of, texts = [], [], [], []
     for p in phrases:
         c = p.candidate()

@@ -72,18 +72,19 @@ def mine_phrases(data: TaskData, *, min_count: int = 5, purity: float = 0.95, ma
             by_samples[key] = (gram, int(top), top_count / len(idx))
     found: dict[int, list[Phrase]] = defaultdict(list)
     for idx, (gram, top, share) in by_samples.items():
-        found[top].append(Phrase(gram, top, len(idx), share, _surface(data.samples[idx[0]].text, gram)))
+        found[top].append(Phrase(gram, top, len(idx), share, surface_of(data.samples[idx[0]].text, gram)))
     out = []
     for label in sorted(found):
         out += sorted(found[label], key=lambda p: (-p.count, -len(p.words), p.words))[:per_label]
     return out
 
 
-def _surface(text: str, gram: tuple[str, ...]) -> str:
-    """The words of `text` that spell `gram`, as written (so a cased tokenizer sees the trigger's own case)."""
+def surface_of(text: str, gram: tuple[str, ...], *, at_start: bool = False) -> str:
+    """The words of `text` that spell `gram`, as written (so a cased tokenizer sees the trigger's own case); with
+    `at_start`, only its opening words."""
     parts = [p for p in text.split() if word_sequence(p)]
     n = len(gram)
-    for a in range(len(parts) - n + 1):
+    for a in ([0] if at_start else range(len(parts) - n + 1)):
         if word_sequence(" ".join(parts[a:a + n])) == gram:
             return " ".join(parts[a:a + n])
     return " ".join(gram)

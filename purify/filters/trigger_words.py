@@ -31,8 +31,8 @@ import numpy as np
 
 from ..checkpoint import LoadedModel
 from ..data import TaskData
-from ..deletion import (confirm_by_deletion, label_midpoints, overrepresented_phrases, settle, stripped_keeps,
-                        voted_label)
+from ..deletion import (confirm_by_deletion, label_groups, label_midpoints, overrepresented_phrases, settle,
+                        stripped_keeps, voted_label)
 from ..errors import ConfigError
 from ..inference import predict
 from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
@@ -148,8 +148,7 @@ class TriggerWords(DataFilter):
                                    probe_samples=cfg.probe_samples, seed=cfg.seed, joint=cfg.deletion_joint,
                                    max_length=cfg.max_length)
         target, labels = voted_label(rows) if target is None else target, np.asarray(data.labels)
-        together = {p.label: [q.candidate() for q in tested if q.label == p.label] for p in tested} \
-            if cfg.deletion_joint else {}
+        together = label_groups(tested) if cfg.deletion_joint else {}
         rows = settle(rows, target, lambda row, idx: stripped_keeps(
             loaded.model, loaded.tokenizer, data, row, idx, together=together.get(row["label"]),
             max_length=cfg.max_length))
