@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from purify.errors import ConfigError, DataError
-from purify.zoo import attacks as za
+from purify.zoo import syntactic as za
 from purify.zoo.attacks import (
     ATTACKS,
     Attack,
