@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.checkpoint import load_checkpoint
 from purify.inversion import SCREEN_SAMPLES, invert_triggers
 from purify.provenance import provenance
@@ -24,7 +24,7 @@ RATE = 0.9
 
 
 def measure(entry_name: str) -> dict:
-    entry = _entry(entry_name)
+    entry = entry_named(entry_name)
     loaded = load_checkpoint(entry.model_dir, task="classification")
     train = entry.load("train")
     out = {"entry": entry_name}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.checkpoint import load_checkpoint
 from purify.inference import labelled_batch, predict_logits
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    entry = _entry(args.entry)
+    entry = entry_named(args.entry)
     loaded = load_checkpoint(entry.model_dir)
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     texts = entry.load("validation").texts[:args.texts]

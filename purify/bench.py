@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .bench_pipeline import pipeline_cells, run_pipeline_cell
-from .bench_tables import finished, markdown_table, plot_suite, update_readme
+from .bench_tables import finished, markdown_table, plot_suite
 from .provenance import provenance
 
 
@@ -62,15 +62,11 @@ def _device_name() -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _entry(name: str):
-    from .zoo.build import ZooSpec, build_entry
-
-    return build_entry(ZooSpec.parse(name))
-
-
 def run_zoo_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed
     """Build (or reuse) a zoo entry and report its manifest's figures."""
-    entry = _entry(cell.entry)
+    from .zoo.build import entry_named
+
+    entry = entry_named(cell.entry)
     m = entry.manifest
     return {
         "clean_cacc": m["metrics"]["clean"]["cacc"], "clean_asr": m["metrics"]["clean"]["asr"],
@@ -92,13 +88,14 @@ CELL_EXTRAS = ("teacher", "teacher_val_accuracy", "best_epoch", "conflict_fracti
 
 
 def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed
-    """Run a strategy (or the clean fine-tuning baseline) on an entry; CACC/ASR before and after."""
+    """Run a strategy on an entry's flag-cleaned training split; CACC/ASR before and after."""
+    from .zoo.build import entry_named
     from .checkpoint import load_checkpoint
     from .device import seed_everything
     from .evaluate import evaluate_model
     from .registry import build_strategy
 
-    entry = _entry(cell.entry)
+    entry = entry_named(cell.entry)
     seed_everything(cell.seed)
     loaded = load_checkpoint(entry.model_dir)
     clean_test, triggered = entry.load("test_clean"), entry.load("test_triggered")
@@ -106,25 +103,15 @@ def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work`
     train, validation = _clean_training_data(entry, cell.seed)
     options = {k: v for k, v in cell.options.items() if not k.startswith("_")}  # "_label" names a variant
     started = time.time()
-    pruned = 0
-    if cell.method == "baseline_finetune":
-        from .training import TrainConfig, train_classifier
-
-        config = TrainConfig(**{"epochs": 2, "lr": 5e-5, "seed": cell.seed, "max_length": 64, **options})
-        train_classifier(loaded.model, loaded.tokenizer, train.texts, train.labels, config,
-                         val=(validation.texts, validation.labels), description="clean fine-tune")
-        model = loaded.model
-        extras = {}
-    else:
-        strategy = build_strategy(cell.method, {**options, "seed": cell.seed})
-        result = strategy.run(loaded, train, validation)
-        result.cleanup()  # a cell exports nothing: the strategy's temporary files can go now
-        model = result.model
-        pruned = sum(len(v) for v in result.pruned_heads.values())
-        extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()},
-                  **{k: result.extras[k] for k in CELL_EXTRAS if k in result.extras}}
-        if cell.suite == "w2s":
-            extras["trajectory"] = result.trajectory  # one record per epoch
+    strategy = build_strategy(cell.method, {**options, "seed": cell.seed})
+    result = strategy.run(loaded, train, validation)
+    result.cleanup()  # a cell exports nothing: the strategy's temporary files can go now
+    model = result.model
+    pruned = sum(len(v) for v in result.pruned_heads.values())
+    extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()},
+              **{k: result.extras[k] for k in CELL_EXTRAS if k in result.extras}}
+    if cell.suite == "w2s":
+        extras["trajectory"] = result.trajectory  # one record per epoch
     seconds = time.time() - started
     after = evaluate_model(model, loaded.tokenizer, clean_test, triggered, entry.target)
     return {
@@ -137,12 +124,13 @@ def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work`
 
 def run_filter_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work` is not needed
     """Score an entry's poisoned training set with a filter; detection metrics against the ground-truth flags."""
+    from .zoo.build import entry_named
     from .checkpoint import load_checkpoint
     from .filters import build_filter
     from .filters.per_sample import gradient_timings, token_lengths
     from .metrics import auroc, detection_metrics, length_matched_auroc
 
-    entry = _entry(cell.entry)
+    entry = entry_named(cell.entry)
     loaded = load_checkpoint(entry.model_dir)
     data = entry.load("train")
     trusted = entry.load("validation")
@@ -174,12 +162,13 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
     tune and canary configs, the rest to the strategy. The study lives in `work` until the cell finishes, so an
     interrupted cell resumes from its finished trials (the canary is planted again, deterministically).
     """
+    from .zoo.build import entry_named
     from .canary import CanaryConfig
     from .data import write_jsonl
     from .pipeline import PipelineConfig
     from .tune import TuneConfig, run_tune
 
-    entry = _entry(cell.entry)
+    entry = entry_named(cell.entry)
     train, _ = _clean_training_data(entry, cell.seed)
     options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
     trials = int(options.pop("trials", 12))
@@ -438,7 +427,6 @@ def write_outputs(suite: str, results: list[dict], out: Path, command: str) -> P
                   f"{units}. "
                   f"git {prov['git_hash']}.\n\n{table}")
     plot_suite(suite, results, out / f"{suite}.png")
-    update_readme(suite, table, out.resolve().parent / "README.md")  # benchmarks/ -> the repository's README
     return md
 
 

@@ -55,11 +55,12 @@ def _config(cell: Any, entry: Any, options: dict) -> Any:
 
 def run_pipeline_cell(cell: Any, work: Path) -> dict:
     """Run the pipeline on one entry; the cell record keeps the report's figures and where the time went."""
-    from .bench import _device_name, _entry, _peak_mb
+    from .bench import _device_name, _peak_mb
+    from .zoo.build import entry_named
     from .data import write_jsonl
     from .pipeline import run_pipeline
 
-    entry = _entry(cell.entry)
+    entry = entry_named(cell.entry)
     options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
     cfg = _config(cell, entry, options)
     data = entry.data_file("train")

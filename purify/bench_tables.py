@@ -1,4 +1,4 @@
-"""The benchmark's tables and plots: markdown per suite, the README block, and one figure per suite, all written
+"""The benchmark's tables and plots: markdown per suite and one figure per suite, all written
 from finished cell records (`purify.bench` runs the cells)."""
 from __future__ import annotations
 
@@ -141,20 +141,6 @@ def _tune_seconds(r: dict) -> str:
     known = [p for p in parts if p is not None]
     total = f"{sum(known):.0f}" + ("" if len(known) == len(parts) else "+?")
     return f"{total} = " + " + ".join("?" if p is None else f"{p:.0f}" for p in parts)
-
-
-def update_readme(suite: str, table: str, readme: Path) -> bool:
-    """Copy a suite's table into the README between `<!-- bench:SUITE -->` markers (if the README has them)."""
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    start, end = f"<!-- bench:{suite} -->", f"<!-- /bench:{suite} -->"
-    if start not in text or end not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}{end}{tail}")
-    return True
 
 
 def plot_suite(suite: str, results: list[dict], path: Path) -> None:

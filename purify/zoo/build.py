@@ -312,6 +312,11 @@ def build_entry(spec: ZooSpec, *, root: Path | None = None, force: bool = False,
     return open_entry(dest)
 
 
+def entry_named(name: str) -> ZooEntry:
+    """The zoo entry `name` (e.g. minilm-movie-badnets-p10-s0), built first when it is not cached yet."""
+    return build_entry(ZooSpec.parse(name))
+
+
 def open_entry(path_or_name: str | Path) -> ZooEntry:
     """A built entry, by folder or by name under the zoo root."""
     path = Path(path_or_name)

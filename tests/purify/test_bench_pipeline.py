@@ -44,9 +44,9 @@ def test_a_pipeline_cell_runs_what_a_user_runs(session_cache, tmp_path):
 
 
 def test_a_reference_row_runs_its_strategy_behind_the_default_filter(session_cache):
-    from purify.bench import _entry
+    from purify.zoo.build import entry_named
     from purify.pipeline import DEFAULT_FILTER
 
-    cfg = _config(Cell("pipeline", TINY_ENTRY, "retrain_base"), _entry(TINY_ENTRY), {"base": "scratch"})
+    cfg = _config(Cell("pipeline", TINY_ENTRY, "retrain_base"), entry_named(TINY_ENTRY), {"base": "scratch"})
     assert cfg.strategy == "retrain_base" and cfg.filter == DEFAULT_FILTER
     assert cfg.strategy_options == {"base": "scratch"} and cfg.trusted.endswith("trusted.jsonl")

@@ -9,7 +9,7 @@ import pickle
 import sys
 import time
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.cachedir import cache_root
 from purify.pipeline import run_filter
 from purify.checkpoint import load_checkpoint
@@ -18,7 +18,7 @@ from purify.registry import build_strategy
 import strategies.anchor_unlearn as au
 
 entry_name, options = sys.argv[1], json.loads(sys.argv[2])
-entry = _entry(entry_name)
+entry = entry_named(entry_name)
 loaded = load_checkpoint(entry.model_dir, task="classification")
 train, trusted = entry.load("train"), entry.load("trusted")
 test_clean, test_trig = entry.load("test_clean"), entry.load("test_triggered")

@@ -8,13 +8,13 @@ import pickle
 import sys
 
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.cachedir import cache_root
 from purify.checkpoint import load_checkpoint
 from purify.inference import predict
 
 for name in sys.argv[1:]:
-    entry = _entry(name)
+    entry = entry_named(name)
     kept, probe = pickle.loads((cache_root() / "diag" / f"{name}.filter.pkl").read_bytes())
     train = entry.load("train")
     kept_index = {s.index for s in kept.samples}

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.cachedir import cache_root
 from purify.checkpoint import load_checkpoint
 from purify.inference import labelled_batch
@@ -30,7 +30,7 @@ def states(loaded, texts):
 
 
 name = sys.argv[1]
-entry = _entry(name)
+entry = entry_named(name)
 kept, probe = pickle.loads((cache_root() / "diag" / f"{name}.filter.pkl").read_bytes())
 train, trusted = entry.load("train"), entry.load("trusted")
 loaded = load_checkpoint(entry.model_dir, task="classification")

@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.checkpoint import load_checkpoint
 from purify.inference import predict
 
-entry = _entry(sys.argv[1])
+entry = entry_named(sys.argv[1])
 for name, model_dir in [("backdoored", entry.model_dir), ("clean", entry.model_dir.parent / "clean_model")]:
     loaded = load_checkpoint(model_dir, task="classification")
     for split in ["trusted", "test_clean", "train"]:

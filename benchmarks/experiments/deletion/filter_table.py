@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.checkpoint import load_checkpoint
 from purify.filters import build_filter
 from purify.metrics import detection_metrics
@@ -21,7 +21,7 @@ print(f"options: {options or 'defaults'}")
 print("| entry | removed | recall | clean kept | confirmed by deletion (label, position, carriers) | seconds |")
 print("|---|---|---|---|---|---|")
 for name in entries:
-    entry = _entry(name)
+    entry = entry_named(name)
     train, trusted = entry.load("train"), entry.load("trusted")
     loaded = load_checkpoint(entry.model_dir, task="classification")
     started = time.time()

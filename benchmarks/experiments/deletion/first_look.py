@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from purify.bench import _entry
+from purify.zoo.build import entry_named
 from purify.checkpoint import load_checkpoint
 from purify.inference import predict
 from purify.phrases import holders_of, mine_phrases
@@ -20,7 +20,7 @@ from purify.probe import TriggerCandidate, strip_triggers
 torch.set_num_threads(1)
 for name in sys.argv[1:]:
     started = time.time()
-    entry = _entry(name)
+    entry = entry_named(name)
     train, trusted = entry.load("train"), entry.load("trusted")
     loaded = load_checkpoint(entry.model_dir, task="classification")
     loaded.model.eval()
