@@ -48,6 +48,13 @@ def _filter_names() -> str:
     return ", ".join(FILTERS.names())
 
 
+def _suite_names() -> list[str]:
+    """The registered benchmark suites (`--suite` choices)."""
+    from .bench.suites import SUITES
+
+    return SUITES.names()
+
+
 def _add_run(sub) -> None:
     """The `run` subcommand's arguments."""
     p = sub.add_parser("run", help="filter, purify and export one checkpoint")
@@ -202,8 +209,9 @@ def _add_report(sub) -> None:
 def _add_bench(sub) -> None:
     """The `bench` subcommand's arguments."""
     p = sub.add_parser("bench", help="run a benchmark matrix (resumable; finished cells are cached)")
-    p.add_argument("--suite", required=True, choices=("zoo", "pruning", "w2s", "filters", "tune", "pipeline"),
-                   help="which matrix: zoo entries, pruning strategies, w2s_distill variants, data filters, tune")
+    p.add_argument("--suite", required=True, choices=_suite_names(),
+                   help="which matrix: zoo entries, pruning strategies, w2s_distill variants, data filters, "
+                        "tune, or the pipeline as a user runs it")
     p.add_argument("--zoo", help="comma-separated zoo entries (default: the suite's matrix)")
     p.add_argument("--strategies", default="all", help="comma-separated methods, or all (default)")
     p.add_argument("--filters", help="comma-separated filters for --suite filters (default: all)")

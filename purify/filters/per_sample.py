@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -351,66 +350,3 @@ def gaussian_sketch(n: int, k: int, *, seed: int, device: torch.device | str = "
 def flatten(grads: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
     """Concatenate per-sample gradients of several parameters into (B, D) float32 rows, in `names` order."""
     return torch.cat([grads[n].reshape(grads[n].shape[0], -1).float() for n in names], dim=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing: batched per-sample gradients against their floor and a Python loop (issue 6's speed figures)
-
-
-def gradient_timings(loaded: LoadedModel, data: TaskData, targets: Sequence[str], *, batch_size: int = 16,
-                     max_length: int = MAX_LENGTH, loop_samples: int = 64) -> dict[str, float]:
-    """Milliseconds per sample for three ways of getting gradients of `targets` on the same samples.
-
-    vmap: the batched per-sample gradients the filters use. floor: one ordinary batched forward + backward per
-    batch (the summed loss: no per-sample gradients, the least any method can cost). loop: a Python loop of
-    single-sample forward + backward passes, each gradient copied out, on the first `loop_samples` samples.
-    Ratios vmap/floor and loop/vmap are included.
-    """
-    model = loaded.model
-    objective = sample_objective(loaded)
-    computer = PerSampleGradients(model, targets, objective)
-    batches = [sample_batch(loaded, data.subset(p.tolist()), max_length)
-               for p in length_sorted_batches(loaded, data, batch_size, max_length)]
-    params = dict(model.named_parameters())
-    flags = {n: p.requires_grad for n, p in params.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        for n, p in params.items():
-            p.requires_grad_(n in set(targets))
-
-        def batched_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            inputs = {k: v for k, v in batch.items()
-                      if k in ("input_ids", "token_type_ids", "attention_mask", "position_ids")}
-            logits = model(**inputs).logits
-            return torch.stack([objective(logits[i:i + 1], {k: v[i] for k, v in batch.items()})
-                                for i in range(len(logits))]).sum()
-
-        started = time.perf_counter()
-        for batch in batches:
-            computer(batch)
-        vmap_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        for batch in batches:
-            model.zero_grad(set_to_none=True)
-            batched_loss(batch).backward()
-        floor_s = time.perf_counter() - started
-
-        singles = [{k: v[i:i + 1] for k, v in batch.items()} for batch in batches for i in range(len(batch["mask4"]))]
-        singles = singles[:loop_samples]
-        started = time.perf_counter()
-        for one in singles:
-            model.zero_grad(set_to_none=True)
-            batched_loss(one).backward()
-            _ = [params[n].grad.detach().clone() for n in targets]
-        loop_s = time.perf_counter() - started
-    finally:
-        model.zero_grad(set_to_none=True)
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
-    n = len(data)
-    vmap_ms, floor_ms, loop_ms = 1000 * vmap_s / n, 1000 * floor_s / n, 1000 * loop_s / max(len(singles), 1)
-    return {"vmap_ms": vmap_ms, "floor_ms": floor_ms, "loop_ms": loop_ms, "vmap_over_floor": vmap_ms / floor_ms,
-            "loop_over_vmap": loop_ms / vmap_ms, "samples": n, "loop_samples": len(singles)}

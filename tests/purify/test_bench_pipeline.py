@@ -6,7 +6,7 @@ import json
 import pytest
 
 from purify.bench import Cell, run_suite, suite_cells
-from purify.bench_pipeline import MULTI_SEED, PIPELINE_ENTRIES, PIPELINE_ROWS, _config
+from purify.bench.pipeline import MULTI_SEED, PIPELINE_ENTRIES, PIPELINE_ROWS, _config
 
 TINY_ENTRY = "tiny-bert-sms-badnets-p10-s0"
 

@@ -11,13 +11,13 @@ from purify.data import Sample, TaskData
 from purify.errors import ConfigError
 from purify.filters import FILTERS, build_filter, get_filter
 from purify.filters.gradsentry import GradSentryConfig, default_target, spectral_entropy, top_singular_values
+from purify.bench.filters import gradient_timings
 from purify.filters.gradshield import GradShield, GradShieldConfig
 from purify.filters.trigger_words import TriggerWords
 from purify.filters.per_sample import (
     CountSketch,
     PerSampleGradients,
     flatten,
-    gradient_timings,
     resolve_matrix,
     resolve_parameters,
     sample_batch,

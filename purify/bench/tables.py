@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench_pipeline import pipeline_table
+from .pipeline import pipeline_table
 
 def finished(results: list[dict]) -> list[dict]:
     """The results of cells that ran to the end (not failed, not missing)."""

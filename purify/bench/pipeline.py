@@ -38,7 +38,7 @@ def pipeline_cells(cell_cls: type, entries: list[str] | None, methods: list[str]
 
 def _config(cell: Any, entry: Any, options: dict) -> Any:
     """The `purify run` configuration of a cell: options go to the strategy, "filter.KEY" ones to the filter."""
-    from .pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig
+    from ..pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig
 
     strategy = options.pop("strategy", DEFAULT_STRATEGY)
     filter_name = options.pop("filter", DEFAULT_FILTER if cell.method == "default" else "none")
@@ -55,10 +55,10 @@ def _config(cell: Any, entry: Any, options: dict) -> Any:
 
 def run_pipeline_cell(cell: Any, work: Path) -> dict:
     """Run the pipeline on one entry; the cell record keeps the report's figures and where the time went."""
-    from .bench import _device_name, _peak_mb
-    from .zoo.build import entry_named
-    from .data import write_jsonl
-    from .pipeline import run_pipeline
+    from ..zoo.build import entry_named
+    from .matrix import _device_name, _peak_mb
+    from ..data import write_jsonl
+    from ..pipeline import run_pipeline
 
     entry = entry_named(cell.entry)
     options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
@@ -145,7 +145,7 @@ def _commit(r: dict) -> str:
 
 def _spread_row(rows: list[dict]) -> str:
     """Mean ± sample standard deviation over the seeds of one entry and row."""
-    from .bench_tables import mean_sd
+    from .tables import mean_sd
 
     def ms(key: str) -> str:
         return mean_sd([r.get(key) for r in rows])
