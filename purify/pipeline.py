@@ -1,13 +1,17 @@
-"""The main job: safe load, filter the untrusted data, run one strategy on clean data, export, report."""
+"""The main job: safe load, filter the untrusted data, run one strategy on clean data, export, report.
+
+`run_pipeline` is a short sequence of the public steps below; `purify tune` composes the same steps around its
+study, so both purify alike.
+"""
 from __future__ import annotations
 
 import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import TaskData, load_task_data, split_samples
@@ -21,6 +25,13 @@ from .plots import render_report_plots
 from .registry import build_strategy
 from .terminal import warn
 from .verdict import judge
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .filters.base import FilterResult
+    from .probe import BackdoorProbe
+    from .registry import Strategy, StrategyResult
 
 #: the rule: lowest trigger lift at a CACC drop <= 1 point, speed breaking ties (benchmarks/pipeline.md and the
 #: README say what was measured)
@@ -76,9 +87,20 @@ def _read(path: str, loaded: LoadedModel, cfg: PipelineConfig) -> TaskData:
                           label_names=_label_names(loaded))
 
 
-def load_inputs(model_dir: str | Path, data_path: str | Path, cfg: PipelineConfig
-                ) -> tuple[LoadedModel, TaskData, TaskData | None]:
-    """The suspicious classifier, its untrusted task data and the optional trusted data (labels by the model)."""
+@dataclass
+class Inputs:
+    """What a run reads: the suspicious model, the untrusted data, the optional trusted data and test files."""
+
+    loaded: LoadedModel
+    data: TaskData
+    trusted: TaskData | None = None
+    clean_test: TaskData | None = None
+    triggered: TaskData | None = None
+
+
+def load_inputs(model_dir: str | Path, data_path: str | Path, cfg: PipelineConfig, *, tests: bool = True) -> Inputs:
+    """The suspicious classifier and the data files `cfg` names, labels named by the model (`tests`: the test files
+    too, which `purify tune`'s study never reads)."""
     loaded = load_checkpoint(model_dir, allow_pickle=cfg.allow_pickle)
     if loaded.task != "classification":
         raise ConfigError("purify purifies sequence classifiers; this checkpoint is a causal LM")
@@ -86,11 +108,15 @@ def load_inputs(model_dir: str | Path, data_path: str | Path, cfg: PipelineConfi
     trusted = _read(cfg.trusted, loaded, cfg) if cfg.trusted else None
     if (warning := data.one_class_warning()) is not None:
         warn(warning)
-    return loaded, data, trusted
+    inputs = Inputs(loaded, data, trusted)
+    if tests:
+        inputs.clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
+        inputs.triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
+    return inputs
 
 
 def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, trusted: TaskData | None, *,
-               seed: int | None = None):
+               seed: int | None = None) -> FilterResult | None:
     """Run filter `name` (None for "none"), seeded with `seed` when given; imported lazily so the pipeline works
     while filters load."""
     if name == "none":
@@ -99,6 +125,28 @@ def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, tr
 
     options = options if seed is None else {**options, "seed": seed}
     return build_filter(name, options).run(loaded, data, trusted=trusted)
+
+
+def kept_data(filtered: FilterResult | None, data: TaskData, cfg: PipelineConfig, data_path: str | Path) -> TaskData:
+    """The samples the filter kept (all of them without a filter); refuses a filter that kept none."""
+    kept = filtered.kept if filtered is not None else data
+    if not len(kept):
+        raise DataError(f"filter {cfg.filter} removed all {len(data)} samples of {data_path}: nothing is left to "
+                        "train on (check its threshold, or use --filter none)")
+    return kept
+
+
+def split_data(kept: TaskData, trusted: TaskData | None, cfg: PipelineConfig, data_path: str | Path
+               ) -> tuple[TaskData, TaskData]:
+    """Training and validation data: the kept samples and the trusted set, else a seeded split of the kept ones."""
+    if trusted is not None:
+        return kept, trusted
+    parts = split_samples(kept.samples, [1 - cfg.val_fraction, cfg.val_fraction], seed=cfg.seed)
+    train, validation = TaskData(parts[0], kept.label_names), TaskData(parts[1], kept.label_names)
+    if not len(train) or not len(validation):
+        raise DataError(f"{len(kept)} samples of {data_path} are too few to split into training and validation "
+                        "data; give more data or a --trusted validation set")
+    return train, validation
 
 
 def _figures(ev: Evaluation) -> str:
@@ -111,126 +159,156 @@ def _figures(ev: Evaluation) -> str:
     return text
 
 
-#: `run_pipeline(filtered=...)` default: run the configured filter
-RUN_FILTER: Any = object()
+# -- the steps of one run ---------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One purification under way: what its steps share (config, strategy, inputs) and the report they fill in."""
+
+    model_dir: str | Path
+    data_path: str | Path
+    out_dir: str | Path
+    cfg: PipelineConfig
+    strategy: Strategy
+    inputs: Inputs
+    log: Callable[[str], None]
+    started: float
+    threads: int  # torch threads in force
+    floor: float  # seconds of one forward+backward epoch over the data: the unit of the report's compute block
+    report: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    probe: BackdoorProbe | None = None  # the filter's findings, set by `apply_strategy`
 
 
-def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig,
-                 *, log=print, filtered: Any = RUN_FILTER, report_extra: Mapping[str, Any] | None = None,
-                 extra_files: Mapping[str, Path] | None = None) -> dict:
-    """Purify `model_dir` with `cfg` using the untrusted data at `data_path`; write the export to `out_dir`.
-
-    `filtered` is a filter result already computed on the same model and data (None: no filter), so a caller
-    that filtered once (`purify tune`) does not pay for it twice; `report_extra` is merged into the report
-    before the plots are drawn, and `extra_files` are copied into the export folder.
-    """
+def start_run(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig, *,
+              log: Callable[[str], None] = print) -> Run:
+    """Check the config and `out_dir` (before any work: a bad --out costs nothing), build the strategy, seed, load."""
     cfg.validate()
-    check_run_destination(model_dir, data_path, out_dir, cfg)  # before any work: a bad --out costs nothing
+    check_run_destination(model_dir, data_path, out_dir, cfg)
     strategy = build_strategy(cfg.strategy, {**cfg.strategy_options, "seed": cfg.seed})
-    timings: dict[str, float] = {}
     started = time.time()
     seed_everything(cfg.seed)
     pause_point("load")
-    loaded, data, trusted = load_inputs(model_dir, data_path, cfg)
-    clean_test = _read(cfg.eval_clean, loaded, cfg) if cfg.eval_clean else None
-    triggered = _read(cfg.eval_triggered, loaded, cfg) if cfg.eval_triggered else None
-    timings["load"] = time.time() - started
-    report_threads = set_threads(cfg.threads)
-    floor = epoch_floor_seconds(loaded.model, loaded.tokenizer, data.texts, data.labels, seed=cfg.seed)
-
+    inputs = load_inputs(model_dir, data_path, cfg)
+    timings = {"load": time.time() - started}
+    threads = set_threads(cfg.threads)
+    floor = epoch_floor_seconds(inputs.loaded.model, inputs.loaded.tokenizer, inputs.data.texts, inputs.data.labels,
+                                seed=cfg.seed)
     report: dict[str, Any] = {
         "model": str(model_dir), "data": str(data_path), "seed": cfg.seed, "pipeline": asdict(cfg),
         "strategy": {"name": cfg.strategy, "config": strategy.config.to_dict()},
     }
-    before = None
-    if clean_test is not None:
-        t0 = time.time()
-        before = evaluate_model(loaded.model, loaded.tokenizer, clean_test, triggered, cfg.target, progress=True)
-        timings["eval_before"] = time.time() - t0
-        log(f"[purify] before: {_figures(before)}")
+    return Run(model_dir, data_path, out_dir, cfg, strategy, inputs, log, started, threads, floor, report, timings)
 
+
+def evaluate_run(run: Run, model: nn.Module, when: str) -> Evaluation | None:
+    """The model's figures on the test files (None without --eval-clean), timed as ``eval_<when>`` and logged."""
+    if run.inputs.clean_test is None:
+        return None
     t0 = time.time()
-    if filtered is RUN_FILTER:
-        filtered = run_filter(cfg.filter, cfg.filter_options, loaded, data, trusted, seed=cfg.seed)
-    timings["filter"] = time.time() - t0
-    kept = filtered.kept if filtered is not None else data
-    if not len(kept):
-        raise DataError(f"filter {cfg.filter} removed all {len(data)} samples of {data_path}: nothing is left to "
-                        "train on (check its threshold, or use --filter none)")
-    if filtered is not None:
-        report["filter"] = filtered.summary()
-        flags = [s.poisoned for s in data.samples]
-        if all(f is not None for f in flags):  # ground truth shipped with zoo data: for the report only
-            report["filter"]["ground_truth"] = {
-                "poisoned": sum(flags),
-                "removed_poisoned": int(sum(bool(f) and bool(r) for f, r in zip(flags, filtered.flagged))),
-            }
-        log(f"[purify] filter {cfg.filter}: kept {len(kept)} of {len(data)} samples "
+    ev = evaluate_model(model, run.inputs.loaded.tokenizer, run.inputs.clean_test, run.inputs.triggered,
+                        run.cfg.target, progress=True)
+    run.timings[f"eval_{when}"] = time.time() - t0
+    run.log(f"[purify] {when}: {_figures(ev)}")
+    return ev
+
+
+def record_filter(run: Run, filtered: FilterResult | None, seconds: float) -> TaskData:
+    """Report what the filter (which took `seconds`) removed, with the ground truth where zoo data ships it; return
+    the samples it kept."""
+    data = run.inputs.data
+    run.timings["filter"] = seconds
+    kept = kept_data(filtered, data, run.cfg, run.data_path)
+    if filtered is None:
+        run.report["filter"] = {"method": "none", "n": len(data), "n_kept": len(data), "n_removed": 0}
+        return kept
+    block = run.report["filter"] = filtered.summary()
+    flags = [s.poisoned for s in data.samples]
+    if all(f is not None for f in flags):  # ground truth shipped with zoo data: for the report only
+        block["ground_truth"] = {
+            "poisoned": sum(flags),
+            "removed_poisoned": int(sum(bool(f) and bool(r) for f, r in zip(flags, filtered.flagged))),
+        }
+    run.log(f"[purify] filter {run.cfg.filter}: kept {len(kept)} of {len(data)} samples "
             f"(threshold {filtered.threshold:.4g}, {filtered.threshold_method})")
-    else:
-        report["filter"] = {"method": "none", "n": len(data), "n_kept": len(data), "n_removed": 0}
+    return kept
 
-    if trusted is not None:
-        train, validation = kept, trusted
-    else:
-        parts = split_samples(kept.samples, [1 - cfg.val_fraction, cfg.val_fraction], seed=cfg.seed)
-        train, validation = TaskData(parts[0], kept.label_names), TaskData(parts[1], kept.label_names)
-        if not len(train) or not len(validation):
-            raise DataError(f"{len(kept)} samples of {data_path} are too few to split into training and validation "
-                            "data; give more data or a --trusted validation set")
 
+def apply_strategy(run: Run, train: TaskData, validation: TaskData, filtered: FilterResult | None
+                   ) -> StrategyResult:
+    """Run the strategy on the clean training data, handing it the filter's probe, measured before and after."""
+    loaded, seed = run.inputs.loaded, run.cfg.seed
     probe = filtered.probe if filtered is not None else None
     if probe is not None:
         probe = replace(probe, flagged=filtered.removed)  # the removed samples travel with the findings
-        report["probe"] = {**probe.summary(), "before": probe.measure(loaded.model, loaded.tokenizer, validation,
-                                                                      seed=cfg.seed)}
-        log(f"[purify] backdoor probe ({probe.source}): {probe.describe(kept.label_names)}")
+        run.report["probe"] = {**probe.summary(), "before": probe.measure(loaded.model, loaded.tokenizer, validation,
+                                                                          seed=seed)}
+        run.log(f"[purify] backdoor probe ({probe.source}): {probe.describe(train.label_names)}")
+    run.probe = probe
     t0 = time.time()
-    log(f"[purify] strategy {cfg.strategy} on {len(train)} clean training and {len(validation)} validation samples")
+    run.log(f"[purify] strategy {run.cfg.strategy} on {len(train)} clean training and {len(validation)} validation "
+            "samples")
     pause_point("strategy")
-    result = strategy.run(loaded, train, validation, probe=probe)
-    timings["strategy"] = time.time() - t0
-    report["result"] = result.summary()
+    result = run.strategy.run(loaded, train, validation, probe=probe)
+    run.timings["strategy"] = time.time() - t0
+    run.report["result"] = result.summary()
     if probe is not None:
-        report["probe"]["after"] = probe.measure(result.model, loaded.tokenizer, validation, seed=cfg.seed)
-    report.update(report_extra or {})
+        run.report["probe"]["after"] = probe.measure(result.model, loaded.tokenizer, validation, seed=seed)
+    return result
 
-    if clean_test is not None:
-        t0 = time.time()
-        after = evaluate_model(result.model, loaded.tokenizer, clean_test, triggered, cfg.target, progress=True)
-        timings["eval_after"] = time.time() - t0
-        report["metrics"] = {"before": before.to_dict(), "after": after.to_dict()}
-        log(f"[purify] after: {_figures(after)}")
-    verdict = judge((report.get("metrics") or {}).get("after"),
-                    report["probe"]["after"] if probe is not None and probe.found else None)
-    report["verdict"] = verdict.to_dict()
-    log(f"[purify] {'WARNING: ' if verdict.survived else ''}verdict {verdict.status}: {verdict.evidence}")
 
+def judge_run(run: Run, result: StrategyResult, before: Evaluation | None) -> None:
+    """Evaluate the purified model and judge from its figures (or the probe's) whether the backdoor survived."""
+    after = evaluate_run(run, result.model, "after")
+    if after is not None:
+        run.report["metrics"] = {"before": before.to_dict(), "after": after.to_dict()}
+    found = run.probe is not None and run.probe.found
+    verdict = judge(after.to_dict() if after is not None else None, run.report["probe"]["after"] if found else None)
+    run.report["verdict"] = verdict.to_dict()
+    run.log(f"[purify] {'WARNING: ' if verdict.survived else ''}verdict {verdict.status}: {verdict.evidence}")
+
+
+def export_run(run: Run, result: StrategyResult, filtered: FilterResult | None, *,
+               extra_files: Mapping[str, Path] | None = None) -> dict:
+    """Export the purified model with the filter scores, the plots and `extra_files`; return the saved report."""
+    report, timings = run.report, run.timings
     with result, tempfile.TemporaryDirectory() as extra:  # `result` deletes its temporary files on the way out
-        extra_files = {**dict(result.files), **dict(extra_files or {})}
+        files = {**dict(result.files), **dict(extra_files or {})}
         extra_dir = Path(extra)
         scores = None
         if filtered is not None:
             scores = filtered.scores
             scores_path = extra_dir / FILTER_SCORES_FILE
             with open(scores_path, "w") as fh:
-                for sample, score, flag in zip(data.samples, filtered.scores, filtered.flagged):
+                for sample, score, flag in zip(run.inputs.data.samples, filtered.scores, filtered.flagged):
                     fh.write(json.dumps({"index": sample.index, "score": float(score), "removed": bool(flag)}) + "\n")
-            extra_files[FILTER_SCORES_FILE] = scores_path
+            files[FILTER_SCORES_FILE] = scores_path
         for plot in render_report_plots(report, extra_dir, scores):
-            extra_files[plot.name] = plot
-        timings["total_before_export"] = time.time() - started
+            files[plot.name] = plot
+        timings["total_before_export"] = time.time() - run.started
         report["timings"] = {k: round(v, 2) for k, v in timings.items()}
-        report["compute"] = {"threads": report_threads, "epoch_floor_seconds": round(floor, 2),
-                             "timings_in_floors": in_floors(timings, floor)}
-        t0 = time.time()
+        report["compute"] = {"threads": run.threads, "epoch_floor_seconds": round(run.floor, 2),
+                             "timings_in_floors": in_floors(timings, run.floor)}
         outcome = export_checkpoint(
-            result.model, loaded.tokenizer, out_dir, pruned_heads=result.pruned_heads,
-            metadata={"strategy": cfg.strategy, "strategy_config": strategy.config.to_dict(),
+            result.model, run.inputs.loaded.tokenizer, run.out_dir, pruned_heads=result.pruned_heads,
+            metadata={"strategy": run.cfg.strategy, "strategy_config": run.strategy.config.to_dict(),
                       "filter": report["filter"]},
-            report=report, overwrite=cfg.overwrite, extra_files=extra_files,
+            report=report, overwrite=run.cfg.overwrite, extra_files=files,
         )
-    report["export"] = {"verify": outcome.__dict__, "path": str(out_dir), "seconds": round(time.time() - t0, 2)}
-    log(f"[purify] {outcome.message}; wrote {out_dir}")
-    saved = json.loads((Path(out_dir) / REPORT_FILE).read_text())
-    return saved
+    run.log(f"[purify] {outcome.message}; wrote {run.out_dir}")
+    return json.loads((Path(run.out_dir) / REPORT_FILE).read_text())
+
+
+def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, cfg: PipelineConfig, *,
+                 log: Callable[[str], None] = print) -> dict:
+    """Purify `model_dir` with `cfg` using the untrusted data at `data_path`; export to `out_dir`, return the report."""
+    run = start_run(model_dir, data_path, out_dir, cfg, log=log)
+    before = evaluate_run(run, run.inputs.loaded.model, "before")
+    t0 = time.time()
+    inputs = run.inputs
+    filtered = run_filter(cfg.filter, cfg.filter_options, inputs.loaded, inputs.data, inputs.trusted, seed=cfg.seed)
+    kept = record_filter(run, filtered, time.time() - t0)
+    train, validation = split_data(kept, inputs.trusted, cfg, data_path)
+    result = apply_strategy(run, train, validation, filtered)
+    judge_run(run, result, before)
+    return export_run(run, result, filtered)

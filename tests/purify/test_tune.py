@@ -15,7 +15,9 @@ from purify.pipeline import PipelineConfig
 from purify.plots import TUNE_TRADEOFF
 from purify.registry import StrategyConfig, available_strategies
 from purify.testing.tiny_task import tiny_backdoored
-from purify.tune import TUNE_DB, TuneConfig, choose, pareto_front, run_tune, suggest, validate_search_space
+from purify.knobs import suggest, validate_search_space
+from purify.study import choose, pareto_front
+from purify.tune import TUNE_DB, TuneConfig, run_tune
 
 TINY_CANARY = dict(lr=3e-3, epochs=10, poison_rate=0.15, max_length=32, max_cacc_drop=0.1)
 FAST = {"val_samples": "64", "score_samples": "64"}  # gradient_prune on the tiny task
@@ -147,7 +149,7 @@ def test_study_runs_resumes_from_sqlite_and_its_best_knobs_reach_the_strategy(ti
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tune_module, "run_pipeline", interrupted)
+    monkeypatch.setattr(tune_module, "start_run", interrupted)  # stopped after the study, before the final run
     with pytest.raises(KeyboardInterrupt):
         _tune(tiny_files, out, trials=4)
     assert {CACHE_WEIGHTS, CACHE_META, TUNE_DB} <= {p.name for p in out.iterdir()}
