@@ -18,6 +18,7 @@ from .export import REPORT_FILE, export_checkpoint
 from .floor import epoch_floor_seconds, in_floors, set_threads
 from .outputs import check_run_destination, pause_point
 from .plots import render_report_plots
+from .pruning import pruned_heads_of, report_summary
 from .registry import build_strategy
 from .terminal import warn
 from .verdict import judge
@@ -190,7 +191,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     pause_point("strategy")
     result = strategy.run(loaded, train, validation, probe=probe)
     timings["strategy"] = time.time() - t0
-    report["result"] = result.summary()
+    report["result"] = report_summary(result)
     if probe is not None:
         report["probe"]["after"] = probe.measure(result.model, loaded.tokenizer, validation, seed=cfg.seed)
     report.update(report_extra or {})
@@ -225,7 +226,7 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
                              "timings_in_floors": in_floors(timings, floor)}
         t0 = time.time()
         outcome = export_checkpoint(
-            result.model, loaded.tokenizer, out_dir, pruned_heads=result.pruned_heads,
+            result.model, loaded.tokenizer, out_dir, pruned_heads=pruned_heads_of(result),
             metadata={"strategy": cfg.strategy, "strategy_config": strategy.config.to_dict(),
                       "filter": report["filter"]},
             report=report, overwrite=cfg.overwrite, extra_files=extra_files,

@@ -46,6 +46,7 @@ from .export import REPORT_FILE
 from .inference import predict
 from .outputs import check_run_destination
 from .pipeline import PipelineConfig, load_inputs, run_filter, run_pipeline
+from .pruning import pruned_heads_of
 from .registry import StrategyConfig, build_strategy, get_strategy
 
 TUNE_DB = "tune_study.db"
@@ -440,7 +441,7 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
         trial.set_user_attr("cacc", cacc)
         trial.set_user_attr("cacc_drop", drop)
         trial.set_user_attr("feasible", feasible)
-        trial.set_user_attr("num_pruned", sum(len(v) for v in result.pruned_heads.values()))
+        trial.set_user_attr("num_pruned", sum(len(v) for v in pruned_heads_of(result).values()))
         if constrained and native_constraints:
             trial.set_constraint("cacc_drop", drop - tune.tolerance)
         best = best_feasible_asr() if constrained and tune.prune else None
