@@ -103,10 +103,6 @@ class EngineResult:
     final_accuracy: float
     trajectory: list[dict] = field(default_factory=list)
 
-    @property
-    def pruned_heads(self) -> dict[int, list[int]]:
-        return mask_to_pruned(self.mask)
-
 
 def prune_by_scores(
     evaluate: Callable[[torch.Tensor], float],
