@@ -216,4 +216,5 @@ class BayesPrune(PruningStrategy):
         }
         return HeadRanking(order_to_scores(order, ctx.gates.shape), order=order, facts=facts)
 
+
 register_strategy("bayes_prune", BayesPruneConfig, BayesPrune)

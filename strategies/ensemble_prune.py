@@ -121,4 +121,5 @@ class EnsemblePrune(PruningStrategy):
         }
         return HeadRanking(1.0 - shares, order=order, continue_after_guard=cfg.continue_after_guard, facts=facts)
 
+
 register_strategy("ensemble_prune", EnsemblePruneConfig, EnsemblePrune)

@@ -330,4 +330,5 @@ class RLPrune(PruningStrategy):
         return HeadRanking(scores, order=self._engine_order(order, scores), facts=facts,
                            files={"rl_policy.zip": str(policy_path)}, scratch=[scratch])
 
+
 register_strategy("rl_prune", RLPruneConfig, RLPrune)

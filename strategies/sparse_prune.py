@@ -196,4 +196,5 @@ class SparsePrune(PruningStrategy):
                     "group_norm_ratio": (scores / norms_before.clamp_min(EPS)).tolist()},
         )
 
+
 register_strategy("sparse_prune", SparsePruneConfig, SparsePrune)

@@ -135,4 +135,5 @@ class VariancePrune(PruningStrategy):
                            continue_after_guard=cfg.continue_after_guard,
                            facts={"attention_variance": variance.tolist(), "per_layer_budget": budget.tolist()})
 
+
 register_strategy("variance_prune", VariancePruneConfig, VariancePrune)

@@ -90,4 +90,3 @@ class StrategyConformance:
         if isinstance(result, PruningResult) and result.baseline_val_accuracy is not None:
             # the engine's own guard, on the validation subset it measured
             assert result.final_val_accuracy >= result.baseline_val_accuracy - guard - 1e-9
-
