@@ -8,8 +8,8 @@ a good guess for one that removes the unknown backdoor; `purify.tune` searches k
 
 The insertion itself reuses the zoo's attacks (`BadNetsAttack` with the canary's own tokens, `InsertSentAttack`
 with the canary's own sentence) and the planting reuses `purify.training.train_classifier`. The zoo's BadNets
-tokens (cf, mn, bb, tq) and its InsertSent sentence are never used: the canary must not be the very trigger a
-zoo model carries.
+tokens (cf, mn, bb, tq) and its InsertSent sentence are never used (`purify.canary_trigger` draws the trigger):
+the canary must not be the very trigger a zoo model carries.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,18 +25,14 @@ from pathlib import Path
 
 import torch
 
+from .canary_trigger import FAMILIES, data_words, draw_trigger
 from .checkpoint import LoadedModel
 from .data import Sample, TaskData, split_samples
 from .errors import CanaryError, ConfigError
 from .evaluate import evaluate_model
 from .training import TrainConfig, train_classifier
-from .zoo.attacks import Attack, BadNetsAttack, InsertSentAttack, poison_split, triggered_test
+from .zoo.attacks import Attack, BadNetsAttack, poison_split, triggered_test
 
-FAMILIES = ("rare_tokens", "sentence")
-#: words a canary never uses: the zoo's BadNets tokens and the words of its InsertSent sentence
-RESERVED_WORDS = frozenset(BadNetsAttack.DEFAULT_TRIGGERS) | frozenset(
-    re.findall(r"[a-z0-9]+", InsertSentAttack.DEFAULT_SENTENCE.lower()))
-_WORD = re.compile(r"[a-z0-9']+")
 #: a planted canary kept for a resumed `purify tune` (in its run folder, next to the study)
 CACHE_WEIGHTS = "tune_canary.safetensors"
 CACHE_META = "tune_canary.json"
@@ -150,90 +145,6 @@ class Canary:
         }
 
 
-# -- drawing a trigger ----------------------------------------------------------------------------------------
-
-def data_words(texts: Sequence[str]) -> set[str]:
-    """Lower-cased words of the texts (what a canary word must not be)."""
-    words: set[str] = set()
-    for text in texts:
-        words.update(_WORD.findall(text.lower()))
-    return words
-
-
-def vocabulary_words(tokenizer, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """Whole-word vocabulary entries (lower-case ASCII letters, 3 to 12 long), in vocabulary-id order.
-
-    WordPiece continuations (``##x``) and special tokens are skipped; a leading word-start marker (GPT-2's ``Ġ``,
-    SentencePiece's ``▁``) is stripped. Later ids are rarer in WordPiece and BPE vocabularies.
-    """
-    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    seen: set[str] = set()
-    words = []
-    for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        if token in specials or token.startswith("##"):
-            continue
-        word = token[1:] if token[:1] in ("Ġ", "▁") else token
-        if not (3 <= len(word) <= 12 and word.isascii() and word.isalpha() and word.islower()):
-            continue
-        if word in exclude or word in RESERVED_WORDS or word in seen:
-            continue
-        seen.add(word)
-        words.append(word)
-    return words
-
-
-def is_single_token_word(tokenizer, word: str) -> bool:
-    """True when `word`, written after another word, is exactly one known token (a whole-word token)."""
-    base = tokenizer.tokenize("a")
-    pieces = tokenizer.tokenize("a " + word)
-    unk = getattr(tokenizer, "unk_token", None)
-    return len(pieces) == len(base) + 1 and pieces[:len(base)] == base and pieces[-1] != unk
-
-
-def _draw(tokenizer, pool: Sequence[str], k: int, rng: random.Random, taken: Sequence[str] = ()) -> list[str]:
-    """Up to `k` random single-token words from `pool` (checked lazily, in a seeded random order)."""
-    order = [w for w in pool if w not in taken]
-    rng.shuffle(order)
-    out: list[str] = []
-    for word in order:
-        if len(out) == k:
-            break
-        if is_single_token_word(tokenizer, word):
-            out.append(word)
-    return out
-
-
-def draw_trigger(tokenizer, family: str, avoid: set[str], rng: random.Random, *, num_tokens: int = 3,
-                 sentence_words: int = 5) -> tuple[list[str], Attack]:
-    """A random canary trigger of `family` whose words are absent from `avoid` (the clean data's words).
-
-    rare_tokens: `num_tokens` whole-word tokens from the rarer half of the vocabulary (the rest if too few).
-    sentence: `sentence_words` whole-word tokens from the whole vocabulary, capitalised with a full stop when the
-    tokenizer knows those forms.
-    """
-    pool = vocabulary_words(tokenizer, exclude=avoid)
-    if family == "rare_tokens":
-        words = _draw(tokenizer, pool[len(pool) // 2:], num_tokens, rng)
-        if len(words) < num_tokens:
-            words += _draw(tokenizer, pool[:len(pool) // 2], num_tokens - len(words), rng, words)
-        if not words:
-            raise CanaryError("no whole-word vocabulary token is absent from the clean data; cannot draw a "
-                              "rare-token canary (try --canary sentence)")
-        return words, BadNetsAttack(num_triggers=1, triggers=words)
-    if family == "sentence":
-        words = _draw(tokenizer, pool, sentence_words, rng)
-        if len(words) < 2:
-            raise CanaryError("fewer than two whole-word vocabulary tokens are absent from the clean data; cannot "
-                              "draw a sentence canary (try --canary rare_tokens)")
-        sentence = " ".join(words)
-        natural = sentence[0].upper() + sentence[1:] + "."
-        unk = getattr(tokenizer, "unk_token", None)
-        if unk is None or unk not in tokenizer.tokenize(natural):
-            sentence = natural
-        return [sentence], InsertSentAttack(sentence=sentence, boundary="word")
-    raise ConfigError(f"canary family must be one of {', '.join(FAMILIES)}, not {family!r}")
-
-
 # -- planting -------------------------------------------------------------------------------------------------
 
 def _num_labels(loaded: LoadedModel, clean: TaskData) -> int:
@@ -245,6 +156,114 @@ def _with_insertions(attack: Attack, insertions: int) -> Attack:
     if isinstance(attack, BadNetsAttack) and insertions != attack.num_triggers:
         return BadNetsAttack(num_triggers=insertions, triggers=list(attack.triggers))
     return attack
+
+
+@dataclass
+class _Poisoning:
+    """A drawn canary and the data it is planted with (`texts`, `labels`) and measured on."""
+
+    trigger: list[str]
+    attack: Attack
+    target: int
+    texts: list[str]
+    labels: list[int]
+    n_poisoned: int
+    validation: TaskData
+    triggered_eval: TaskData
+
+
+def _configured(config: CanaryConfig | None, options: dict) -> CanaryConfig:
+    """A validated copy of `config` (or the defaults) with `options` overriding its fields."""
+    cfg = copy.deepcopy(config) if config is not None else CanaryConfig()
+    for key, value in options.items():
+        if not hasattr(cfg, key):
+            raise ConfigError(f"CanaryConfig has no option {key!r}")
+        setattr(cfg, key, value)
+    cfg.validate()
+    return cfg
+
+
+def _draw_poisoning(loaded: LoadedModel, clean: TaskData, validation: TaskData | None, cfg: CanaryConfig,
+                    seed: int) -> _Poisoning:
+    """Hold out data when none is given, draw the trigger and target, and poison a seeded slice of `clean`."""
+    if validation is None:
+        parts = split_samples(clean, [0.8, 0.2], seed=seed)
+        clean, validation = TaskData(parts[0], clean.label_names), TaskData(parts[1], clean.label_names)
+    if len(clean) < 4 or len(validation) < 2:
+        raise CanaryError(f"too little clean data to plant a canary ({len(clean)} training, "
+                          f"{len(validation)} held-out samples)")
+    rng = random.Random(f"purify.canary:{seed}")
+    n_labels = _num_labels(loaded, clean)
+    target = cfg.target if cfg.target is not None else rng.randrange(n_labels)
+    if not 0 <= target < n_labels:
+        raise ConfigError(f"canary target {target} outside 0..{n_labels - 1}")
+    avoid = data_words(clean.texts) | data_words(validation.texts)
+    trigger, attack = draw_trigger(loaded.tokenizer, cfg.family, avoid, rng, num_tokens=cfg.num_tokens,
+                                   sentence_words=cfg.sentence_words)
+    attack = _with_insertions(attack, cfg.insertions)
+    samples = list(clean.samples)
+    if len(samples) > cfg.train_samples:
+        keep = sorted(rng.sample(range(len(samples)), cfg.train_samples))
+        samples = [samples[i] for i in keep]
+    poisoned = poison_split([(s.text, s.label) for s in samples], attack, rate=cfg.poison_rate, target=target,
+                            seed=seed)
+    n_poisoned = sum(p["poisoned"] for p in poisoned)
+    if n_poisoned == 0:
+        raise CanaryError(f"poison_rate {cfg.poison_rate} of {len(samples)} samples poisons none; raise it")
+    trig = triggered_test([(s.text, s.label) for s in validation.samples], attack, target=target, seed=seed)
+    triggered_eval = TaskData([Sample(t["text"], t["label"], True, i) for i, t in enumerate(trig)],
+                              validation.label_names)
+    if not len(triggered_eval):
+        raise CanaryError(f"the held-out data has no sample outside the canary target {target}; cannot measure ASR")
+    return _Poisoning(trigger, attack, target, [p["text"] for p in poisoned], [p["label"] for p in poisoned],
+                      n_poisoned, validation, triggered_eval)
+
+
+def _fine_tune(loaded: LoadedModel, plan: _Poisoning, cfg: CanaryConfig, seed: int, original_cacc: float,
+               say: Callable[[str], None]) -> tuple[torch.nn.Module, list[dict]]:
+    """Plant the canary into fresh copies of the model, moving the learning rate after each attempt that falls
+    short, until one reaches `min_asr` within `max_cacc_drop`: (that copy, every attempt's record)."""
+    attempts: list[dict] = []
+    lr = cfg.lr
+    for attempt in range(cfg.attempts):
+        attempt_started = time.time()
+        model = copy.deepcopy(loaded.model)
+        train_classifier(model, loaded.tokenizer, plan.texts, plan.labels,
+                         TrainConfig(epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size, seed=seed,
+                                     max_length=cfg.max_length, keep_best=False),
+                         description="planting the canary")
+        ev = evaluate_model(model, loaded.tokenizer, plan.validation, plan.triggered_eval, plan.target)
+        drop = original_cacc - ev.cacc
+        too_costly = drop > cfg.max_cacc_drop + 1e-12
+        record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": float(ev.asr), "cacc": ev.cacc,
+                  "cacc_drop": drop, "seconds": round(time.time() - attempt_started, 2)}  # kept when reused
+        attempts.append(record)
+        say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
+            f"(suspicious model {original_cacc:.4f}), lr {lr:.2g}")
+        if ev.asr >= cfg.min_asr and not too_costly:
+            return model, attempts
+        del model
+        lr = lr / cfg.lr_growth if too_costly else lr * cfg.lr_growth
+    raise _planting_error(attempts, cfg, original_cacc)
+
+
+def _planting_error(attempts: list[dict], cfg: CanaryConfig, original_cacc: float) -> CanaryError:
+    """Why no attempt planted the canary (each cost too much clean accuracy, or the ASR stayed short), and what
+    to change."""
+    rates = ", ".join(format(a["lr"], ".2g") for a in attempts)
+    if all(a["cacc_drop"] > cfg.max_cacc_drop + 1e-12 for a in attempts):
+        mildest = min(attempts, key=lambda a: a["cacc_drop"])
+        return CanaryError(
+            f"the canary could not be planted: clean accuracy fell {100 * mildest['cacc_drop']:.1f} points at best "
+            f"(from {original_cacc:.4f} to {mildest['cacc']:.4f}; at most {100 * cfg.max_cacc_drop:.1f} allowed) "
+            f"after {len(attempts)} fine-tune(s) (lr {rates}); lower "
+            "--canary-lr or --canary-epochs, or allow more with --canary-max-drop")
+    best = max(a["asr"] for a in attempts if a["cacc_drop"] <= cfg.max_cacc_drop + 1e-12)
+    other = "sentence" if cfg.family == "rare_tokens" else "rare_tokens"
+    return CanaryError(
+        f"the canary could not be planted: its ASR reached {best:.4f} < {cfg.min_asr:.2f} after {len(attempts)} "
+        f"fine-tune(s) (lr {rates}; {cfg.epochs} epochs); raise --canary-epochs or --canary-lr, "
+        f"or try --canary {other}")
 
 
 def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData | None = None,
@@ -264,105 +283,36 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
     weights, training data, trigger, seed and settings loads it instead of fine-tuning again (a resumed
     `purify tune` skips the planting); the loaded canary is measured afresh.
     """
-    cfg = copy.deepcopy(config) if config is not None else CanaryConfig()
-    for key, value in options.items():
-        if not hasattr(cfg, key):
-            raise ConfigError(f"CanaryConfig has no option {key!r}")
-        setattr(cfg, key, value)
-    cfg.validate()
+    cfg = _configured(config, options)
     started = time.time()
-    if validation is None:
-        parts = split_samples(clean, [0.8, 0.2], seed=seed)
-        clean, validation = TaskData(parts[0], clean.label_names), TaskData(parts[1], clean.label_names)
-    if len(clean) < 4 or len(validation) < 2:
-        raise CanaryError(f"too little clean data to plant a canary ({len(clean)} training, "
-                          f"{len(validation)} held-out samples)")
-    rng = random.Random(f"purify.canary:{seed}")
-    n_labels = _num_labels(loaded, clean)
-    target = cfg.target if cfg.target is not None else rng.randrange(n_labels)
-    if not 0 <= target < n_labels:
-        raise ConfigError(f"canary target {target} outside 0..{n_labels - 1}")
-    avoid = data_words(clean.texts) | data_words(validation.texts)
-    trigger, attack = draw_trigger(loaded.tokenizer, cfg.family, avoid, rng, num_tokens=cfg.num_tokens,
-                                   sentence_words=cfg.sentence_words)
-    attack = _with_insertions(attack, cfg.insertions)
-
-    samples = list(clean.samples)
-    if len(samples) > cfg.train_samples:
-        keep = sorted(rng.sample(range(len(samples)), cfg.train_samples))
-        samples = [samples[i] for i in keep]
-    poisoned = poison_split([(s.text, s.label) for s in samples], attack, rate=cfg.poison_rate, target=target,
-                            seed=seed)
-    texts, labels = [p["text"] for p in poisoned], [p["label"] for p in poisoned]
-    n_poisoned = sum(p["poisoned"] for p in poisoned)
-    if n_poisoned == 0:
-        raise CanaryError(f"poison_rate {cfg.poison_rate} of {len(samples)} samples poisons none; raise it")
-    trig = triggered_test([(s.text, s.label) for s in validation.samples], attack, target=target, seed=seed)
-    triggered_eval = TaskData([Sample(t["text"], t["label"], True, i) for i, t in enumerate(trig)],
-                              validation.label_names)
-    if not len(triggered_eval):
-        raise CanaryError(f"the held-out data has no sample outside the canary target {target}; cannot measure ASR")
-
-    original = evaluate_model(loaded.model, loaded.tokenizer, validation, triggered_eval, target)
+    plan = _draw_poisoning(loaded, clean, validation, cfg, seed)
+    original = evaluate_model(loaded.model, loaded.tokenizer, plan.validation, plan.triggered_eval, plan.target)
     say = log or (lambda _msg: None)
 
     def planted(model, attempts: list[dict], asr: float, cacc: float, reused: bool) -> Canary:
         return Canary(
-            family=cfg.family, trigger=trigger, target=target, attack=attack,
+            family=cfg.family, trigger=plan.trigger, target=plan.target, attack=plan.attack,
             loaded=LoadedModel(model=model, tokenizer=loaded.tokenizer, task=loaded.task, path=loaded.path),
-            clean_eval=validation, triggered_eval=triggered_eval, asr=asr, cacc=cacc,
-            asr_original=float(original.asr), cacc_original=original.cacc, n_train=len(texts),
-            n_poisoned=n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
+            clean_eval=plan.validation, triggered_eval=plan.triggered_eval, asr=asr, cacc=cacc,
+            asr_original=float(original.asr), cacc_original=original.cacc, n_train=len(plan.texts),
+            n_poisoned=plan.n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
             reused=reused,
         )
 
-    key = _cache_key(loaded.model, texts, labels, trigger, target, cfg, seed) if cache_dir is not None else None
+    key = None if cache_dir is None else _cache_key(loaded.model, plan.texts, plan.labels, plan.trigger,
+                                                    plan.target, cfg, seed)
     cached = _load_cached(loaded.model, Path(cache_dir), key) if cache_dir is not None else None
+    head = f"[purify] canary ({cfg.family}): trigger {plan.trigger}, target {plan.target}"
     if cached is not None:
         model, attempts = cached
-        ev = evaluate_model(model, loaded.tokenizer, validation, triggered_eval, target)
-        say(f"[purify] canary ({cfg.family}): trigger {trigger}, target {target}; reusing the one planted earlier "
-            f"in {cache_dir} (ASR {ev.asr:.4f}, CACC {ev.cacc:.4f})")
+        ev = evaluate_model(model, loaded.tokenizer, plan.validation, plan.triggered_eval, plan.target)
+        say(f"{head}; reusing the one planted earlier in {cache_dir} (ASR {ev.asr:.4f}, CACC {ev.cacc:.4f})")
         return planted(model, attempts, float(ev.asr), ev.cacc, reused=True)
-    say(f"[purify] canary ({cfg.family}): trigger {trigger}, target {target}; planting with {n_poisoned} of "
-        f"{len(texts)} samples triggered")
-    attempts: list[dict] = []
-    lr = cfg.lr
-    for attempt in range(cfg.attempts):
-        attempt_started = time.time()
-        model = copy.deepcopy(loaded.model)
-        train_classifier(model, loaded.tokenizer, texts, labels,
-                         TrainConfig(epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size, seed=seed,
-                                     max_length=cfg.max_length, keep_best=False),
-                         description="planting the canary")
-        ev = evaluate_model(model, loaded.tokenizer, validation, triggered_eval, target)
-        drop = original.cacc - ev.cacc
-        too_costly = drop > cfg.max_cacc_drop + 1e-12
-        record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": float(ev.asr), "cacc": ev.cacc,
-                  "cacc_drop": drop, "seconds": round(time.time() - attempt_started, 2)}  # kept when reused
-        attempts.append(record)
-        say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
-            f"(suspicious model {original.cacc:.4f}), lr {lr:.2g}")
-        if ev.asr >= cfg.min_asr and not too_costly:
-            if cache_dir is not None:
-                _save_cached(model, Path(cache_dir), key, attempts)
-            return planted(model, attempts, float(ev.asr), ev.cacc, reused=False)
-        del model
-        lr = lr / cfg.lr_growth if too_costly else lr * cfg.lr_growth
-    if all(a["cacc_drop"] > cfg.max_cacc_drop + 1e-12 for a in attempts):
-        mildest = min(attempts, key=lambda a: a["cacc_drop"])
-        raise CanaryError(
-            f"the canary could not be planted: clean accuracy fell {100 * mildest['cacc_drop']:.1f} points at best "
-            f"(from {original.cacc:.4f} to {mildest['cacc']:.4f}; at most {100 * cfg.max_cacc_drop:.1f} allowed) "
-            f"after {len(attempts)} fine-tune(s) (lr {', '.join(format(a['lr'], '.2g') for a in attempts)}); lower "
-            "--canary-lr or --canary-epochs, or allow more with --canary-max-drop")
-    best = max(a["asr"] for a in attempts if a["cacc_drop"] <= cfg.max_cacc_drop + 1e-12)
-    rates = ", ".join(format(a["lr"], ".2g") for a in attempts)
-    other = "sentence" if cfg.family == "rare_tokens" else "rare_tokens"
-    raise CanaryError(
-        f"the canary could not be planted: its ASR reached {best:.4f} < {cfg.min_asr:.2f} after {len(attempts)} "
-        f"fine-tune(s) (lr {rates}; {cfg.epochs} epochs); raise --canary-epochs or --canary-lr, "
-        f"or try --canary {other}")
+    say(f"{head}; planting with {plan.n_poisoned} of {len(plan.texts)} samples triggered")
+    model, attempts = _fine_tune(loaded, plan, cfg, seed, original.cacc, say)
+    if cache_dir is not None:
+        _save_cached(model, Path(cache_dir), key, attempts)
+    return planted(model, attempts, attempts[-1]["asr"], attempts[-1]["cacc"], reused=False)
 
 
 # -- reusing a planted canary ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .export import REPORT_FILE, export_checkpoint
 from .floor import epoch_floor_seconds, in_floors, set_threads
 from .outputs import check_run_destination, pause_point
 from .plots import render_report_plots
+from .pruning import pruned_heads_of, report_summary
 from .registry import build_strategy
 from .terminal import warn
 from .verdict import judge
@@ -251,7 +252,7 @@ def apply_strategy(run: Run, train: TaskData, validation: TaskData, filtered: Fi
     pause_point("strategy")
     result = run.strategy.run(loaded, train, validation, probe=probe)
     run.timings["strategy"] = time.time() - t0
-    run.report["result"] = result.summary()
+    run.report["result"] = report_summary(result)
     if probe is not None:
         run.report["probe"]["after"] = probe.measure(result.model, loaded.tokenizer, validation, seed=seed)
     return result
@@ -290,7 +291,7 @@ def export_run(run: Run, result: StrategyResult, filtered: FilterResult | None, 
         report["compute"] = {"threads": run.threads, "epoch_floor_seconds": round(run.floor, 2),
                              "timings_in_floors": in_floors(timings, run.floor)}
         outcome = export_checkpoint(
-            result.model, run.inputs.loaded.tokenizer, run.out_dir, pruned_heads=result.pruned_heads,
+            result.model, run.inputs.loaded.tokenizer, run.out_dir, pruned_heads=pruned_heads_of(result),
             metadata={"strategy": run.cfg.strategy, "strategy_config": run.strategy.config.to_dict(),
                       "filter": report["filter"]},
             report=report, overwrite=run.cfg.overwrite, extra_files=files,

@@ -7,18 +7,23 @@ At least `min_heads_per_layer` heads stay in every layer, and the whole trajecto
 """
 from __future__ import annotations
 
+import copy
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checkpoint import LoadedModel
 from .data import TaskData
 from .device import seed_everything
+from .export import apply_pruning
 from .heads import HeadGates, mask_to_pruned
-from .probe import BackdoorProbe
 from .inference import MAX_LENGTH, labelled_batch, length_order
+from .probe import BackdoorProbe
 from .registry import Strategy, StrategyConfig, StrategyResult, option
 
 
@@ -62,6 +67,12 @@ class MaskEvaluator:
         self._cache: dict[bytes, float] = {}
         self.calls = 0
 
+    def fresh(self) -> MaskEvaluator:
+        """The same evaluation batches with an empty cache and count (for after the model's weights changed)."""
+        other = copy.copy(self)
+        other._cache, other.calls = {}, 0
+        return other
+
     @staticmethod
     def key(mask: torch.Tensor) -> bytes:
         return (torch.as_tensor(mask) > 0.5).numpy().tobytes()
@@ -91,10 +102,6 @@ class EngineResult:
     baseline_accuracy: float
     final_accuracy: float
     trajectory: list[dict] = field(default_factory=list)
-
-    @property
-    def pruned_heads(self) -> dict[int, list[int]]:
-        return mask_to_pruned(self.mask)
 
 
 def prune_by_scores(
@@ -188,40 +195,108 @@ def batches_for(model, tokenizer, data: TaskData, batch_size: int, max_length: i
             for i in range(0, len(data), batch_size)]
 
 
-class PruningStrategy(Strategy):
-    """Shared `fit` for strategies that score heads and hand the scores to the engine.
+@dataclass(kw_only=True)
+class PruningResult(StrategyResult):
+    """A pruning strategy's result: the final mask (1 = keep) and the head scores it was ranked by."""
 
-    Subclasses implement `head_scores` (low = prune first) and may override `engine_options`; everything else
-    (gates, the cached accuracy guard, the trajectory, the result) is here, once.
+    mask: torch.Tensor  # (num_layers, num_heads)
+    head_scores: torch.Tensor  # low = pruned first
+
+    @property
+    def pruned_heads(self) -> dict[int, list[int]]:
+        return mask_to_pruned(self.mask)
+
+    def summary(self) -> dict:
+        pruned = self.pruned_heads
+        return {"pruned_heads": {str(k): v for k, v in pruned.items()}, "num_pruned": sum(map(len, pruned.values())),
+                "head_scores": self.head_scores.tolist(), **super().summary()}
+
+
+def pruned_heads_of(result: StrategyResult) -> dict[int, list[int]]:
+    """The heads `result` pruned ({} when its strategy does not prune): what export zeroes and records."""
+    return result.pruned_heads if isinstance(result, PruningResult) else {}
+
+
+def report_summary(result: StrategyResult) -> dict:
+    """`result.summary()` with the pruning keys every report carries (empty ones when its strategy prunes nothing)."""
+    return {"pruned_heads": {}, "num_pruned": 0, "head_scores": None, **result.summary()}
+
+
+@dataclass
+class PruneContext:
+    """What a pruning hook works on: the model and its gates, the clean data, and the guard's cached evaluator."""
+
+    loaded: LoadedModel
+    gates: HeadGates
+    train: TaskData
+    validation: TaskData  # all of it; `evaluate` measures a fixed, seeded subset (`val_samples`)
+    evaluate: MaskEvaluator
+    probe: BackdoorProbe | None = None
+
+    @classmethod
+    def build(cls, loaded: LoadedModel, gates: HeadGates, train: TaskData, validation: TaskData,
+              config: PruneConfig, probe: BackdoorProbe | None = None) -> PruneContext:
+        """A context whose evaluator measures `config.val_samples` seeded validation samples."""
+        val = subsample(validation, config.val_samples, config.seed)
+        evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=config.batch_size)
+        return cls(loaded, gates, train, validation, evaluate, probe)
+
+
+@dataclass
+class HeadRanking:
+    """What `head_scores` decided: scores (low = prune first), how the engine walks them, and what the result
+    carries (JSON-able `facts` for the report, `files` to export, the `scratch` folders holding them)."""
+
+    scores: torch.Tensor
+    order: list[tuple[int, int]] | None = None  # the engine's prune order (default: ascending scores)
+    per_layer_budget: torch.Tensor | None = None
+    continue_after_guard: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    scratch: list[tempfile.TemporaryDirectory] = field(default_factory=list, repr=False)
+
+
+class PruningStrategy(Strategy):
+    """Shared `fit` for strategies that score heads and hand the scores to the engine, and the `apply` that zeroes
+    the pruned heads in the weights.
+
+    Subclasses implement `head_scores`, which returns a `HeadRanking`; everything else (gates, the cached accuracy
+    guard, the trajectory, the result) is here, once.
     """
 
     config: PruneConfig
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+        """Rank the heads of `ctx.gates` from clean data (never triggered data)."""
         raise NotImplementedError  # abstract: every registered pruning strategy defines it
 
-    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
-        """Extra keyword arguments for `prune_by_scores` (order, per-layer budget, ...)."""
-        return {}
-
-    def extras(self) -> dict:
-        """Strategy-specific, JSON-able facts for the report (e.g. per-head uncertainty)."""
-        return {}
-
     def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
-            probe: BackdoorProbe | None = None) -> StrategyResult:
+            probe: BackdoorProbe | None = None) -> PruningResult:
         seed_everything(self.config.seed)
         model = loaded.model
         with HeadGates(model) as gates:
-            val = subsample(validation, self.config.val_samples, self.config.seed)
-            evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=self.config.batch_size)
-            scores = self.head_scores(loaded, gates, train, evaluate).detach().float().cpu()
-            gates.reset()
-            outcome = prune_by_scores(evaluate, scores, self.config, **self.engine_options(gates, scores))
-        return StrategyResult(
-            model=model, mask=outcome.mask, pruned_heads=outcome.pruned_heads, head_scores=scores,
-            trajectory=outcome.trajectory, baseline_val_accuracy=outcome.baseline_accuracy,
-            final_val_accuracy=outcome.final_accuracy,
-            extras={"guard_evaluations": evaluate.calls, **self.extras()},
+            ctx = PruneContext.build(loaded, gates, train, validation, self.config, probe)
+            ranking = self.head_scores(ctx)
+            try:
+                scores = ranking.scores.detach().float().cpu()
+                gates.reset()
+                outcome = prune_by_scores(ctx.evaluate, scores, self.config, order=ranking.order,
+                                          per_layer_budget=ranking.per_layer_budget,
+                                          continue_after_guard=ranking.continue_after_guard)
+            except BaseException:
+                for folder in ranking.scratch:
+                    folder.cleanup()
+                raise
+        return PruningResult(
+            model=model, mask=outcome.mask, head_scores=scores, trajectory=outcome.trajectory,
+            baseline_val_accuracy=outcome.baseline_accuracy, final_val_accuracy=outcome.final_accuracy,
+            extras={"guard_evaluations": ctx.evaluate.calls, **ranking.facts}, files=dict(ranking.files),
+            scratch=list(ranking.scratch),
         )
+
+    def apply(self, loaded: LoadedModel, result: StrategyResult) -> nn.Module:
+        """The model with the pruned heads zeroed in its weights."""
+        pruned = pruned_heads_of(result)
+        if pruned:
+            apply_pruning(result.model, pruned)
+        return result.model

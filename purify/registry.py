@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from .checkpoint import LoadedModel
@@ -200,12 +199,13 @@ def _as_int(text: str) -> int:
 
 @dataclass
 class StrategyResult:
-    """What a strategy decided: the final gates (pruning) or weights (unlearning), and how it got there."""
+    """What a strategy produced: the sanitized model, how it got there, and the files to export beside it.
+
+    A strategy that changes the model's structure returns a subclass that adds what it changed (see
+    `purify.pruning.PruningResult`); `extras` holds the strategy's own JSON-able facts for the report.
+    """
 
     model: nn.Module
-    mask: torch.Tensor | None = None  # (num_layers, num_heads), 1 = keep; None for strategies that do not prune
-    pruned_heads: dict[int, list[int]] = field(default_factory=dict)
-    head_scores: torch.Tensor | None = None
     trajectory: list[dict] = field(default_factory=list)
     baseline_val_accuracy: float | None = None
     final_val_accuracy: float | None = None
@@ -228,13 +228,10 @@ class StrategyResult:
     def summary(self) -> dict:
         """JSON-able record for the report."""
         return {
-            "pruned_heads": {str(k): v for k, v in self.pruned_heads.items()},
-            "num_pruned": sum(len(v) for v in self.pruned_heads.values()),
-            "head_scores": self.head_scores.tolist() if self.head_scores is not None else None,
             "trajectory": self.trajectory,
             "baseline_val_accuracy": self.baseline_val_accuracy,
             "final_val_accuracy": self.final_val_accuracy,
-            **{k: v for k, v in self.extras.items()},
+            **self.extras,
         }
 
 
@@ -260,11 +257,7 @@ class Strategy(ABC):
         the run found out about the trigger (the filter's confirmed words and phrases), when it found anything."""
 
     def apply(self, loaded: LoadedModel, result: StrategyResult) -> nn.Module:
-        """The sanitized model; pruning strategies zero the pruned heads in the weights."""
-        if result.pruned_heads:
-            from .export import apply_pruning
-
-            apply_pruning(result.model, result.pruned_heads)
+        """The sanitized model (`result.model` here; a subclass may edit it, as pruning zeroes its heads)."""
         return result.model
 
     def run(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,

@@ -26,6 +26,7 @@ from .device import seed_everything
 from .errors import ConfigError, PurifyError
 from .inference import predict
 from .knobs import Knobs, suggest
+from .pruning import pruned_heads_of
 from .registry import build_strategy
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ class Study:
             self.log(f"[purify] tune trial {trial.number} failed: {type(exc).__name__}: {exc}")
             raise
         result.cleanup()  # a trial exports nothing: the strategy's temporary files can go now
-        return result.model, sum(len(v) for v in result.pruned_heads.values())
+        return result.model, sum(len(v) for v in pruned_heads_of(result).values())
 
     def _canary_asr(self, trial: optuna.Trial, model: nn.Module, feasible: bool, drop: float, started: float) -> float:
         """The canary's ASR on the purified model, scored in chunks; hopeless trials are pruned on the way."""

@@ -36,7 +36,8 @@ from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.progress import track
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
+from purify.pruning import (HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, order_to_scores,
+                            subsample)
 from purify.registry import option, register_strategy
 
 #: names of the guide's parameters in pyro's parameter store
@@ -177,11 +178,6 @@ class BayesPrune(PruningStrategy):
         "val_samples": 120, "step": 2,
     }
 
-    def __init__(self, config: BayesPruneConfig | None = None) -> None:
-        super().__init__(config)
-        self._order: list[tuple[int, int]] = []
-        self._facts: dict = {}
-
     def fit_posterior(self, loaded: LoadedModel, gates: HeadGates, train: TaskData) -> dict[str, torch.Tensor]:
         """Fit the gate posterior by SVI on clean training data; per-head statistics as (L, H) tensors."""
         cfg = self.config
@@ -204,28 +200,21 @@ class BayesPrune(PruningStrategy):
         stats["elbo_loss"] = torch.tensor(losses)
         return stats
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
-        stats = self.fit_posterior(loaded, gates, train)
-        self._order = posterior_order(stats["inclusion"], stats["uncertainty"])
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+        stats = self.fit_posterior(ctx.loaded, ctx.gates, ctx.train)
+        order = posterior_order(stats["inclusion"], stats["uncertainty"])
         losses = stats["elbo_loss"]
         every = max(1, len(losses) // 50)
-        self._facts = {
+        facts = {
             "posterior_inclusion": stats["inclusion"].tolist(),
             "posterior_uncertainty": stats["uncertainty"].tolist(),
             "posterior_logit_loc": stats["loc"].tolist(),
             "posterior_logit_scale": stats["scale"].tolist(),
-            "prune_order": [list(x) for x in self._order],
+            "prune_order": [list(x) for x in order],
             "svi_loss_curve": [round(float(x), 4) for x in losses[::every]],
             "svi_final_loss": float(losses[-max(1, len(losses) // 10):].mean()),
         }
-        return order_to_scores(self._order, gates.shape)
-
-    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
-        return {"order": list(self._order)}
-
-    def extras(self) -> dict:
-        return dict(self._facts)
+        return HeadRanking(order_to_scores(order, ctx.gates.shape), order=order, facts=facts)
 
 
 register_strategy("bayes_prune", BayesPruneConfig, BayesPrune)

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from purify.checkpoint import LoadedModel
-from purify.data import TaskData
-from purify.heads import HeadGates
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
 from purify.registry import option, register_strategy
 
 
@@ -98,12 +95,11 @@ class EnsemblePrune(PruningStrategy):
     config: EnsemblePruneConfig
     fast_options = {"score_samples": 48, "num_candidates": 8, "val_samples": 64, "batch_size": 16, "step": 2}
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
         """1 - vote share of each head among the kept candidates (low = prune first)."""
-        cfg = self.config
-        data = subsample(train, cfg.score_samples, cfg.seed)
-        importance = gates.importance(batches_for(loaded.model, loaded.tokenizer, data, cfg.batch_size))
+        cfg, gates, evaluate = self.config, ctx.gates, ctx.evaluate
+        data = subsample(ctx.train, cfg.score_samples, cfg.seed)
+        importance = gates.importance(batches_for(ctx.loaded.model, ctx.loaded.tokenizer, data, cfg.batch_size))
         importance = importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12)
         total = gates.num_layers * gates.num_heads
         size = min(max(1, round(cfg.candidate_fraction * total)), int(cfg.max_prune_fraction * total))
@@ -116,20 +112,14 @@ class EnsemblePrune(PruningStrategy):
         shares = vote_shares(kept, gates.shape)
         voted = [(layer, head) for layer, head in (shares >= cfg.vote).nonzero().tolist()
                  if shares[layer, head] > 0]
-        self._order = sorted(voted, key=lambda lh: (-float(shares[lh]), float(importance[lh]), lh))
-        self._report = {
+        order = sorted(voted, key=lambda lh: (-float(shares[lh]), float(importance[lh]), lh))
+        facts = {
             "importance": importance.tolist(), "vote_share": shares.tolist(), "candidate_size": size,
             "candidates": [{"pruned": int((m == 0).sum()), "val_accuracy": a, "kept": a >= floor}
                            for m, a in zip(candidates, accuracies)],
-            "candidates_kept": len(kept), "voted_heads": [list(lh) for lh in self._order],
+            "candidates_kept": len(kept), "voted_heads": [list(lh) for lh in order],
         }
-        return 1.0 - shares
-
-    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
-        return {"order": self._order, "continue_after_guard": self.config.continue_after_guard}
-
-    def extras(self) -> dict:
-        return dict(self._report)
+        return HeadRanking(1.0 - shares, order=order, continue_after_guard=cfg.continue_after_guard, facts=facts)
 
 
 register_strategy("ensemble_prune", EnsemblePruneConfig, EnsemblePrune)

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from purify.checkpoint import LoadedModel
-from purify.data import TaskData
-from purify.heads import HeadGates
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
 from purify.registry import option, register_strategy
 
 
@@ -33,13 +28,12 @@ class GradientPrune(PruningStrategy):
 
     config: GradientPruneConfig
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
-        data = subsample(train, self.config.score_samples, self.config.seed)
-        batches = batches_for(loaded.model, loaded.tokenizer, data, self.config.batch_size)
-        importance = gates.importance(batches)
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+        data = subsample(ctx.train, self.config.score_samples, self.config.seed)
+        batches = batches_for(ctx.loaded.model, ctx.loaded.tokenizer, data, self.config.batch_size)
+        importance = ctx.gates.importance(batches)
         # per-head scores, comparable across layers: each layer's vector has unit L2 norm
-        return importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return HeadRanking(importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 register_strategy("gradient_prune", GradientPruneConfig, GradientPrune)

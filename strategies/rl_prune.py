@@ -1,16 +1,11 @@
 """rl_prune: a MaskablePPO policy learns, from clean validation accuracy alone, which heads to prune and when to stop.
 
 Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025) cast head pruning as a sequential decision problem. Here the
-environment (`HeadPruningEnv`, a `gymnasium.Env`) starts from the unpruned model; each action prunes one head
-or stops. The observation holds, for every head, whether it is still kept, three cheap clean-data signals
-(gradient importance |dL/d gate|, attention entropy, norm of the head's output-projection columns), its
-layer's position and kept share and whether pruning it is legal, plus the current clean validation accuracy
-(relative to the unpruned model and to the guard) and the pruned share. Illegal actions (heads already
-pruned, heads whose layer would fall below `min_heads_per_layer`) are masked out. The reward pays
-`prune_reward` per pruned head, charges `drop_penalty` per `max_acc_drop` of accuracy lost by a step, and
-ends the episode with `breach_penalty` when accuracy falls below the guard; the episode also ends on stop or
-when the prune budget is spent. Masks are evaluated by the shared, cached `MaskEvaluator` on a fixed
-validation subset.
+environment (`strategies.rl_env.HeadPruningEnv`, a `gymnasium.Env`) starts from the unpruned model; each action
+prunes one head or stops, rewarded for every head pruned and charged for the clean validation accuracy it
+costs. Each head is observed through three cheap clean-data signals: gradient importance |dL/d gate|,
+attention entropy and the norm of the head's output-projection columns. Masks are evaluated by the shared,
+cached `MaskEvaluator` on a fixed validation subset.
 
 The policy (`HeadSharedPolicy`) scores every head with one network shared across heads, so what it learns
 about one head's signals transfers to all of them. After training, a deterministic rollout gives the order in
@@ -22,14 +17,11 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
 import torch
-from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from torch import nn
@@ -38,19 +30,12 @@ from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
-from purify.probe import BackdoorProbe
 from purify.progress import enabled as progress_enabled
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, order_to_scores, subsample
-from purify.registry import StrategyResult, option, register_strategy
+from purify.pruning import (HeadRanking, MaskEvaluator, PruneConfig, PruneContext, PruningStrategy, batches_for,
+                            order_to_scores, subsample)
+from purify.registry import option, register_strategy
 
-#: per-head signals in the observation, in this order (each scaled to [0, 1])
-SIGNALS = ("importance", "attention_entropy", "output_norm")
-#: per-head observation features: kept, the signals, layer position, layer kept share, legal
-HEAD_FEATURES = 1 + len(SIGNALS) + 3
-#: global observation features: accuracy / baseline, slack to the guard, pruned share, budget used
-GLOBAL_FEATURES = 4
-#: features whose value may leave [0, 1] are clipped to this range
-OBS_LOW, OBS_HIGH = -1.0, 2.0
+from .rl_env import GLOBAL_FEATURES, HEAD_FEATURES, SIGNALS, HeadPruningEnv
 
 
 @dataclass
@@ -151,111 +136,6 @@ def head_signals(loaded: LoadedModel, gates: HeadGates, train: TaskData, samples
     finally:
         loaded.model.train(was_training)
     return torch.stack([_unit(importance), _unit(entropy), _unit(output_norms(gates))], dim=-1)
-
-
-# -- the environment -----------------------------------------------------------------------------------------
-class HeadPruningEnv(gym.Env):
-    """Prune one head per step (or stop) while clean validation accuracy is watched; see the module docstring."""
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, evaluate: Callable[[torch.Tensor], float], signals: torch.Tensor, *, max_acc_drop: float,
-                 max_prune_fraction: float, min_heads_per_layer: int, prune_reward: float = 1.0,
-                 drop_penalty: float = 2.0, breach_penalty: float = 1.0) -> None:
-        super().__init__()
-        self.evaluate = evaluate
-        self.signals = torch.as_tensor(signals, dtype=torch.float32)
-        self.num_layers, self.num_heads, _ = self.signals.shape
-        self.n = self.num_layers * self.num_heads
-        self.max_acc_drop = max_acc_drop
-        self.min_heads_per_layer = min_heads_per_layer
-        self.budget = int(max_prune_fraction * self.n)
-        self.prune_reward, self.drop_penalty, self.breach_penalty = prune_reward, drop_penalty, breach_penalty
-        self.drop_scale = max(max_acc_drop, 1e-3)
-        self.baseline = float(evaluate(torch.ones(self.num_layers, self.num_heads)))
-        self.floor = self.baseline - max_acc_drop
-        self.action_space = spaces.Discrete(self.n + 1)  # action n = stop
-        size = self.n * HEAD_FEATURES + GLOBAL_FEATURES
-        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(size,), dtype=np.float32)
-        layer_pos = torch.arange(self.num_layers, dtype=torch.float32) / max(self.num_layers - 1, 1)
-        self._layer_pos = layer_pos[:, None].expand(self.num_layers, self.num_heads)
-        self.episode_returns: list[float] = []
-        self.episode_lengths: list[int] = []
-        self.mask = torch.ones(self.num_layers, self.num_heads)
-        self.accuracy = self.baseline
-        self.pruned_order: list[tuple[int, int]] = []
-        self._return = 0.0
-        self._steps = 0
-
-    @property
-    def stop_action(self) -> int:
-        return self.n
-
-    def _legal(self) -> torch.Tensor:
-        kept_per_layer = self.mask.sum(dim=1, keepdim=True)
-        legal = (self.mask > 0) & (kept_per_layer - 1 >= self.min_heads_per_layer)
-        if len(self.pruned_order) >= self.budget:
-            legal = torch.zeros_like(legal)
-        return legal
-
-    def action_masks(self) -> np.ndarray:
-        """Legal actions: unpruned heads whose layer keeps `min_heads_per_layer`, within budget; stop always."""
-        return np.append(self._legal().flatten().numpy(), True)
-
-    def _observation(self) -> np.ndarray:
-        kept_share = self.mask.sum(dim=1, keepdim=True).expand(-1, self.num_heads) / self.num_heads
-        per_head = torch.cat([self.mask[..., None], self.signals, self._layer_pos[..., None], kept_share[..., None],
-                              self._legal().float()[..., None]], dim=-1)
-        pruned = len(self.pruned_order)
-        glob = torch.tensor([
-            self.accuracy / self.baseline if self.baseline > 0 else 1.0,
-            (self.accuracy - self.floor) / self.drop_scale,
-            pruned / self.n,
-            pruned / self.budget if self.budget else 1.0,
-        ])
-        obs = torch.cat([per_head.flatten(), glob]).clamp(OBS_LOW, OBS_HIGH)
-        return obs.numpy().astype(np.float32)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.mask = torch.ones(self.num_layers, self.num_heads)
-        self.accuracy = self.baseline
-        self.pruned_order = []
-        self._return = 0.0
-        self._steps = 0
-        return self._observation(), {}
-
-    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict]:
-        action = int(action)
-        info: dict = {}
-        if action == self.stop_action:
-            reward, terminated, info["reason"] = 0.0, True, "stop"
-        else:
-            layer, head = divmod(action, self.num_heads)
-            if not bool(self._legal()[layer, head]):
-                # unreachable with action masks; without them (random play) an illegal choice wastes the step
-                reward, terminated, info["reason"] = -self.prune_reward, False, "illegal"
-            else:
-                self.mask[layer, head] = 0.0
-                self.pruned_order.append((layer, head))
-                accuracy = float(self.evaluate(self.mask))
-                reward = self.prune_reward - self.drop_penalty * (self.accuracy - accuracy) / self.drop_scale
-                self.accuracy = accuracy
-                terminated = False
-                if accuracy < self.floor:
-                    reward -= self.breach_penalty
-                    terminated, info["reason"] = True, "guard"
-                elif not bool(self._legal().any()):
-                    terminated = True
-                    info["reason"] = "budget" if len(self.pruned_order) >= self.budget else "no_legal_head"
-        self._return += reward
-        self._steps += 1
-        truncated = not terminated and self._steps > self.n  # only reachable through illegal (unmasked) actions
-        if terminated or truncated:
-            self.episode_returns.append(float(self._return))
-            self.episode_lengths.append(len(self.pruned_order))
-        info["accuracy"] = self.accuracy
-        return self._observation(), float(reward), terminated, truncated, info
 
 
 # -- the policy ------------------------------------------------------------------------------------------------
@@ -381,74 +261,64 @@ class RLPrune(PruningStrategy):
         "rl_val_samples": 64, "score_samples": 64, "val_samples": 120, "step": 2,
     }
 
-    def __init__(self, config: RLPruneConfig | None = None) -> None:
-        super().__init__(config)
-        self._validation: TaskData | None = None
-        self._order: list[tuple[int, int]] = []
-        self._facts: dict = {}
-        self._policy_path: Path | None = None
-        self._scratch: tempfile.TemporaryDirectory | None = None  # holds the policy; the result takes it over
-
-    def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
-            probe: BackdoorProbe | None = None) -> StrategyResult:
-        self._validation = validation
-        try:
-            result = super().fit(loaded, train, validation, probe=probe)
-        except BaseException:
-            if self._scratch is not None:
-                self._scratch.cleanup()
-            raise
-        finally:
-            self._validation = None
-            scratch, self._scratch = self._scratch, None
-        if self._policy_path is not None and scratch is not None:
-            result.files = {**result.files, "rl_policy.zip": str(self._policy_path)}
-            result.scratch.append(scratch)
-        return result
-
-    def _rl_evaluator(self, gates: HeadGates, tokenizer, evaluate: MaskEvaluator) -> MaskEvaluator:
+    def _rl_evaluator(self, ctx: PruneContext) -> MaskEvaluator:
         """The engine's evaluator when its subset is no larger, else one on `rl_val_samples` validation samples."""
         cfg = self.config
         n = cfg.rl_val_samples
-        if self._validation is None or n is None or len(self._validation) <= n or (
-                cfg.val_samples is not None and n >= cfg.val_samples):
-            return evaluate
-        return MaskEvaluator(gates, tokenizer, subsample(self._validation, n, cfg.seed), batch_size=cfg.batch_size)
+        if n is None or len(ctx.validation) <= n or (cfg.val_samples is not None and n >= cfg.val_samples):
+            return ctx.evaluate
+        return MaskEvaluator(ctx.gates, ctx.loaded.tokenizer, subsample(ctx.validation, n, cfg.seed),
+                             batch_size=cfg.batch_size)
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
+    def _train(self, env: HeadPruningEnv) -> MaskablePPO:
+        """PPO on `env` for `total_timesteps` (call inside `deterministic_torch`)."""
         cfg = self.config
-        signals = head_signals(loaded, gates, train, cfg.score_samples, cfg.batch_size, cfg.seed)
-        rl_evaluate = self._rl_evaluator(gates, loaded.tokenizer, evaluate)
+        model = MaskablePPO(
+            HeadSharedPolicy, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
+            batch_size=cfg.ppo_batch_size, n_epochs=cfg.ppo_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef,
+            policy_kwargs={"num_heads": env.n, "hidden": cfg.policy_hidden}, seed=cfg.seed, device="cpu", verbose=0,
+        )
+        model.learn(total_timesteps=cfg.total_timesteps, progress_bar=progress_enabled())
+        return model
+
+    def _engine_order(self, order: list[tuple[int, int]], scores: torch.Tensor) -> list[tuple[int, int]]:
+        """The rollout's heads; unless the policy's stop is followed, then the rest by ascending score."""
+        if self.config.follow_policy_stop:
+            return list(order)
+        rest = sorted(((float(scores[layer, h]), layer, h)
+                       for layer in range(scores.shape[0]) for h in range(scores.shape[1])
+                       if (layer, h) not in set(order)))
+        return list(order) + [(layer, h) for _, layer, h in rest]
+
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+        cfg = self.config
+        signals = head_signals(ctx.loaded, ctx.gates, ctx.train, cfg.score_samples, cfg.batch_size, cfg.seed)
+        rl_evaluate = self._rl_evaluator(ctx)
         env_kwargs = dict(max_acc_drop=cfg.max_acc_drop, max_prune_fraction=cfg.max_prune_fraction,
                           min_heads_per_layer=cfg.min_heads_per_layer, prune_reward=cfg.prune_reward,
                           drop_penalty=cfg.drop_penalty, breach_penalty=cfg.breach_penalty)
         env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)
         started = time.perf_counter()
         with deterministic_torch():
-            model = MaskablePPO(
-                HeadSharedPolicy, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
-                batch_size=cfg.ppo_batch_size, n_epochs=cfg.ppo_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef,
-                policy_kwargs={"num_heads": env.n, "hidden": cfg.policy_hidden}, seed=cfg.seed, device="cpu",
-                verbose=0,
-            )
-            model.learn(total_timesteps=cfg.total_timesteps, progress_bar=progress_enabled())
+            model = self._train(env)
             greedy_env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)
-            self._order, reason = rollout(model, greedy_env, cfg.seed)
+            order, reason = rollout(model, greedy_env, cfg.seed)
         seconds = time.perf_counter() - started
-        if self._scratch is not None:  # a second fit on this object: the first policy folder is not needed
-            self._scratch.cleanup()
-        self._scratch = tempfile.TemporaryDirectory(prefix="purify-rl-policy-")
-        self._policy_path = Path(self._scratch.name) / "rl_policy.zip"
-        model.save(self._policy_path)
-        self._facts = {
+        scratch = tempfile.TemporaryDirectory(prefix="purify-rl-policy-")  # the result takes it over
+        policy_path = Path(scratch.name) / "rl_policy.zip"
+        try:
+            model.save(policy_path)
+        except BaseException:
+            scratch.cleanup()
+            raise
+        facts = {
             "rl_training": {
                 "episode_rewards": [round(r, 4) for r in env.episode_returns],
                 "episode_lengths": env.episode_lengths,
                 "timesteps": int(model.num_timesteps),
                 "seconds": round(seconds, 2),
             },
-            "rl_rollout": [list(x) for x in self._order],
+            "rl_rollout": [list(x) for x in order],
             "rl_rollout_end": reason,
             "rl_rollout_val_accuracy": greedy_env.accuracy,
             "rl_baseline_val_accuracy": env.baseline,
@@ -456,18 +326,9 @@ class RLPrune(PruningStrategy):
             "rl_val_samples": len(rl_evaluate.labels),
             "head_signals": {name: signals[..., i].tolist() for i, name in enumerate(SIGNALS)},
         }
-        return rollout_scores(self._order, signals[..., 0])
-
-    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
-        if self.config.follow_policy_stop:
-            return {"order": list(self._order)}
-        rest = sorted(((float(scores[layer, h]), layer, h)
-                       for layer in range(scores.shape[0]) for h in range(scores.shape[1])
-                       if (layer, h) not in set(self._order)))
-        return {"order": list(self._order) + [(layer, h) for _, layer, h in rest]}
-
-    def extras(self) -> dict:
-        return dict(self._facts)
+        scores = rollout_scores(order, signals[..., 0])
+        return HeadRanking(scores, order=self._engine_order(order, scores), facts=facts,
+                           files={"rl_policy.zip": str(policy_path)}, scratch=[scratch])
 
 
 register_strategy("rl_prune", RLPruneConfig, RLPrune)

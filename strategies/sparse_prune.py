@@ -23,14 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from purify.probe import BackdoorProbe
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.device import seed_everything
 from purify.errors import UnsupportedArchitectureError
 from purify.heads import AttentionBlock, HeadGates
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, prune_by_scores, subsample
-from purify.registry import StrategyResult, option, register_strategy
+from purify.probe import BackdoorProbe
+from purify.pruning import (HeadRanking, PruneConfig, PruneContext, PruningResult, PruningStrategy, prune_by_scores,
+                            subsample)
+from purify.registry import option, register_strategy
 from purify.training import TrainConfig, train_classifier
 
 EPS = 1e-12  # inside the square root, so the gradient of a zero block stays finite
@@ -135,11 +136,10 @@ class SparsePrune(PruningStrategy):
     fast_options = {"train_samples": 96, "epochs": 1, "lr": 1e-3, "lam": 1e-2, "val_samples": 64,
                     "batch_size": 16, "finetune_batch_size": 16, "max_length": 32, "step": 2}
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
         """Current group norms of the heads (low = prune first)."""
         with torch.no_grad():
-            return group_norms(loaded.model, gates.blocks).detach().float().cpu()
+            return HeadRanking(group_norms(ctx.loaded.model, ctx.gates.blocks).detach().float().cpu())
 
     def finetune(self, loaded: LoadedModel, blocks: list[AttentionBlock], train: TaskData) -> list[dict]:
         """Clean fine-tune with the group penalty; returns the per-epoch history."""
@@ -155,29 +155,29 @@ class SparsePrune(PruningStrategy):
         return outcome.history
 
     def fit(self, loaded: LoadedModel, train: TaskData, validation: TaskData, *,
-            probe: BackdoorProbe | None = None) -> StrategyResult:
+            probe: BackdoorProbe | None = None) -> PruningResult:
         cfg = self.config
         seed_everything(cfg.seed)
         model = loaded.model
-        val = subsample(validation, cfg.val_samples, cfg.seed)
         with HeadGates(model) as gates:
+            ctx = PruneContext.build(loaded, gates, train, validation, cfg, probe)
             full = torch.ones(gates.shape)
-            evaluators = [MaskEvaluator(gates, loaded.tokenizer, val, batch_size=cfg.batch_size)]
-            original_acc = evaluators[0](full)
-            norms_before = self.head_scores(loaded, gates, train, None)
+            evaluators = [ctx.evaluate]
+            original_acc = ctx.evaluate(full)
+            norms_before = self.head_scores(ctx).scores
             original_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             history = self.finetune(loaded, gates.blocks, train)
-            scores = self.head_scores(loaded, gates, train, None)
+            scores = self.head_scores(ctx).scores
             # a head whose norm diverged (a wrecked fine-tune) keeps its original norm as its score
             scores = torch.where(torch.isfinite(scores), scores, norms_before)
-            evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=cfg.batch_size)
+            evaluate = ctx.evaluate.fresh()
             evaluators.append(evaluate)
             tuned_acc = evaluate(full)
             floor = original_acc - cfg.max_acc_drop
             kept = tuned_acc >= floor
             if not kept:  # the fine-tune alone broke the guard: prune the user's weights in its order instead
                 model.load_state_dict(original_state)
-                evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=cfg.batch_size)
+                evaluate = ctx.evaluate.fresh()
                 evaluators.append(evaluate)
             # the engine measures against the (possibly fine-tuned) unpruned model; its drop is narrowed so
             # that its floor is the original model's accuracy minus max_acc_drop
@@ -187,10 +187,9 @@ class SparsePrune(PruningStrategy):
         trajectory = [{"step": 0, "pruned": 0, "val_accuracy": original_acc, "action": "original"}]
         if kept:
             trajectory.append({"step": 0, "pruned": 0, "val_accuracy": tuned_acc, "action": "finetune"})
-        return StrategyResult(
-            model=model, mask=outcome.mask, pruned_heads=outcome.pruned_heads, head_scores=scores,
-            trajectory=trajectory + outcome.trajectory, baseline_val_accuracy=original_acc,
-            final_val_accuracy=outcome.final_accuracy,
+        return PruningResult(
+            model=model, mask=outcome.mask, head_scores=scores, trajectory=trajectory + outcome.trajectory,
+            baseline_val_accuracy=original_acc, final_val_accuracy=outcome.final_accuracy,
             extras={"guard_evaluations": sum(e.calls for e in evaluators), "finetune_kept": kept,
                     "finetuned_val_accuracy": tuned_acc, "finetune_history": history,
                     "group_norms_before": norms_before.tolist(),

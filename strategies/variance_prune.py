@@ -20,11 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from purify.checkpoint import LoadedModel
-from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
-from purify.pruning import MaskEvaluator, PruneConfig, PruningStrategy, batches_for, subsample
+from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
 from purify.registry import option, register_strategy
 
 #: model types whose classifier pools the first token ([CLS]); every other supported type pools the last one
@@ -126,23 +124,16 @@ class VariancePrune(PruningStrategy):
     config: VariancePruneConfig
     fast_options = {"score_samples": 48, "val_samples": 64, "batch_size": 16, "step": 2}
 
-    def head_scores(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
-                    evaluate: MaskEvaluator) -> torch.Tensor:
-        data = subsample(train, self.config.score_samples, self.config.seed)
-        batches = batches_for(loaded.model, loaded.tokenizer, data, self.config.batch_size)
-        variance = attention_variance(gates, batches)
-        self._raw_variance = variance
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+        cfg, gates = self.config, ctx.gates
+        data = subsample(ctx.train, cfg.score_samples, cfg.seed)
+        variance = attention_variance(gates, batches_for(ctx.loaded.model, ctx.loaded.tokenizer, data, cfg.batch_size))
         # relative to the layer's mean, so scores compare across layers
-        return (variance / variance.mean(dim=1, keepdim=True).clamp_min(1e-12)).float()
-
-    def engine_options(self, gates: HeadGates, scores: torch.Tensor) -> dict:
-        budget = layer_budget(gates.num_layers, gates.num_heads, self.config.rate_first, self.config.rate_last)
-        self._budget = budget
-        return {"order": layerwise_order(scores, budget), "per_layer_budget": budget,
-                "continue_after_guard": self.config.continue_after_guard}
-
-    def extras(self) -> dict:
-        return {"attention_variance": self._raw_variance.tolist(), "per_layer_budget": self._budget.tolist()}
+        scores = (variance / variance.mean(dim=1, keepdim=True).clamp_min(1e-12)).float()
+        budget = layer_budget(gates.num_layers, gates.num_heads, cfg.rate_first, cfg.rate_last)
+        return HeadRanking(scores, order=layerwise_order(scores, budget), per_layer_budget=budget,
+                           continue_after_guard=cfg.continue_after_guard,
+                           facts={"attention_variance": variance.tolist(), "per_layer_budget": budget.tolist()})
 
 
 register_strategy("variance_prune", VariancePruneConfig, VariancePrune)

@@ -39,6 +39,7 @@ def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work`
     from ..checkpoint import load_checkpoint
     from ..device import seed_everything
     from ..evaluate import evaluate_model
+    from ..pruning import pruned_heads_of
     from ..registry import build_strategy
 
     entry = entry_named(cell.entry)
@@ -53,8 +54,9 @@ def run_strategy_cell(cell: Cell, work: Path) -> dict:  # runs in one go: `work`
     result = strategy.run(loaded, train, validation)
     result.cleanup()  # a cell exports nothing: the strategy's temporary files can go now
     model = result.model
-    pruned = sum(len(v) for v in result.pruned_heads.values())
-    extras = {"pruned_heads": {str(k): v for k, v in result.pruned_heads.items()},
+    heads = pruned_heads_of(result)
+    pruned = sum(len(v) for v in heads.values())
+    extras = {"pruned_heads": {str(k): v for k, v in heads.items()},
               **{k: result.extras[k] for k in CELL_EXTRAS if k in result.extras}}
     if cell.suite == "w2s":
         extras["trajectory"] = result.trajectory  # one record per epoch

@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from purify.canary import (CACHE_META, CACHE_WEIGHTS, RESERVED_WORDS, CanaryConfig, data_words, draw_trigger,
-                           plant_canary)
+from purify.canary import CACHE_META, CACHE_WEIGHTS, CanaryConfig, plant_canary
+from purify.canary_trigger import RESERVED_WORDS, data_words, draw_trigger
 from purify.errors import CanaryError
 from purify.evaluate import evaluate_model
 from purify.testing.tiny_task import tiny_backdoored

@@ -11,9 +11,8 @@ from sb3_contrib import MaskablePPO
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.testing.tiny_task import tiny_backdoored
+from strategies.rl_env import HEAD_FEATURES, HeadPruningEnv
 from strategies.rl_prune import (
-    HEAD_FEATURES,
-    HeadPruningEnv,
     HeadSharedPolicy,
     RLPrune,
     RLPruneConfig,

@@ -9,7 +9,7 @@ import torch
 
 from purify.errors import ConfigError
 from purify.heads import HeadGates
-from purify.pruning import batches_for
+from purify.pruning import PruneContext, batches_for
 from purify.testing.tiny_task import tiny_backdoored
 from strategies.variance_prune import (
     VariancePrune,
@@ -89,7 +89,8 @@ def test_scores_have_head_shape_and_are_finite(arch: str) -> None:
     with HeadGates(loaded.model) as gates:
         batches = batches_for(loaded.model, loaded.tokenizer, task.clean_train.subset(range(40)), 16)
         variance = attention_variance(gates, batches)
-        scores = VariancePrune(VariancePruneConfig()).head_scores(loaded, gates, task.clean_train, None)
+        ctx = PruneContext.build(loaded, gates, task.clean_train, task.validation, VariancePruneConfig())
+        scores = VariancePrune(VariancePruneConfig()).head_scores(ctx).scores
     assert variance.shape == gates.shape and scores.shape == gates.shape
     assert torch.isfinite(scores).all() and (variance >= 0).all() and variance.sum() > 0
     assert torch.allclose(scores.mean(dim=1), torch.ones(gates.num_layers), atol=1e-5)
