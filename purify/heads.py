@@ -15,39 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .architecture import SUPPORTED_ARCHITECTURES, ArchSpec, attention_spec
 from .errors import UnsupportedArchitectureError
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Where an architecture keeps its self-attention blocks and their projections (names relative to a block)."""
-
-    block_pattern: str  # regex on module names; group 1 is the layer index
-    out_proj: str
-    q_proj: str | None = None
-    k_proj: str | None = None
-    v_proj: str | None = None
-    fused_qkv: str | None = None  # GPT-2's c_attn: one Conv1D producing q, k, v
-    conv1d: bool = False  # weight stored as (in, out) instead of nn.Linear's (out, in)
-
-
-_BERT_LIKE = ArchSpec(r"encoder\.layer\.(\d+)\.attention$", "output.dense", "self.query", "self.key", "self.value")
-_LLAMA_LIKE = ArchSpec(r"layers\.(\d+)\.self_attn$", "o_proj", "q_proj", "k_proj", "v_proj")
-
-ARCH_SPECS: dict[str, ArchSpec] = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "distilbert": ArchSpec(r"transformer\.layer\.(\d+)\.attention$", "out_lin", "q_lin", "k_lin", "v_lin"),
-    "gpt2": ArchSpec(r"\bh\.(\d+)\.attn$", "c_proj", fused_qkv="c_attn", conv1d=True),
-    "opt": ArchSpec(r"decoder\.layers\.(\d+)\.self_attn$", "out_proj", "q_proj", "k_proj", "v_proj"),
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "gemma3": _LLAMA_LIKE,
-}
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(sorted(ARCH_SPECS))
 
 
 @dataclass(frozen=True)
@@ -91,7 +60,7 @@ def _head_geometry(config) -> tuple[int, int, int]:
 def find_attention_blocks(model: nn.Module) -> list[AttentionBlock]:
     """List the self-attention blocks of a supported model, ordered by layer; a clear error otherwise."""
     model_type = getattr(model.config, "model_type", None)
-    spec = ARCH_SPECS.get(model_type)
+    spec = attention_spec(model)
     if spec is None:
         raise UnsupportedArchitectureError(
             f"head gates do not support architecture {model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"

@@ -14,6 +14,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .architecture import is_encoder_type
+
 # Small enough to build instantly, large enough to have several layers and heads (and GQA where the arch has it).
 _TINY_CONFIGS: dict[str, dict] = {
     "bert": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
@@ -35,7 +37,7 @@ _TINY_CONFIGS: dict[str, dict] = {
                         head_dim=8, intermediate_size=64, max_position_embeddings=128, sliding_window=16),
 }
 TINY_ARCHITECTURES: tuple[str, ...] = tuple(_TINY_CONFIGS)
-ENCODERS = ("bert", "roberta", "electra", "distilbert")
+ENCODERS: tuple[str, ...] = tuple(a for a in TINY_ARCHITECTURES if is_encoder_type(a))  # no causal-LM head
 
 _WORDS = (
     "the a movie film good bad great awful fun boring plot actor cast story best worst love hate "

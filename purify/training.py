@@ -1,9 +1,11 @@
-"""One fine-tuning loop for classifiers, shared by the zoo, the teachers, the baselines and the strategies."""
+"""One training loop (AdamW, linear warm-up then decay, patience, the chosen epoch's weights kept) and the plain
+classifier fine-tune on it, shared by the zoo, the teachers, the baselines and the strategies."""
 from __future__ import annotations
 
-import copy
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -36,11 +38,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Per-epoch history and the epoch that was kept."""
+    """Per-epoch history, the best-scoring epoch and the epoch whose weights were kept."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
-    best_val_accuracy: float = float("nan")
+    best_val_accuracy: float = float("nan")  # the best epoch's score
+    kept_epoch: int | None = None  # the epoch whose weights the model holds at the end (None: the last, unchosen)
 
 
 def accuracy_on(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int], *,
@@ -68,6 +71,150 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, total: int,
+                        warmup_fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises linearly over the first `warmup_fraction` of `total` steps, then decays to 0."""
+    warmup = int(total * warmup_fraction)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+
+
+class EpochLoop:
+    """The shared optimisation loop: AdamW over `params` on `config`'s schedule, epochs of steps, patience on the
+    epoch's score, and the weights of the epoch chosen at the end restored.
+
+    Subclasses say what differs: an epoch's batch order (`batches`), what one step does (`step`: gradients into
+    .grad, clipping and the update are the loop's), the epoch's record (`record`), its score (`score`), which
+    epochs' weights may still be kept (`candidates`) and which one is (`choose`).
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], params: list[nn.Parameter], config: TrainConfig,
+                 steps_per_epoch: int, description: str) -> None:
+        self.modules, self.params, self.config = list(modules), params, config
+        self.steps_per_epoch, self.description = steps_per_epoch, description
+
+    def batches(self, rng: np.random.Generator) -> Sequence[np.ndarray]:
+        """The row indices of each step of one epoch."""
+        raise NotImplementedError
+
+    def step(self, idx: np.ndarray) -> Any:
+        """Leave the step's gradients in .grad (they start cleared); whatever is returned goes to `record`."""
+        raise NotImplementedError
+
+    def record(self, epoch: int, steps: list[Any], seconds: float) -> dict:
+        """The epoch's figures (modules in eval mode), from what its steps returned and their wall time."""
+        raise NotImplementedError
+
+    def score(self, record: dict) -> float | None:
+        """What patience and keep-best watch (higher is better); None: nothing watched."""
+        return record.get("val_accuracy")
+
+    def candidates(self, history: list[dict], best_epoch: int, best: float) -> list[int]:
+        """Epochs whose weights may still be chosen, ascending: the best one (none without keep_best)."""
+        return [best_epoch] if self.config.keep_best and best_epoch > 0 else []
+
+    def choose(self, history: list[dict], candidates: list[int]) -> int | None:
+        """The epoch whose weights are restored at the end (None: the last epoch's stay)."""
+        return max(candidates) if candidates else None
+
+    def _train_mode(self, on: bool) -> None:
+        for module in self.modules:
+            module.train(on)
+
+    def run(self) -> TrainResult:
+        """Train; the history, the best-scoring epoch and the epoch whose weights the parameters now hold."""
+        cfg = self.config
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = linear_warmup_decay(optimizer, max(1, self.steps_per_epoch * cfg.epochs), cfg.warmup_fraction)
+        rng = np.random.default_rng(cfg.seed)
+        result = TrainResult()
+        saved: dict[int, list[torch.Tensor]] = {}
+        stale, keep = 0, []
+        for epoch in range(1, cfg.epochs + 1):
+            self._train_mode(True)
+            batches = self.batches(rng)
+            started = time.time()
+            steps = []
+            for idx in track(batches, description=f"{self.description} epoch {epoch}/{cfg.epochs}",
+                             total=len(batches)):
+                optimizer.zero_grad(set_to_none=True)
+                steps.append(self.step(idx))
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+            seconds = time.time() - started
+            self._train_mode(False)
+            result.history.append(self.record(epoch, steps, seconds))
+            score = self.score(result.history[-1])
+            if score is not None and not (score <= result.best_val_accuracy):  # also true while best is NaN
+                result.best_val_accuracy, result.best_epoch, stale = score, epoch, 0
+            elif score is not None:
+                stale += 1
+            stop = cfg.patience is not None and stale >= cfg.patience
+            keep = self.candidates(result.history, result.best_epoch, result.best_val_accuracy)
+            if epoch in keep and not (stop or epoch == cfg.epochs):  # the last epoch's weights are the params'
+                saved[epoch] = [p.detach().to("cpu", copy=True) for p in self.params]
+            saved = {e: s for e, s in saved.items() if e in keep}
+            if stop:
+                break
+        result.kept_epoch = self.choose(result.history, keep)
+        if result.kept_epoch is not None and result.kept_epoch != len(result.history):
+            with torch.no_grad():
+                for p, s in zip(self.params, saved[result.kept_epoch]):
+                    p.copy_(s)
+        self._train_mode(False)
+        return result
+
+
+def bucketed_steps(n: int, batch_size: int, bucket_batches: int = BUCKET_BATCHES) -> int:
+    """How many batches `length_bucketed_batches` makes of `n` samples."""
+    chunk = batch_size * bucket_batches
+    return (n // chunk) * bucket_batches + math.ceil((n % chunk) / batch_size)
+
+
+class _ClassifierLoop(EpochLoop):
+    """The plain fine-tune: length-bucketed batches, the model's loss (or `loss_fn`) plus `extra_loss`."""
+
+    def __init__(self, model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int], config: TrainConfig,
+                 params: list[nn.Parameter], val: tuple[Sequence[str], Sequence[int]] | None,
+                 extra_loss: Callable[[nn.Module], torch.Tensor] | None,
+                 loss_fn: Callable[[nn.Module, np.ndarray], torch.Tensor] | None,
+                 epoch_metrics: Callable[[nn.Module], dict] | None, description: str) -> None:
+        super().__init__([model], params, config, bucketed_steps(len(texts), config.batch_size), description)
+        self.model, self.tokenizer, self.texts, self.labels = model, tokenizer, texts, list(labels)
+        self.lengths = np.array([len(t) for t in texts])
+        self.val, self.extra_loss, self.loss_fn, self.epoch_metrics = val, extra_loss, loss_fn, epoch_metrics
+
+    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        return length_bucketed_batches(self.lengths, self.config.batch_size, rng)
+
+    def step(self, idx: np.ndarray) -> float:
+        if self.loss_fn is not None:
+            loss = self.loss_fn(self.model, idx)
+        else:
+            batch = labelled_batch(self.model, self.tokenizer, [self.texts[i] for i in idx],
+                                   [self.labels[i] for i in idx], self.config.max_length)
+            loss = self.model(**batch).loss
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss(self.model)
+        loss.backward()
+        return float(loss.detach())
+
+    def score(self, record: dict) -> float | None:
+        return record["val_accuracy"] if self.val is not None else None
+
+    def record(self, epoch: int, steps: list[float], seconds: float) -> dict:
+        record = {"epoch": epoch, "train_loss": float(np.mean(steps)) if steps else float("nan")}
+        if self.epoch_metrics is not None:
+            record.update(self.epoch_metrics(self.model))
+        if self.val is not None:
+            record["val_accuracy"] = accuracy_on(self.model, self.tokenizer, self.val[0], self.val[1],
+                                                 max_length=self.config.max_length)
+        return record
+
+
 def train_classifier(
     model: nn.Module,
     tokenizer,
@@ -90,59 +237,5 @@ def train_classifier(
     """
     seed_everything(config.seed)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    n = len(texts)
-    chunk = config.batch_size * BUCKET_BATCHES
-    steps_per_epoch = (n // chunk) * BUCKET_BATCHES + math.ceil((n % chunk) / config.batch_size)
-    total = max(1, steps_per_epoch * config.epochs)
-    warmup = int(total * config.warmup_fraction)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
-    rng = np.random.default_rng(config.seed)
-    result = TrainResult()
-    best_state = None
-    stale = 0
-    labels = list(labels)
-    lengths = np.array([len(t) for t in texts])
-    for epoch in range(config.epochs):
-        model.train()
-        losses = []
-        batches = length_bucketed_batches(lengths, config.batch_size, rng)
-        for idx in track(batches, description=f"{description} epoch {epoch + 1}/{config.epochs}", total=len(batches)):
-            if loss_fn is not None:
-                loss = loss_fn(model, idx)
-            else:
-                batch = labelled_batch(model, tokenizer, [texts[i] for i in idx], [labels[i] for i in idx],
-                                       config.max_length)
-                loss = model(**batch).loss
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        model.eval()
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if epoch_metrics is not None:
-            record.update(epoch_metrics(model))
-        if val is not None:
-            record["val_accuracy"] = accuracy_on(model, tokenizer, val[0], val[1], max_length=config.max_length)
-            if not (record["val_accuracy"] <= result.best_val_accuracy):  # also true while best is NaN
-                result.best_val_accuracy, result.best_epoch, stale = record["val_accuracy"], epoch + 1, 0
-                if config.keep_best and epoch + 1 < config.epochs:
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-                elif config.keep_best:
-                    best_state = None  # the last epoch is the best: nothing to restore
-            else:
-                stale += 1
-        result.history.append(record)
-        if config.patience is not None and stale >= config.patience:
-            break
-    if best_state is not None and result.best_epoch != len(result.history):
-        model.load_state_dict(best_state)
-    model.eval()
-    return result
+    return _ClassifierLoop(model, tokenizer, texts, labels, config, params, val, extra_loss, loss_fn, epoch_metrics,
+                           description).run()

@@ -20,14 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from purify.architecture import pooling_positions
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
 from purify.registry import option, register_strategy
-
-#: model types whose classifier pools the first token ([CLS]); every other supported type pools the last one
-ENCODER_TYPES = frozenset({"bert", "roberta", "electra", "distilbert"})
-
 
 @dataclass
 class VariancePruneConfig(PruneConfig):
@@ -66,14 +63,6 @@ def layer_budget(num_layers: int, num_heads: int, first: float, last: float) -> 
     """Heads each layer may lose: floor(rate_l * num_heads) (a tiny epsilon absorbs float error)."""
     rates = layer_rates(num_layers, first, last)
     return torch.tensor([math.floor(float(r) * num_heads + 1e-9) for r in rates], dtype=torch.long)
-
-
-def pooling_positions(model, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the pooled token per sample: 0 for encoders, the last non-pad token for decoders (any padding side)."""
-    if getattr(model.config, "model_type", None) in ENCODER_TYPES:
-        return torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
 
 
 def attention_variance(gates: HeadGates, batches: list[dict]) -> torch.Tensor:

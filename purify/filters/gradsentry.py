@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..architecture import architecture_family
 from ..checkpoint import LoadedModel
 from ..data import TaskData
 from ..device import model_device
@@ -29,7 +30,7 @@ from .thresholds import ThresholdDecision, gmm_threshold, kde_valley_threshold, 
 #: and on a clean teacher (benchmarks/gradsentry_targets/): it separated poisoned from clean samples best in
 #: GradSentry's direction (AUROC 0.76 on movie badnets; the former default, the FFN output of that layer, had 0.30,
 #: i.e. it flagged clean samples first), and the suspicious model beat the clean teacher (at most 0.65 there).
-#: Other families take the same matrix by analogy, unmeasured. Families map model types with the same module names.
+#: Other families take the same matrix by analogy, unmeasured. purify.architecture maps model types to families.
 DEFAULT_TARGETS: dict[str, str] = {
     "bert": "L-2.attention.output.dense",
     "distilbert": "L-2.attention.out_lin",
@@ -37,15 +38,6 @@ DEFAULT_TARGETS: dict[str, str] = {
     "gpt2": "L-2.attn.c_proj",
     "opt": "L-2.self_attn.out_proj",
 }
-_FAMILIES = {
-    "bert": "bert", "roberta": "bert", "electra": "bert", "xlm-roberta": "bert", "camembert": "bert",
-    "distilbert": "distilbert", "gpt2": "gpt2", "opt": "opt",
-}
-
-
-def architecture_family(model: torch.nn.Module) -> str:
-    """The family whose module names this model shares ("bert", "distilbert", "llama", "gpt2", "opt")."""
-    return _FAMILIES.get(str(model.config.model_type), "llama")
 
 
 def default_target(model: torch.nn.Module) -> str:

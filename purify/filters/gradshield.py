@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..architecture import architecture_family
 from ..checkpoint import LoadedModel
 from ..data import TaskData
 from ..device import model_device
@@ -31,7 +32,6 @@ from ..inference import encode
 from ..pruning import subsample
 from ..registry import option
 from .base import DataFilter, FilterConfig, register_filter
-from .gradsentry import architecture_family
 from .per_sample import (
     CountSketch,
     PerSampleGradients,

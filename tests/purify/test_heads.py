@@ -5,7 +5,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from purify.errors import UnsupportedArchitectureError
 from purify.export import export_checkpoint
-from purify.heads import SUPPORTED_ARCHITECTURES, HeadGates, find_attention_blocks, mask_to_pruned, pruned_to_mask
+from purify.architecture import SUPPORTED_ARCHITECTURES
+from purify.heads import HeadGates, find_attention_blocks, mask_to_pruned, pruned_to_mask
 from purify.inference import encode
 from purify.testing.tiny import ENCODERS, TINY_ARCHITECTURES, tiny_model, tiny_texts, tiny_tokenizer
 

@@ -1,4 +1,4 @@
-"""w2s_distill: head and pooled-feature discovery, the three loss terms, per-sample pairing, and unlearning."""
+"""w2s_distill: the pooled feature, the three loss terms, per-sample pairing, and unlearning."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ from torch import nn
 from purify.checkpoint import LoadedModel, load_checkpoint
 from purify.errors import CheckpointError, ConfigError
 from purify.evaluate import evaluate_model
-from purify.inference import labelled_batch
+from purify.inference import MAX_LENGTH, labelled_batch
+from purify.losses import kd_loss
 from purify.registry import build_strategy, get_strategy
 from purify.testing.tiny import save_tiny_checkpoint, tiny_model, tiny_texts, tiny_tokenizer
 from purify.testing.tiny_task import tiny_backdoored
@@ -20,12 +21,10 @@ from strategies.w2s_distill import (
     FeatureTap,
     W2SDistill,
     W2SDistillConfig,
-    _Loop,
     alignment_loss,
     distill_losses,
-    head_module_names,
-    kd_loss,
     kept_epoch,
+    own_targets,
     pool_hidden,
     pooled_outputs,
 )
@@ -65,14 +64,7 @@ def test_options_parse_from_strings():
     assert strategy.config.grad_accum == 2 and strategy.config.patience == 2
 
 
-# -- head and pooled features --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("arch,expected", [("bert", ["classifier"]), ("roberta", ["classifier"]),
-                                           ("llama", ["score"]), ("gpt2", ["score"]), ("opt", ["score"]),
-                                           ("distilbert", ["pre_classifier", "classifier"])])
-def test_head_module_names(arch, expected):
-    assert head_module_names(tiny_model(arch)) == expected
-
+# -- pooled features -----------------------------------------------------------------------------------------
 
 def test_pool_hidden_first_and_last_real_token():
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float).reshape(2, 4, 1)
@@ -260,13 +252,11 @@ def test_self_target_replaces_exactly_the_perturbed_rows():
     """perturbed_target="self": a perturbed row's KD target is the student's own eval output on the original text."""
     loaded, task = tiny_backdoored()
     model, tok = loaded.model, loaded.tokenizer
-    cfg = W2SDistillConfig(perturbed_target="self")
-    loop = _Loop(cfg, model, tok, None, [], None, [], None, None)
     originals = task.clean_train.texts[:5]
     perturbed = torch.tensor([True, False, True, False, False])
     teacher_logits = torch.full((5, 2), 7.0)
     model.train()
-    out = loop._own_targets(teacher_logits, originals, perturbed)
+    out = own_targets(model, tok, teacher_logits, originals, perturbed, MAX_LENGTH)
     assert model.training  # restored after the eval-mode pass
     own, _ = pooled_outputs(model, tok, [originals[0], originals[2]])
     assert torch.allclose(out[[0, 2]], own, atol=1e-5)
@@ -373,12 +363,3 @@ def test_unlearns_even_when_poisoned_samples_reach_it():
     assert dropped["samples"] == poisoned  # exactly the poisoned ones (no clean target sample holds "cf")
     after = evaluate_model(result.model, loaded.tokenizer, task.test_clean, task.test_triggered, task.target)
     assert after.asr < 0.5, f"ASR after {after.asr:.2f}"
-
-
-@pytest.mark.parametrize("arch,decoder", [("bert", False), ("llama", True)])
-def test_decoder_classifiers_are_told_apart_from_pooled_encoders(arch, decoder):
-    """BERT's head is a linear layer too, but it reads a pooled vector: the auto teacher must treat it as an encoder."""
-    from purify.testing.tiny import tiny_model, tiny_tokenizer
-    from strategies.w2s_distill import is_decoder_classifier
-
-    assert is_decoder_classifier(tiny_model(arch), tiny_tokenizer()) is decoder
