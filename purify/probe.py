@@ -36,7 +36,8 @@ class TriggerCandidate:
     text: str
     label: int
     flip_rate: float
-    source: str  # "inversion" (model gradients), "phrases" (repeated in the data) or "deletion" (stripping test)
+    source: str  # "inversion" (model gradients), "phrases" (repeated in the data), "deletion" (stripping test) or
+    # "companion" (travels with a trigger, purify.companions)
     position: str = "anywhere"
     confirmed: bool = False
 
@@ -97,7 +98,7 @@ class BackdoorProbe:
         for p in phrases:
             if p.get("flip_rate") is not None and np.isfinite(p["flip_rate"]):
                 candidates.append(TriggerCandidate(p["surface"], int(p["label"]), float(p["flip_rate"]),
-                                                   "deletion" if p.get("confirmed") else "phrases",
+                                                   p.get("source", "deletion" if p.get("confirmed") else "phrases"),
                                                    p.get("position", "anywhere"), bool(p.get("confirmed", False))))
         base = {r.target: r.base_rate for r in inversion.labels}
         return cls(_dedupe(candidates), base, source, min_rate)

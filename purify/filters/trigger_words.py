@@ -20,6 +20,10 @@ label insertion found triggers for counts (or, where it found none, the label th
 again on the samples that no stronger phrase covers (`purify.deletion.settle`), and their carriers score 1; of a
 phrase that holds on the whole but not on what is left (a template's opening word that also opens clean texts), only
 the carriers the model gives another label once stripped score 1.
+
+A trigger may be a set of rare words used several at a time (clean-label poison), and insertion may confirm only
+the strongest. Words over-represented among the target samples holding a confirmed trigger, that also raise the
+target rate when inserted alone, are its companions (`purify.companions`); target samples holding one score 1.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from ..deletion import (confirm_by_deletion, label_groups, label_midpoints, over
                         stripped_keeps, voted_label)
 from ..errors import ConfigError
 from ..inference import predict
-from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers
+from ..companions import find_companions
+from ..inversion import MAX_BASE_RATE, TriggerInversion, flip_rate, invert_triggers, words_of
 from ..phrases import holders_of, mine_phrases
 from ..probe import BackdoorProbe
 from ..registry import option
@@ -60,6 +65,9 @@ class TriggerWordsConfig(FilterConfig):
                                    "samples (0: no deletion test)", low=0)
     deletion_min_z: float = option(3.0, "a phrase is tested when its label's share among its holders is at least this "
                                    "many binomial standard deviations above that label's share of the data", low=0)
+    companions: int = option(16, "words tested as companions of the confirmed triggers: over-represented among the "
+                             "target samples holding a trigger and raising the target rate when inserted alone (0: no "
+                             "companion test)", low=0)
     deletion_joint: bool = option(False, "strip every tested phrase of a label that a sample holds at once (for a "
                                   "trigger spread over many words, such as a style), instead of one phrase at a time")
     #: the inversion and phrase probes run their own batches on the suspicious model: no gradient options
@@ -92,12 +100,14 @@ class TriggerWords(DataFilter):
         inserted = BackdoorProbe.from_inversion(inversion, phrases, source="filter:trigger_words",
                                                 min_rate=cfg.min_rate)
         deleted = self._deletion_phrases(loaded, data, trusted, scores, inserted.target if inserted.found else None)
-        confirmed = [p for p in deleted if p["confirmed"]]
+        companions = self._companions(loaded, data, inversion, inserted, scores)
+        confirmed = [p for p in deleted if p["confirmed"]] + [c for c in companions if c["confirmed"]]
         details = {"suspected_target": inversion.suspected_target, "inversion": inversion.summary(show=cfg.words),
                    "trigger_words": inversion.trigger_words(cfg.min_rate),
                    "trigger_phrases": [p for p in phrases if p["score"] >= cfg.min_rate] + confirmed,
                    "phrases_tried": phrases,
                    "deletion_tested": deleted,
+                   "companions_tested": companions,
                    "probe": BackdoorProbe.from_inversion(inversion, phrases + confirmed, source="filter:trigger_words",
                                                          min_rate=cfg.min_rate)}
         return scores, details
@@ -165,6 +175,25 @@ class TriggerWords(DataFilter):
                 row["flip_rate"] = float(np.mean(pred == target)) if len(pred) else None
             row["carriers"] = len(row["carriers"])
         return rows
+
+    def _companions(self, loaded: LoadedModel, data: TaskData, inversion: TriggerInversion, inserted: BackdoorProbe,
+                    scores: np.ndarray) -> list[dict]:
+        """Test the words travelling with the triggers insertion found (`purify.companions`); raise the scores of the
+        target samples holding a confirmed companion to 1. Returns every tested word."""
+        cfg = self.config
+        if cfg.companions == 0 or not inserted.found:
+            return []
+        target = inserted.target
+        base_rate = next(r.base_rate for r in inversion.labels if r.target == target)
+        found = find_companions(loaded.model, loaded.tokenizer, data, inserted.triggers, target,
+                                base_rate, min_count=cfg.phrase_min_count, min_z=cfg.deletion_min_z,
+                                limit=cfg.companions, probe_samples=cfg.probe_samples, seed=cfg.seed,
+                                max_length=cfg.max_length)
+        confirmed = {c.word.lower() for c in found if c.confirmed}
+        for i, sample in enumerate(data.samples):
+            if sample.label == target and words_of(sample.text) & confirmed:
+                scores[i] = 1.0
+        return [c.to_dict() for c in found]
 
     def adaptive_threshold(self, scores: np.ndarray) -> ThresholdDecision:
         """Flag scores >= min_rate (the threshold sits just below it, as every rule flags strictly above)."""
