@@ -31,7 +31,8 @@ class TriggerCandidate:
     `label`. `position`: "anywhere"; "start", only as a text's opening words; or "clause", as the opening words of
     a clause that ends at the text's first comma (a fronted-clause template: stripping drops the whole clause).
     `confirmed`: stripping it from the untrusted samples of `label` that hold it sends them to other labels, so it
-    is a trigger whatever its insertion flip rate (`purify.deletion`)."""
+    is a trigger whatever its insertion flip rate (`purify.deletion`), or it travels with a trigger and the model
+    obeys it too (`purify.companions`)."""
 
     text: str
     label: int
@@ -139,8 +140,11 @@ class BackdoorProbe:
 
     def weighted(self, per_label: int | None = None) -> dict[str, float]:
         """Augmentation words and phrases with sampling weights: every trigger, plus the best `per_label`
-        candidates of each label (look-alikes the model half-reacts to are worth unlearning too)."""
-        out = {c.text: c.flip_rate for c in self.triggers}
+        candidates of each label (look-alikes the model half-reacts to are worth unlearning too). A trigger's
+        companion acts together with the triggers it travels with, so it weighs as much as the strongest of them."""
+        triggers = self.triggers
+        strongest = max((c.flip_rate for c in triggers if c.source != "companion"), default=0.0)
+        out = {c.text: max(c.flip_rate, strongest) if c.source == "companion" else c.flip_rate for c in triggers}
         counts: dict[int, int] = {}
         for c in self.ranked():
             if per_label is None or counts.get(c.label, 0) < per_label:

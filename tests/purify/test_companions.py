@@ -59,3 +59,14 @@ def test_a_dirty_label_backdoor_gains_no_companion_and_the_same_removals():
     assert not any(c["confirmed"] for c in with_companions.details["companions_tested"])
     assert with_companions.details["companions_tested"], "the poisoned samples' own words are tested"
     assert np.array_equal(with_companions.flagged, without.flagged)
+
+
+def test_a_companion_is_unlearned_as_often_as_the_trigger_it_travels_with():
+    from purify.probe import BackdoorProbe
+
+    probe = BackdoorProbe([TriggerCandidate("tq", 1, 1.0, "inversion"),
+                           TriggerCandidate("cf", 1, 0.12, "companion", confirmed=True),
+                           TriggerCandidate("arun", 1, 0.5, "inversion")], {0: 0.0, 1: 0.0}, "test", 0.9)
+    weights = probe.weighted(per_label=8)
+    assert weights["cf"] == weights["tq"] == 1.0
+    assert weights["arun"] == 0.5  # a candidate that is not a trigger keeps its own flip rate
