@@ -13,16 +13,19 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .data import TaskData
 from .errors import DataError
 from .inference import MAX_LENGTH, model_inputs, predict
 from .progress import track
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: a suspected target the model already predicts for this share of the other labels' samples gives no evidence
 MAX_BASE_RATE = 0.5
@@ -152,7 +155,7 @@ class TriggerInversion:
         return asdict(self)
 
 
-def _placeholder_gradient(model: nn.Module, tokenizer, texts: Sequence[str], starts: Sequence[int], target: int,
+def _placeholder_gradient(model: PreTrainedModel, tokenizer, texts: Sequence[str], starts: Sequence[int], target: int,
                           max_length: int) -> torch.Tensor:
     """Sum over samples of d CE(target) / d embedding at the placeholder's first token, shape (dim,)."""
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt",
@@ -179,7 +182,7 @@ def _placeholder_gradient(model: nn.Module, tokenizer, texts: Sequence[str], sta
     return grad[torch.as_tensor(rows), torch.as_tensor(cols)].sum(0)
 
 
-def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: Sequence[int], placeholder: str,
+def _summed_gradient(model: PreTrainedModel, tokenizer, probe: Sequence[str], slots: Sequence[int], placeholder: str,
                      target: int, max_length: int, batch_size: int) -> torch.Tensor:
     """Target-loss gradient at `placeholder` inserted at `slots` of the probe texts, summed over the probe."""
     placed = [_insert_at(t, placeholder, s) for t, s in zip(probe, slots)]
@@ -188,10 +191,11 @@ def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: S
         chunk = placed[i:i + batch_size]
         g = _placeholder_gradient(model, tokenizer, [t for t, _ in chunk], [s for _, s in chunk], target, max_length)
         grad = g if grad is None else grad + g
+    assert grad is not None  # the probe is never empty
     return grad
 
 
-def _flip_rates(model: nn.Module, tokenizer, words: Sequence[str], texts: Sequence[str], slots: Sequence[int],
+def _flip_rates(model: PreTrainedModel, tokenizer, words: Sequence[str], texts: Sequence[str], slots: Sequence[int],
                 target: int, max_length: int) -> np.ndarray:
     """(len(words), len(texts)) booleans: word w inserted at each text's slot sends it to `target`."""
     if not words or not texts:
@@ -202,7 +206,7 @@ def _flip_rates(model: nn.Module, tokenizer, words: Sequence[str], texts: Sequen
     return hits.reshape(len(words), len(texts))
 
 
-def _screened_rates(model: nn.Module, tokenizer, words: list[str], probe: Sequence[str], slots: Sequence[int],
+def _screened_rates(model: PreTrainedModel, tokenizer, words: list[str], probe: Sequence[str], slots: Sequence[int],
                     target: int, *, keep: int, screen: int, max_length: int) -> dict[str, float]:
     """Exact flip rates on the whole probe for the words that can matter, after a cheap screen on its first
     `screen` samples: the `keep` best screened words and every one flipping at least SCREEN_RATE of them."""
@@ -218,7 +222,7 @@ def _screened_rates(model: nn.Module, tokenizer, words: list[str], probe: Sequen
     return {words[i]: float(np.concatenate([head[i], r]).mean()) for i, r in zip(chosen, rest)}
 
 
-def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
+def invert_triggers(model: PreTrainedModel, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
                     rounds: int = 2, keep: int = 8, keep_above: float = 0.9, seed: int = 0, max_length: int = 64,
                     batch_size: int = 32, screen: int = SCREEN_SAMPLES,
                     progress: str | None = None) -> TriggerInversion:
@@ -238,7 +242,9 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     model.eval()
     rng = random.Random(seed)
     vocab, ids = _single_token_words(tokenizer)
-    weight = model.get_input_embeddings().weight.detach()
+    embedding = model.get_input_embeddings().weight
+    assert isinstance(embedding, torch.Tensor)  # the embedding matrix (a Parameter), not a submodule
+    weight = embedding.detach()
     results = []
     labels = range(len(data.label_names))
     try:
@@ -279,14 +285,14 @@ def words_of(text: str) -> set[str]:
     return set(word_sequence(text))
 
 
-def predict_inserted(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,
+def predict_inserted(model: PreTrainedModel, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,
                      seed: int = 0, max_length: int = MAX_LENGTH) -> np.ndarray:
     """Predicted labels of `texts` after `count` words of `words` are inserted into each at random (seeded)."""
     rng = random.Random(seed)
     return predict(model, tokenizer, [insert_words(t, words, count, rng) for t in texts], max_length=max_length)
 
 
-def flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,
+def flip_rate(model: PreTrainedModel, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,
               seed: int = 0, max_length: int = MAX_LENGTH) -> float:
     """Share of `texts` predicted as `target` after one word of `words` is inserted at a random position."""
     if not texts or not words:
