@@ -19,17 +19,14 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+from torch import nn
 
 from .data import TaskData
 from .inference import MAX_LENGTH
 from .inversion import flip_rate, words_of
 from .probe import TriggerCandidate
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -85,9 +82,9 @@ def cooccurring_words(data: TaskData, triggers: Sequence[TriggerCandidate], targ
     return rows[:limit]
 
 
-def find_companions(model: PreTrainedModel, tokenizer, data: TaskData, triggers: Sequence[TriggerCandidate],
-                    target: int, base_rate: float, *, min_count: int, min_z: float, limit: int, probe_samples: int,
-                    seed: int, max_length: int = MAX_LENGTH) -> list[Companion]:
+def find_companions(model: nn.Module, tokenizer, data: TaskData, triggers: Sequence[TriggerCandidate], target: int,
+                    base_rate: float, *, min_count: int, min_z: float, limit: int, probe_samples: int, seed: int,
+                    max_length: int = MAX_LENGTH) -> list[Companion]:
     """Test each word co-occurring with the confirmed `triggers` (see `cooccurring_words`) by inserting it alone
     into up to `probe_samples` samples of other labels; `base_rate` is the model's target rate on such samples with
     nothing inserted. Every tested word is returned, confirmed or not."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .data import TaskData
 from .errors import DataError
@@ -195,7 +196,7 @@ def _summed_gradient(model: PreTrainedModel, tokenizer, probe: Sequence[str], sl
     return grad
 
 
-def _flip_rates(model: PreTrainedModel, tokenizer, words: Sequence[str], texts: Sequence[str], slots: Sequence[int],
+def _flip_rates(model: nn.Module, tokenizer, words: Sequence[str], texts: Sequence[str], slots: Sequence[int],
                 target: int, max_length: int) -> np.ndarray:
     """(len(words), len(texts)) booleans: word w inserted at each text's slot sends it to `target`."""
     if not words or not texts:
@@ -206,7 +207,7 @@ def _flip_rates(model: PreTrainedModel, tokenizer, words: Sequence[str], texts: 
     return hits.reshape(len(words), len(texts))
 
 
-def _screened_rates(model: PreTrainedModel, tokenizer, words: list[str], probe: Sequence[str], slots: Sequence[int],
+def _screened_rates(model: nn.Module, tokenizer, words: list[str], probe: Sequence[str], slots: Sequence[int],
                     target: int, *, keep: int, screen: int, max_length: int) -> dict[str, float]:
     """Exact flip rates on the whole probe for the words that can matter, after a cheap screen on its first
     `screen` samples: the `keep` best screened words and every one flipping at least SCREEN_RATE of them."""
@@ -285,14 +286,14 @@ def words_of(text: str) -> set[str]:
     return set(word_sequence(text))
 
 
-def predict_inserted(model: PreTrainedModel, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,
+def predict_inserted(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], count: int, *,
                      seed: int = 0, max_length: int = MAX_LENGTH) -> np.ndarray:
     """Predicted labels of `texts` after `count` words of `words` are inserted into each at random (seeded)."""
     rng = random.Random(seed)
     return predict(model, tokenizer, [insert_words(t, words, count, rng) for t in texts], max_length=max_length)
 
 
-def flip_rate(model: PreTrainedModel, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,
+def flip_rate(model: nn.Module, tokenizer, texts: Sequence[str], words: Sequence[str], target: int, *,
               seed: int = 0, max_length: int = MAX_LENGTH) -> float:
     """Share of `texts` predicted as `target` after one word of `words` is inserted at a random position."""
     if not texts or not words:
