@@ -15,7 +15,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .checkpoint import LoadedModel
 from .data import TaskData
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 ENTRY_POINT_GROUP = "purify.strategies"
+ConfigT = TypeVar("ConfigT", bound="StrategyConfig")  # from_dict returns the class it is called on
 
 
 _NONE_WORDS = ("none", "null")
@@ -106,7 +107,7 @@ class StrategyConfig:
         return sorted(f.name for f in dataclasses.fields(cls) if f.name not in cls.unused_options)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> StrategyConfig:
+    def from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
         """Build a config from strings or JSON values (as `--set key=value` gives them), with clear errors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = _type_hints(cls)
