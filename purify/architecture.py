@@ -7,12 +7,16 @@ w2s_distill's pooled feature all read it here. A model type without a row falls 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 from .inference import labelled_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ MODEL_TYPES: dict[str, str] = {
 UNCHECKED_TYPES = frozenset({"xlm-roberta", "camembert"})
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(sorted(set(MODEL_TYPES) - UNCHECKED_TYPES))
 DEFAULT_FAMILY = "llama"  # the family a type without a row is taken for by family-keyed defaults
+
+
+def label_count(model: PreTrainedModel) -> int:
+    """The classifier's number of labels: transformers types it Optional, but every config sets id2label."""
+    count = model.config.num_labels
+    assert count is not None
+    return count
 
 
 def model_type(model: nn.Module) -> str | None:

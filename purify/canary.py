@@ -29,7 +29,7 @@ from .canary_trigger import FAMILIES, data_words, draw_trigger
 from .checkpoint import LoadedModel
 from .data import Sample, TaskData, split_samples
 from .errors import CanaryError, ConfigError
-from .evaluate import evaluate_model
+from .evaluate import Evaluation, evaluate_model
 from .training import TrainConfig, train_classifier
 from .zoo.attacks import Attack, BadNetsAttack, poison_split, triggered_test
 
@@ -130,7 +130,7 @@ class Canary:
         """(CACC, canary ASR) of `model` on the canary's held-out evaluation data."""
         ev = evaluate_model(model, tokenizer or self.loaded.tokenizer, self.clean_eval, self.triggered_eval,
                             self.target)
-        return ev.cacc, float(ev.asr)
+        return ev.cacc, _measured_asr(ev)
 
     def summary(self) -> dict:
         """JSON-able record for the report (the model itself is not part of it)."""
@@ -235,16 +235,23 @@ def _fine_tune(loaded: LoadedModel, plan: _Poisoning, cfg: CanaryConfig, seed: i
         ev = evaluate_model(model, loaded.tokenizer, plan.validation, plan.triggered_eval, plan.target)
         drop = original_cacc - ev.cacc
         too_costly = drop > cfg.max_cacc_drop + 1e-12
-        record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": float(ev.asr), "cacc": ev.cacc,
+        asr = _measured_asr(ev)
+        record = {"attempt": attempt + 1, "lr": lr, "epochs": cfg.epochs, "asr": asr, "cacc": ev.cacc,
                   "cacc_drop": drop, "seconds": round(time.time() - attempt_started, 2)}  # kept when reused
         attempts.append(record)
         say(f"[purify] canary attempt {attempt + 1}: ASR {ev.asr:.4f}, CACC {ev.cacc:.4f} "
             f"(suspicious model {original_cacc:.4f}), lr {lr:.2g}")
-        if ev.asr >= cfg.min_asr and not too_costly:
+        if asr >= cfg.min_asr and not too_costly:
             return model, attempts
         del model
         lr = lr / cfg.lr_growth if too_costly else lr * cfg.lr_growth
     raise _planting_error(attempts, cfg, original_cacc)
+
+
+def _measured_asr(ev: Evaluation) -> float:
+    """The ASR of an evaluation on the canary's triggered data (never empty, so the ASR is always measured)."""
+    assert ev.asr is not None
+    return float(ev.asr)
 
 
 def _planting_error(attempts: list[dict], cfg: CanaryConfig, original_cacc: float) -> CanaryError:
@@ -294,24 +301,24 @@ def plant_canary(loaded: LoadedModel, clean: TaskData, *, validation: TaskData |
             family=cfg.family, trigger=plan.trigger, target=plan.target, attack=plan.attack,
             loaded=LoadedModel(model=model, tokenizer=loaded.tokenizer, task=loaded.task, path=loaded.path),
             clean_eval=plan.validation, triggered_eval=plan.triggered_eval, asr=asr, cacc=cacc,
-            asr_original=float(original.asr), cacc_original=original.cacc, n_train=len(plan.texts),
+            asr_original=_measured_asr(original), cacc_original=original.cacc, n_train=len(plan.texts),
             n_poisoned=plan.n_poisoned, seed=seed, config=cfg, attempts=attempts, seconds=time.time() - started,
             reused=reused,
         )
 
-    key = None if cache_dir is None else _cache_key(loaded.model, plan.texts, plan.labels, plan.trigger,
-                                                    plan.target, cfg, seed)
-    cached = _load_cached(loaded.model, Path(cache_dir), key) if cache_dir is not None else None
+    cache = None if cache_dir is None else (Path(cache_dir), _cache_key(loaded.model, plan.texts, plan.labels,
+                                                                        plan.trigger, plan.target, cfg, seed))
+    cached = _load_cached(loaded.model, *cache) if cache is not None else None
     head = f"[purify] canary ({cfg.family}): trigger {plan.trigger}, target {plan.target}"
     if cached is not None:
         model, attempts = cached
         ev = evaluate_model(model, loaded.tokenizer, plan.validation, plan.triggered_eval, plan.target)
         say(f"{head}; reusing the one planted earlier in {cache_dir} (ASR {ev.asr:.4f}, CACC {ev.cacc:.4f})")
-        return planted(model, attempts, float(ev.asr), ev.cacc, reused=True)
+        return planted(model, attempts, _measured_asr(ev), ev.cacc, reused=True)
     say(f"{head}; planting with {plan.n_poisoned} of {len(plan.texts)} samples triggered")
     model, attempts = _fine_tune(loaded, plan, cfg, seed, original.cacc, say)
-    if cache_dir is not None:
-        _save_cached(model, Path(cache_dir), key, attempts)
+    if cache is not None:
+        _save_cached(model, *cache, attempts)
     return planted(model, attempts, attempts[-1]["asr"], attempts[-1]["cacc"], reused=False)
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from .errors import CheckpointError, UnsafeCheckpointError
 from .loadcheck import (
@@ -25,6 +25,10 @@ from .safeload import (
     CONFIG_MAX_BYTES, TOKENIZER_FILES, check_side_files, inside_file, read_header, read_json_object, read_side_json,
     safetensors_shapes,
 )
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
 
@@ -47,10 +51,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 class LoadedModel:
     """A model, its tokenizer, and what kind of head it has."""
 
-    model: nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     task: str  # "classification" or "causal_lm"
-    path: Path
+    path: Path | None  # None for a model built in memory (tests, teachers)
 
     @property
     def model_type(self) -> str:
@@ -113,7 +117,7 @@ def load_checkpoint(
     else:
         loaded = _load_full(folder, task=task, num_labels=num_labels, allow_pickle=allow_pickle, dtype=dtype)
     check_vocab(folder, loaded.tokenizer, loaded.model)
-    loaded.model.to(device).eval()
+    loaded.model.to(device).eval()  # type: ignore[arg-type]  # @wraps(Module.to) in transformers hides self
     return loaded
 
 
@@ -175,7 +179,7 @@ def _bound(folder: Path, cls, config, shapes, fresh_head: bool, dtype) -> None:
     check_meta_model(folder / "config.json", cls, config, shapes, fresh_head=fresh_head, dtype=dtype)
 
 
-def _load_safetensors(folder: Path, cls, config, shapes, fresh_head: bool, dtype) -> nn.Module:
+def _load_safetensors(folder: Path, cls, config, shapes, fresh_head: bool, dtype) -> PreTrainedModel:
     _bound(folder, cls, config, shapes, fresh_head, dtype)
     try:
         model, info = cls.from_pretrained(
@@ -212,7 +216,7 @@ def _torch_load_state(folder: Path, pickles: list[Path]) -> dict[str, torch.Tens
     return state
 
 
-def _load_pickled(folder: Path, pickles: list[Path], cls, config, fresh_head: bool, dtype) -> nn.Module:
+def _load_pickled(folder: Path, pickles: list[Path], cls, config, fresh_head: bool, dtype) -> PreTrainedModel:
     state = _torch_load_state(folder, pickles)
     _bound(folder, cls, config, {k: tuple(v.shape) for k, v in state.items()}, fresh_head, dtype)
     try:
@@ -266,6 +270,7 @@ def _load_adapter(folder: Path, *, task, num_labels, allow_pickle, dtype) -> Loa
     from peft import PeftConfig, PeftModel, set_peft_model_state_dict
 
     config_path = inside_file(folder, "adapter_config.json", max_bytes=CONFIG_MAX_BYTES)
+    assert config_path is not None  # load_checkpoint comes here only when the file exists
     adapter_config = read_json_object(config_path)
     check_adapter_config(config_path, adapter_config)
     base_path = _adapter_base(folder, adapter_config)
@@ -276,7 +281,7 @@ def _load_adapter(folder: Path, *, task, num_labels, allow_pickle, dtype) -> Loa
         peft_config = PeftConfig.from_pretrained(str(folder))
         peft_config.inference_mode = True
         peft_model = PeftModel(base.model, peft_config)
-        result = set_peft_model_state_dict(peft_model, state)
+        result: _IncompatibleKeys = set_peft_model_state_dict(peft_model, state)  # peft hints a bare namedtuple
         missing = [k for k in result.missing_keys if ".default." in k or k.endswith(".default")]
         check_loaded_keys(folder, peft_model, missing, result.unexpected_keys, fresh_head=False,
                           what="adapter weights")
@@ -310,7 +315,7 @@ def load_tokenizer(folder: str | Path):
         raise CheckpointError(f"could not load the tokenizer in {folder}: {first_line(exc)}") from None
 
 
-def _ensure_pad_token(model: nn.Module, tokenizer) -> None:
+def _ensure_pad_token(model: PreTrainedModel, tokenizer) -> None:
     """Decoder tokenizers often lack a pad token; classification needs one to find each sequence's last token."""
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -200,8 +200,8 @@ def _resolve_labels(
         return ids, list(label_names)
 
     as_ints = [_label_as_int(v) for _, v in raw]
-    if all(i is not None for i in as_ints):
-        ints = [int(i) for i in as_ints]  # type: ignore[arg-type]
+    ints = [i for i in as_ints if i is not None]
+    if len(ints) == len(as_ints):
         for (lineno, _), i in zip(raw, ints):
             if i < 0:
                 raise DataError(f"{name} line {lineno}: label {i} out of range (label ids start at 0)")
@@ -212,8 +212,8 @@ def _resolve_labels(
         lookup = {n: i for i, n in enumerate(names)}
         return [lookup[v.strip()] for _, v in raw], names
     first_is_int = as_ints[0] is not None
-    for (lineno, value), i in zip(raw, as_ints):
-        if (i is not None) != first_is_int:
+    for (lineno, value), label_id in zip(raw, as_ints):
+        if (label_id is not None) != first_is_int:
             raise DataError(
                 f"{name} line {lineno}: label {value!r} mixes names and integer ids in one file; "
                 "pass label_names to say how names map to ids"

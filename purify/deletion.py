@@ -90,9 +90,9 @@ def overrepresented_phrases(data: TaskData, *, min_count: int = 5, min_z: float 
         if kept is None or rank < (-len(kept[0][1]), _POSITIONS.index(kept[0][0]), kept[0][1]):
             best[key] = (gram, label, float(counts[label] / n), float(z[label]), idx[0], n)
     found: dict[int, list[Overrepresented]] = defaultdict(list)
-    for (position, words), label, share, z, first, n in best.values():
+    for (position, words), label, share, z_label, first, n in best.values():
         surface = surface_of(data.samples[first].text, words, at_start=position != "anywhere")
-        found[label].append(Overrepresented(surface, label, position, n, share, z))
+        found[label].append(Overrepresented(surface, label, position, n, share, z_label))
     out = []
     for label in sorted(found):
         out += sorted(found[label], key=lambda p: (-p.z, -p.count, p.text))[:per_label]
@@ -142,15 +142,16 @@ def confirm_by_deletion(model: nn.Module, tokenizer, data: TaskData, phrases: li
         drawn_of.append(drawn)
         texts += [_stripped(data.samples[i].text, c, together.get(p.label)) for i in drawn]
     pred = predict(model, tokenizer, texts, max_length=max_length) if texts else np.zeros(0, dtype=int)
-    rows, start = [], 0
+    rows: list[dict] = []
+    start = 0
     for p, idx, n in zip(phrases, carriers, probed):
         mine = pred[start:start + n]
         start += n
         rate = float(np.mean(mine == p.label)) if n else float("nan")
         midpoint = midpoints.get(p.label, 0.5)
-        drawn = dict(zip(drawn_of[len(rows)].tolist(), (mine == p.label).tolist()))
+        outcomes = dict(zip(drawn_of[len(rows)].tolist(), (mine == p.label).tolist()))
         rows.append({**asdict(p), "carriers": idx.tolist(), "stripped_rate": rate, "midpoint": midpoint,
-                     "confirmed": bool(len(idx) and rate < midpoint), "_drawn": drawn})
+                     "confirmed": bool(len(idx) and rate < midpoint), "_drawn": outcomes})
     return rows
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -27,6 +28,9 @@ from .provenance import provenance
 from .safeload import strip_auto_map
 # verify (and its file names) live in purify.verify; importing them here keeps `from purify.export import verify`
 from .verify import HASHES_KEY, PROBE_FILE, PROBE_TEXTS_KEY, REPORT_FILE, VerifyResult, file_hashes, verify
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 DEFAULT_PROBE_TEXTS = (
     "the film was a delight from start to finish",
@@ -79,7 +83,7 @@ def apply_pruning(model: nn.Module, pruned_heads: Mapping) -> None:
 
 
 
-def _reference_logits(model: nn.Module, batch: Mapping[str, torch.Tensor], pruned: Mapping) -> torch.Tensor:
+def _reference_logits(model: PreTrainedModel, batch: Mapping[str, torch.Tensor], pruned: Mapping) -> torch.Tensor:
     """Logits of the sanitized function: the model with every pruned head gated to 0 (on top of any gates)."""
     was_training = model.training
     model.eval()
@@ -92,7 +96,7 @@ def _reference_logits(model: nn.Module, batch: Mapping[str, torch.Tensor], prune
 
 
 def export_checkpoint(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer,
     out_dir: str | Path,
     *,
@@ -102,7 +106,7 @@ def export_checkpoint(
     probe_texts: Sequence[str] = DEFAULT_PROBE_TEXTS,
     overwrite: bool = False,
     atol: float = 1e-4,
-    extra_files: Mapping[str, Path] | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> VerifyResult:
     """Write `model` (with `pruned_heads` zeroed) as a sanitized folder, verify it, then move it into place.
 

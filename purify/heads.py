@@ -11,12 +11,16 @@ import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .architecture import SUPPORTED_ARCHITECTURES, ArchSpec, attention_spec
 from .errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class HeadGates:
     Use as ``gates = HeadGates(model)``; ``gates.remove()`` (or a ``with`` block) takes the hooks off again.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
         self.blocks = find_attention_blocks(model)
         self.num_layers = len(self.blocks)

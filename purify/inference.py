@@ -23,7 +23,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int = MAX_LENGTH) -> dic
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keep the keys the model's forward accepts and move them to its device."""
     device = model_device(model)
-    keep = ("input_ids", "attention_mask", "labels")
+    keep: tuple[str, ...] = ("input_ids", "attention_mask", "labels")
     if getattr(model.config, "type_vocab_size", 0) and "token_type_ids" in batch:
         keep = keep + ("token_type_ids",)
     return {k: v.to(device) for k, v in batch.items() if k in keep}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from .data import TaskData
 from .errors import DataError
 from .inference import MAX_LENGTH, model_inputs, predict
 from .progress import track
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: a suspected target the model already predicts for this share of the other labels' samples gives no evidence
 MAX_BASE_RATE = 0.5
@@ -152,7 +156,7 @@ class TriggerInversion:
         return asdict(self)
 
 
-def _placeholder_gradient(model: nn.Module, tokenizer, texts: Sequence[str], starts: Sequence[int], target: int,
+def _placeholder_gradient(model: PreTrainedModel, tokenizer, texts: Sequence[str], starts: Sequence[int], target: int,
                           max_length: int) -> torch.Tensor:
     """Sum over samples of d CE(target) / d embedding at the placeholder's first token, shape (dim,)."""
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt",
@@ -179,7 +183,7 @@ def _placeholder_gradient(model: nn.Module, tokenizer, texts: Sequence[str], sta
     return grad[torch.as_tensor(rows), torch.as_tensor(cols)].sum(0)
 
 
-def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: Sequence[int], placeholder: str,
+def _summed_gradient(model: PreTrainedModel, tokenizer, probe: Sequence[str], slots: Sequence[int], placeholder: str,
                      target: int, max_length: int, batch_size: int) -> torch.Tensor:
     """Target-loss gradient at `placeholder` inserted at `slots` of the probe texts, summed over the probe."""
     placed = [_insert_at(t, placeholder, s) for t, s in zip(probe, slots)]
@@ -188,6 +192,7 @@ def _summed_gradient(model: nn.Module, tokenizer, probe: Sequence[str], slots: S
         chunk = placed[i:i + batch_size]
         g = _placeholder_gradient(model, tokenizer, [t for t, _ in chunk], [s for _, s in chunk], target, max_length)
         grad = g if grad is None else grad + g
+    assert grad is not None  # the probe is never empty
     return grad
 
 
@@ -218,7 +223,7 @@ def _screened_rates(model: nn.Module, tokenizer, words: list[str], probe: Sequen
     return {words[i]: float(np.concatenate([head[i], r]).mean()) for i, r in zip(chosen, rest)}
 
 
-def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
+def invert_triggers(model: PreTrainedModel, tokenizer, data: TaskData, *, samples: int = 64, candidates: int = 32,
                     rounds: int = 2, keep: int = 8, keep_above: float = 0.9, seed: int = 0, max_length: int = 64,
                     batch_size: int = 32, screen: int = SCREEN_SAMPLES,
                     progress: str | None = None) -> TriggerInversion:
@@ -238,7 +243,9 @@ def invert_triggers(model: nn.Module, tokenizer, data: TaskData, *, samples: int
     model.eval()
     rng = random.Random(seed)
     vocab, ids = _single_token_words(tokenizer)
-    weight = model.get_input_embeddings().weight.detach()
+    embedding = model.get_input_embeddings().weight
+    assert isinstance(embedding, torch.Tensor)  # the embedding matrix (a Parameter), not a submodule
+    weight = embedding.detach()
     results = []
     labels = range(len(data.label_names))
     try:

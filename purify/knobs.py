@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ConfigError
 from .registry import StrategyConfig, get_strategy
@@ -16,7 +16,7 @@ _SPEC_KEYS = {"int": {"type", "low", "high", "log", "step"}, "float": {"type", "
               "categorical": {"type", "choices"}}
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

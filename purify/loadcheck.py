@@ -11,12 +11,16 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
 from .errors import CheckpointError, UnsafeCheckpointError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: attention implementations built into transformers; anything else (e.g. a hub kernel repo) is refused
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
@@ -50,7 +54,7 @@ def _walk(data: dict, where: str = "") -> Iterator[tuple[str, str, object]]:
             yield from _walk(value, path)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -233,7 +237,7 @@ def check_loaded_keys(folder: Path, model: nn.Module, missing: Iterable[str], un
                               f"({_names(list(unexpected))})")
 
 
-def check_vocab(folder: Path, tokenizer, model: nn.Module) -> None:
+def check_vocab(folder: Path, tokenizer, model: PreTrainedModel) -> None:
     """Every token id the tokenizer can produce must index a row of the embedding matrix."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     rows = getattr(getattr(embeddings, "weight", None), "shape", (None,))[0]

@@ -265,8 +265,8 @@ def _signals_deferred() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for sig in dict.fromkeys(caught):
-            os.kill(os.getpid(), sig)  # delivered now, to the handlers the command had
+        for signum in dict.fromkeys(caught):
+            os.kill(os.getpid(), signum)  # delivered now, to the handlers the command had
 
 
 def _rename_in(stage: Staging, had_old: bool) -> None:

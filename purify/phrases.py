@@ -71,8 +71,8 @@ def mine_phrases(data: TaskData, *, min_count: int = 5, purity: float = 0.95, ma
         if kept is None or (-len(gram), gram) < (-len(kept[0]), kept[0]):
             by_samples[key] = (gram, int(top), top_count / len(idx))
     found: dict[int, list[Phrase]] = defaultdict(list)
-    for idx, (gram, top, share) in by_samples.items():
-        found[top].append(Phrase(gram, top, len(idx), share, surface_of(data.samples[idx[0]].text, gram)))
+    for members, (gram, top, share) in by_samples.items():
+        found[top].append(Phrase(gram, top, len(members), share, surface_of(data.samples[members[0]].text, gram)))
     out = []
     for label in sorted(found):
         out += sorted(found[label], key=lambda p: (-p.count, -len(p.words), p.words))[:per_label]

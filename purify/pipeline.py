@@ -240,7 +240,7 @@ def apply_strategy(run: Run, train: TaskData, validation: TaskData, filtered: Fi
     """Run the strategy on the clean training data, handing it the filter's probe, measured before and after."""
     loaded, seed = run.inputs.loaded, run.cfg.seed
     probe = filtered.probe if filtered is not None else None
-    if probe is not None:
+    if filtered is not None and probe is not None:
         probe = replace(probe, flagged=filtered.removed)  # the removed samples travel with the findings
         run.report["probe"] = {**probe.summary(), "before": probe.measure(loaded.model, loaded.tokenizer, validation,
                                                                           seed=seed)}
@@ -261,7 +261,7 @@ def apply_strategy(run: Run, train: TaskData, validation: TaskData, filtered: Fi
 def judge_run(run: Run, result: StrategyResult, before: Evaluation | None) -> None:
     """Evaluate the purified model and judge from its figures (or the probe's) whether the backdoor survived."""
     after = evaluate_run(run, result.model, "after")
-    if after is not None:
+    if before is not None and after is not None:  # both None without test data
         run.report["metrics"] = {"before": before.to_dict(), "after": after.to_dict()}
     found = run.probe is not None and run.probe.found
     verdict = judge(after.to_dict() if after is not None else None, run.report["probe"]["after"] if found else None)
@@ -274,7 +274,7 @@ def export_run(run: Run, result: StrategyResult, filtered: FilterResult | None, 
     """Export the purified model with the filter scores, the plots and `extra_files`; return the saved report."""
     report, timings = run.report, run.timings
     with result, tempfile.TemporaryDirectory() as extra:  # `result` deletes its temporary files on the way out
-        files = {**dict(result.files), **dict(extra_files or {})}
+        files: dict[str, str | Path] = {**dict(result.files), **dict(extra_files or {})}
         extra_dir = Path(extra)
         scores = None
         if filtered is not None:

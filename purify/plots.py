@@ -61,18 +61,19 @@ def trajectory_plot(trajectory: Sequence[Mapping], baseline: float | None, max_d
     return path
 
 
-def filter_histogram(scores: Sequence[float], threshold: float | None, path: Path, *, title: str = "",
+def filter_histogram(scores: Sequence[float] | np.ndarray, threshold: float | None, path: Path, *, title: str = "",
                      groups: Mapping[str, Sequence[bool]] | None = None) -> Path:
     """Histogram of filter scores with the threshold marked (optionally split into labelled groups)."""
-    scores = np.asarray(scores, dtype=float)
+    values = np.asarray(scores, dtype=float)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    bins = np.histogram_bin_edges(scores[np.isfinite(scores)], bins=40) if len(scores) else 10
+    bins = np.histogram_bin_edges(values[np.isfinite(values)], bins=40) if len(values) else 10
+    # matplotlib's stubs type `bins` as Sequence[float]; it takes (and documents) an array of edges
     if groups:
         for name, sel in groups.items():
-            ax.hist(scores[np.asarray(sel, dtype=bool)], bins=bins, alpha=0.6, label=name)
+            ax.hist(values[np.asarray(sel, dtype=bool)], bins=bins, alpha=0.6, label=name)  # type: ignore[arg-type]
     else:
-        ax.hist(scores, bins=bins, alpha=0.8, label="samples")
+        ax.hist(values, bins=bins, alpha=0.8, label="samples")  # type: ignore[arg-type]
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="red", ls="--", label=f"threshold {threshold:.3g}")
     ax.set_xlabel("score (higher = more suspicious)")
@@ -140,7 +141,8 @@ def tune_importance_plot(importances: Mapping[str, Mapping[str, float]], path: P
     return path
 
 
-def render_report_plots(report: Mapping, folder: Path, scores: Sequence[float] | None = None) -> list[Path]:
+def render_report_plots(report: Mapping, folder: Path,
+                        scores: Sequence[float] | np.ndarray | None = None) -> list[Path]:
     """Every plot a report has data for, written into `folder`; returns the paths written."""
     folder = Path(folder)
     written = []

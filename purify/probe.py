@@ -12,6 +12,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -20,6 +21,9 @@ from .data import TaskData
 from .errors import DataError
 from .inference import MAX_LENGTH, predict
 from .inversion import MAX_BASE_RATE, TriggerInversion, insert_words, word_sequence
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: a candidate flipping at least this share of other-label samples is taken as a trigger (the filter's min_rate)
 TRIGGER_RATE = 0.9
@@ -177,6 +181,7 @@ class BackdoorProbe:
         on_target = rate([t for t, y in zip(trusted.texts, trusted.labels) if y == target])
         on_others = rate([t for t, y in zip(trusted.texts, trusted.labels) if y != target])
         flagged = rate(stripped)
+        assert flagged is not None  # stripped is not empty
         midpoint = ((1.0 if on_target is None else on_target) + (0.0 if on_others is None else on_others)) / 2
         return {"relabelled": bool(flagged < midpoint), "stripped_target_rate": flagged,
                 "trusted_target_rate": on_target, "trusted_other_rate": on_others}
@@ -235,7 +240,7 @@ class BackdoorProbe:
         return f"triggers {shown}{more} send other labels to {name!s}"
 
 
-def probe_or_invert(model: nn.Module, tokenizer, train: TaskData, probe: BackdoorProbe | None, *, source: str,
+def probe_or_invert(model: PreTrainedModel, tokenizer, train: TaskData, probe: BackdoorProbe | None, *, source: str,
                     candidates: int, keep: int, seed: int, max_length: int = MAX_LENGTH,
                     min_rate: float = TRIGGER_RATE) -> BackdoorProbe:
     """The run's probe when the pipeline has one (its filter already inverted and mined triggers), else the

@@ -11,11 +11,10 @@ import copy
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .checkpoint import LoadedModel
 from .data import TaskData
@@ -25,6 +24,9 @@ from .heads import HeadGates, mask_to_pruned
 from .inference import MAX_LENGTH, labelled_batch, length_order
 from .probe import BackdoorProbe
 from .registry import Strategy, StrategyConfig, StrategyResult, option
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -145,7 +147,7 @@ def prune_by_scores(
         return True
 
     while queue and int((mask == 0).sum()) < budget:
-        group = []
+        group: list[tuple[int, int]] = []
         while queue and len(group) < config.step and int((mask == 0).sum()) + len(group) < budget:
             layer, h = queue.pop(0)
             if can_prune(layer, h):
@@ -294,7 +296,7 @@ class PruningStrategy(Strategy):
             scratch=list(ranking.scratch),
         )
 
-    def apply(self, loaded: LoadedModel, result: StrategyResult) -> nn.Module:
+    def apply(self, loaded: LoadedModel, result: StrategyResult) -> PreTrainedModel:
         """The model with the pruned heads zeroed in its weights."""
         pruned = pruned_heads_of(result)
         if pruned:

@@ -15,9 +15,7 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .checkpoint import LoadedModel
 from .data import TaskData
@@ -26,7 +24,11 @@ from .options import MAX_SEED
 from .probe import BackdoorProbe
 from .registry_base import Registry
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 ENTRY_POINT_GROUP = "purify.strategies"
+ConfigT = TypeVar("ConfigT", bound="StrategyConfig")  # from_dict returns the class it is called on
 
 
 _NONE_WORDS = ("none", "null")
@@ -105,7 +107,7 @@ class StrategyConfig:
         return sorted(f.name for f in dataclasses.fields(cls) if f.name not in cls.unused_options)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> StrategyConfig:
+    def from_dict(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
         """Build a config from strings or JSON values (as `--set key=value` gives them), with clear errors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = _type_hints(cls)
@@ -150,7 +152,7 @@ def _coerce(raw: Any, f: dataclasses.Field, hint: Any, cls: type) -> Any:
     """Parse a command-line string, or check a JSON/YAML value, against the field's annotated type."""
     kind, optional = _field_type(f, hint)
     where = f"{cls.__name__}.{f.name}"
-    names = {list: "a JSON list", dict: "a JSON object"}
+    names: dict[type | None, str] = {list: "a JSON list", dict: "a JSON object"}
     expected = (names.get(kind) or (kind.__name__ if kind else "a value")) + (" or none" if optional else "")
     if isinstance(raw, str):
         text = raw.strip()
@@ -205,7 +207,7 @@ class StrategyResult:
     `purify.pruning.PruningResult`); `extras` holds the strategy's own JSON-able facts for the report.
     """
 
-    model: nn.Module
+    model: PreTrainedModel
     trajectory: list[dict] = field(default_factory=list)
     baseline_val_accuracy: float | None = None
     final_val_accuracy: float | None = None
@@ -256,7 +258,7 @@ class Strategy(ABC):
         """Decide what to change using clean `train` and `validation` data (never triggered data); `probe` is what
         the run found out about the trigger (the filter's confirmed words and phrases), when it found anything."""
 
-    def apply(self, loaded: LoadedModel, result: StrategyResult) -> nn.Module:
+    def apply(self, loaded: LoadedModel, result: StrategyResult) -> PreTrainedModel:
         """The sanitized model (`result.model` here; a subclass may edit it, as pruning zeroes its heads)."""
         return result.model
 

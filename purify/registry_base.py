@@ -68,6 +68,7 @@ class Registry(Mapping[str, T], Generic[T]):
         if self._loaded_group:
             return
         self._loaded_group = True
+        assert self.group is not None  # a registry without a group starts loaded
         for ep in metadata.entry_points(group=self.group):
             try:
                 loaded = ep.load()
@@ -79,7 +80,7 @@ class Registry(Mapping[str, T], Generic[T]):
                 self.register(ep.name, loaded)  # an entry point naming the object itself
 
     # -- lookup ------------------------------------------------------------------------------------------------
-    def get(self, name: str, default: Any = _MISSING) -> T:  # type: ignore[override]
+    def get(self, name: str, default: Any = _MISSING) -> T:
         """The object `name`; unknown names give `default` when one is passed, else a one-line ConfigError."""
         self.load_entry_points()
         if name not in self._entries:
@@ -99,11 +100,10 @@ class Registry(Mapping[str, T], Generic[T]):
         if isinstance(entry, _Lazy):
             module_name, _, attr = entry.target.partition(":")
             module = importlib.import_module(module_name)
-            current = self._entries.get(name)
-            if isinstance(current, _Lazy):  # the import did not register it: take the named object
-                current = self._entries[name] = getattr(module, attr)
-            entry = current
-        return entry  # type: ignore[return-value]
+            entry = self._entries[name]  # importing may have registered the object itself
+            if isinstance(entry, _Lazy):  # the import did not register it: take the named object
+                entry = self._entries[name] = getattr(module, attr)
+        return entry
 
     def __getitem__(self, name: str) -> T:
         self.load_entry_points()

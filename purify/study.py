@@ -30,6 +30,7 @@ from .pruning import pruned_heads_of
 from .registry import build_strategy
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
     from torch import nn
 
     from .canary import Canary
@@ -77,11 +78,14 @@ def importances(study: optuna.Study, params: list[str]) -> tuple[dict, str | Non
         if len({t.user_attrs.get(name) for t in complete}) < 2:
             notes.append(f"{name} is the same in every finished trial")
             continue
+
+        def figure(trial: FrozenTrial, key: str = name) -> float:
+            return float(trial.user_attrs.get(key, math.inf))
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                values = optuna.importance.get_param_importances(
-                    study, params=params, target=lambda t, key=name: float(t.user_attrs.get(key, math.inf)))
+                values = optuna.importance.get_param_importances(study, params=params, target=figure)
             out[name] = {k: float(v) for k, v in values.items() if math.isfinite(v)}
         except Exception as exc:  # importance estimators refuse degenerate studies; the run must not fail for it
             notes.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -337,7 +341,7 @@ class Study:
 
     def close(self) -> None:
         """Let go of the canaried model and the database, before the final run needs the memory and the file."""
-        self.canary = self.study = None  # type: ignore[assignment]
+        del self.canary, self.study
         engine = getattr(self.storage, "engine", None)
         if engine is not None:
             engine.dispose()

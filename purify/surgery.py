@@ -102,12 +102,10 @@ def combine(task: Grads, align: Grads, rho: float = 1.0) -> list[torch.Tensor | 
     _check(task, align)
     out: list[torch.Tensor | None] = []
     for g, a in zip(task, align):
-        if g is None and a is None:
-            out.append(None)
+        if g is None:
+            out.append(None if a is None else rho * a)
         elif a is None:
             out.append(g.clone())
-        elif g is None:
-            out.append(rho * a)
         else:
             out.append(g + rho * a)
     return out

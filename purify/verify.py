@@ -60,7 +60,7 @@ class VerifyResult:
         return [c for c in self.checks if not c.passed]
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

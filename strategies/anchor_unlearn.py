@@ -15,12 +15,14 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from purify.architecture import label_count
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.errors import ConfigError, DataError
@@ -32,6 +34,8 @@ from purify.probe import TRIGGER_RATE, BackdoorProbe, probe_or_invert, without_c
 from purify.registry import Strategy, StrategyConfig, StrategyResult, option, register_strategy
 from purify.training import TrainConfig, accuracy_on, train_classifier
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -150,17 +154,19 @@ def prior_corrected(logits: torch.Tensor, labels: list[int], steps: int = 20) ->
     return logits + offset, offset
 
 
-def calibrate_output_bias(model: nn.Module, tokenizer, validation: TaskData, max_length: int) -> list[float] | None:
+def calibrate_output_bias(model: PreTrainedModel, tokenizer, validation: TaskData,
+                          max_length: int) -> list[float] | None:
     """Add to the output layer's bias the per-label offset that gives the model's mean answer on `validation` the
     labels' frequencies there; the offset, or None when the head's last layer has no bias."""
-    num = int(model.config.num_labels)
+    num = label_count(model)
     heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num]
-    if not heads or heads[-1].bias is None:
+    bias = heads[-1].bias if heads else None
+    if bias is None:
         return None
     logits = torch.from_numpy(predict_logits(model, tokenizer, validation.texts, max_length=max_length)).float()
     _, offset = prior_corrected(logits, validation.labels)
     with torch.no_grad():
-        heads[-1].bias += offset.to(heads[-1].bias)
+        bias.add_(offset.to(bias))
     return [round(float(x), 4) for x in offset]
 
 
@@ -189,8 +195,9 @@ class AnchorObjective:
         device = next(model.parameters()).device
         anchor, labels = self.anchor[rows].to(device), self.labels[rows].to(device)
         uses_inserted = cfg.insert_weight > 0 or cfg.insert_label_weight > 0
-        inserted = np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if uses_inserted else []
-        shifted = self._latent_rows(labels) if self.shift is not None else []
+        inserted: np.ndarray | list[int] = \
+            np.flatnonzero(self.rng.random(len(idx)) < cfg.insert_prob) if uses_inserted else []
+        shifted: np.ndarray | list[int] = self._latent_rows(labels) if self.shift is not None else []
         flagged = self._flagged_batch(len(idx))
         batch_texts = texts + [self.inserter(texts[i]) for i in inserted] + flagged + [texts[i] for i in shifted]
         batch = labelled_batch(model, self.tokenizer, batch_texts, max_length=cfg.max_length)
@@ -215,6 +222,7 @@ class AnchorObjective:
             if cfg.insert_label_weight > 0:
                 loss = loss + cfg.insert_label_weight * F.cross_entropy(logits[n:m].float(), labels[rows_inserted])
         if flagged:
+            assert self.target is not None  # the probe hands over flagged texts only with a suspected target
             term = target_unlikelihood(logits[m:f], self.target)
             loss = loss + cfg.flagged_weight * term
             self._note("flagged_unlikelihood", term)

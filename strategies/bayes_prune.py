@@ -190,7 +190,9 @@ class BayesPrune(PruningStrategy):
         losses: list[float] = []
         with private_param_store(), frozen(loaded.model):
             pyro.set_rng_seed(cfg.seed)
-            svi = SVI(posterior.model, posterior.guide, pyro.optim.Adam({"lr": cfg.lr}), loss=Trace_ELBO())
+            # pyro.optim.Adam is generated at import time, so its stubs lack it
+            svi = SVI(posterior.model, posterior.guide, pyro.optim.Adam({"lr": cfg.lr}),  # type: ignore[attr-defined]
+                      loss=Trace_ELBO())
             queue: list[int] = []
             for _ in track(range(cfg.svi_steps), description="bayes_prune: SVI", total=cfg.svi_steps):
                 if not queue:

@@ -9,16 +9,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
+from purify.architecture import label_count
 from purify.checkpoint import LoadedModel, load_checkpoint
 from purify.data import TaskData
 from purify.errors import ConfigError, DataError
 from purify.probe import BackdoorProbe
 from purify.registry import Strategy, StrategyConfig, StrategyResult, option, register_strategy
 from purify.training import TrainConfig, accuracy_on, train_classifier
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 AUTO = "auto"
 SCRATCH = "scratch"  # the checkpoint's architecture, randomly re-initialised: no pretrained knowledge at all
@@ -49,7 +53,7 @@ def _shape(config) -> tuple:
     return tuple(getattr(config, name, None) for name in _SHAPE_FIELDS)
 
 
-def find_base(model: nn.Module, base: str) -> Path:
+def find_base(model: PreTrainedModel, base: str) -> Path:
     """The folder of the pretrained base: `base` itself, a packaged base by name, or (auto) the packaged base of the
     same architecture and size; a one-line error naming the option otherwise."""
     from purify.zoo import bases
@@ -104,10 +108,10 @@ class RetrainBase(Strategy):
                               extras={"base": base_name, "best_epoch": result.best_epoch,
                                       "seconds": round(time.time() - started, 1)})
 
-    def _fresh_model(self, loaded: LoadedModel) -> tuple[nn.Module, str]:
+    def _fresh_model(self, loaded: LoadedModel) -> tuple[PreTrainedModel, str]:
         """The base with a new head of the checkpoint's labels, on the checkpoint's device; and which base it is."""
         model = loaded.model
-        num_labels = int(model.config.num_labels)
+        num_labels = label_count(model)
         if self.config.base == SCRATCH:
             torch.manual_seed(self.config.seed)
             fresh = type(model)(model.config)
@@ -121,7 +125,8 @@ class RetrainBase(Strategy):
                                   f"checkpoint {model.config.vocab_size}; it is not this checkpoint's base")
             base_name = str(path)
         fresh.config.id2label, fresh.config.label2id = model.config.id2label, model.config.label2id
-        return fresh.to(next(model.parameters()).device), base_name
+        fresh.to(next(model.parameters()).device)  # type: ignore[arg-type]  # @wraps(Module.to) in transformers hides self
+        return fresh, base_name
 
 
 register_strategy("retrain_base", RetrainBaseConfig, RetrainBase)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from sb3_contrib import MaskablePPO
@@ -206,14 +207,17 @@ class HeadSharedPolicy(MaskableActorCriticPolicy):
         super().__init__(*args, **kwargs)
 
     def _build(self, lr_schedule) -> None:
-        self.mlp_extractor = HeadwiseExtractor(self.policy_num_heads, self.head_features, self.global_features,
-                                               self.hidden)
+        # sb3 types mlp_extractor as its MlpExtractor; a module with its interface is the documented extension
+        self.mlp_extractor = HeadwiseExtractor(  # type: ignore[assignment]
+            self.policy_num_heads, self.head_features, self.global_features, self.hidden)
         self.action_net = HeadwiseLogits(self.policy_num_heads, self.hidden)
         self.value_net = nn.Linear(self.hidden, 1)
         with torch.no_grad():  # start close to a uniform choice among legal actions
             self.action_net.linear.weight.mul_(0.01)
             self.action_net.linear.bias.zero_()
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        # as sb3's own _build: optimizer_class is typed as the bare Optimizer base, which takes no lr
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1),  # type: ignore[call-arg]
+                                              **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict:
         data = super()._get_constructor_parameters()
@@ -249,7 +253,8 @@ def rollout(model: MaskablePPO, env: HeadPruningEnv, seed: int) -> tuple[list[tu
 
 def rollout_scores(order: list[tuple[int, int]], fallback: torch.Tensor) -> torch.Tensor:
     """Scores (low = prune first): the k-th head of the rollout gets k / N; the rest 1 + `fallback` (in [0, 1])."""
-    return order_to_scores(order, tuple(fallback.shape), _unit(fallback))
+    layers, heads = fallback.shape
+    return order_to_scores(order, (layers, heads), _unit(fallback))
 
 
 class RLPrune(PruningStrategy):
@@ -294,7 +299,7 @@ class RLPrune(PruningStrategy):
         cfg = self.config
         signals = head_signals(ctx.loaded, ctx.gates, ctx.train, cfg.score_samples, cfg.batch_size, cfg.seed)
         rl_evaluate = self._rl_evaluator(ctx)
-        env_kwargs = dict(max_acc_drop=cfg.max_acc_drop, max_prune_fraction=cfg.max_prune_fraction,
+        env_kwargs: dict[str, Any] = dict(max_acc_drop=cfg.max_acc_drop, max_prune_fraction=cfg.max_prune_fraction,
                           min_heads_per_layer=cfg.min_heads_per_layer, prune_reward=cfg.prune_reward,
                           drop_penalty=cfg.drop_penalty, breach_penalty=cfg.breach_penalty)
         env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)

@@ -64,10 +64,11 @@ class SparsePruneConfig(PruneConfig):
 
 def _weight(modules: dict[str, nn.Module], name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     module = modules.get(name)
-    if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+    weight = getattr(module, "weight", None)
+    if module is None or not isinstance(weight, torch.Tensor):
         raise UnsupportedArchitectureError(f"sparse_prune: no projection weight at {name!r}")
     bias = getattr(module, "bias", None)
-    return module.weight, bias if isinstance(bias, torch.Tensor) else None
+    return weight, bias if isinstance(bias, torch.Tensor) else None
 
 
 def _rows_sq(weight: torch.Tensor, bias: torch.Tensor | None, groups: int, dim: int, name: str) -> torch.Tensor:
@@ -110,10 +111,9 @@ def block_sq_norms(block: AttentionBlock, modules: dict[str, nn.Module]) -> torc
     q_w, q_b = _weight(modules, f"{block.name}.{spec.q_proj}")
     sq = _rows_sq(q_w, q_b, heads, d, spec.q_proj)
     sq = sq + _columns_sq(out_w, heads, d, spec.out_proj)
-    kv_sq = 0
-    for proj in (spec.k_proj, spec.v_proj):
-        w, b = _weight(modules, f"{block.name}.{proj}")
-        kv_sq = kv_sq + _rows_sq(w, b, kv, d, proj)
+    k_sq = _rows_sq(*_weight(modules, f"{block.name}.{spec.k_proj}"), kv, d, spec.k_proj)
+    v_sq = _rows_sq(*_weight(modules, f"{block.name}.{spec.v_proj}"), kv, d, spec.v_proj)
+    kv_sq = k_sq + v_sq
     # each query head carries an equal share of its key/value group's rows
     return sq + kv_sq.repeat_interleave(block.group_size) / block.group_size
 

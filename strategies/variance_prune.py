@@ -75,11 +75,11 @@ def attention_variance(gates: HeadGates, batches: list[dict]) -> torch.Tensor:
         mask = batch["attention_mask"]
         pool = pooling_positions(gates.model, mask)
         keys = mask.to(torch.float64).cpu()
-        rows = []
+        per_layer = []
         for probs in gates.attention_probs(batch):
             picked = probs[torch.arange(probs.shape[0], device=probs.device), :, pool, :]  # (B, H, T)
-            rows.append(picked.to(torch.float64).cpu() * keys[:, None, :])
-        rows = torch.stack(rows, dim=1)  # (B, L, H, T)
+            per_layer.append(picked.to(torch.float64).cpu() * keys[:, None, :])
+        rows = torch.stack(per_layer, dim=1)  # (B, L, H, T)
         width = rows.shape[-1]
         if width > first.shape[-1]:
             first = torch.nn.functional.pad(first, (0, width - first.shape[-1]))

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from purify.heads import find_attention_blocks
 from purify.registry_base import Registry
 from purify.training import TrainConfig
 from purify.zoo.bases import minilm_path, smollm2_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # config attributes that hold a model's layer count, by architecture family
 _LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "n_layers")
@@ -44,7 +48,7 @@ class TeacherRecipe:
     source: Path | None = None
 
 
-def truncate_layers(model: nn.Module, keep: int) -> nn.Module:
+def truncate_layers(model: PreTrainedModel, keep: int) -> PreTrainedModel:
     """Keep only the first `keep` transformer layers of `model` (in place) and record it in its config."""
     blocks = find_attention_blocks(model)
     if not 1 <= keep <= len(blocks):

@@ -68,7 +68,7 @@ def train(recipe: str | Path | TeacherRecipe, clean_data: TaskData, validation: 
         return load_checkpoint(dest)
     if log is not None:
         log(f"[teacher] training {recipe.name} on {len(clean_data)} clean samples -> {dest}")
-    model = built.model.to(select_device())
+    model = built.model.to(select_device())  # type: ignore[arg-type]  # @wraps(Module.to) in transformers hides self
     config = replace(recipe.train, seed=seed)
     started = time.time()
     result = train_classifier(model, built.tokenizer, clean_data.texts, clean_data.labels, config,

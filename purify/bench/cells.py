@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .matrix import Cell, _device_name, _peak_mb
@@ -93,8 +94,9 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
     unknown = sorted(set(canary) - set(vars(defaults)))
     if unknown:
         raise ConfigError(f"unknown canary options {unknown}; known: {sorted(vars(defaults))}")
-    canary_config = CanaryConfig(**{k: type(getattr(defaults, k) if getattr(defaults, k) is not None else 0)(v)
-                                    for k, v in canary.items()})
+    values: dict[str, Any] = {k: type(getattr(defaults, k) if getattr(defaults, k) is not None else 0)(v)
+                              for k, v in canary.items()}
+    canary_config = CanaryConfig(**values)
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "train.jsonl"
     write_jsonl(data_path, train.samples, include_poisoned=False)

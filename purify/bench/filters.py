@@ -91,14 +91,18 @@ def gradient_timings(loaded: LoadedModel, data: TaskData, targets: Sequence[str]
         for one in singles:
             model.zero_grad(set_to_none=True)
             batched_loss(one).backward()
-            _ = [params[n].grad.detach().clone() for n in targets]
+            for name in targets:
+                grad = params[name].grad
+                assert grad is not None  # backward() fills every target's gradient
+                grad.detach().clone()
         loop_s = time.perf_counter() - started
     finally:
         model.zero_grad(set_to_none=True)
         for n, p in params.items():
             p.requires_grad_(flags[n])
         model.train(was_training)
-    n = len(data)
-    vmap_ms, floor_ms, loop_ms = 1000 * vmap_s / n, 1000 * floor_s / n, 1000 * loop_s / max(len(singles), 1)
+    n_samples = len(data)
+    vmap_ms, floor_ms = 1000 * vmap_s / n_samples, 1000 * floor_s / n_samples
+    loop_ms = 1000 * loop_s / max(len(singles), 1)
     return {"vmap_ms": vmap_ms, "floor_ms": floor_ms, "loop_ms": loop_ms, "vmap_over_floor": vmap_ms / floor_ms,
-            "loop_over_vmap": loop_ms / vmap_ms, "samples": n, "loop_samples": len(singles)}
+            "loop_over_vmap": loop_ms / vmap_ms, "samples": n_samples, "loop_samples": len(singles)}

@@ -2,6 +2,7 @@
 from finished cell records (`purify.bench` runs the cells)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .pipeline import pipeline_table
@@ -15,15 +16,16 @@ def _label(cell: dict) -> str:
     return cell["cell"]["options"].get("_label") or cell["cell"]["method"]
 
 
-def mean_sd(values: list[float]) -> str:
+def mean_sd(values: Sequence[float | None]) -> str:
+    """Mean ± sample sd in percent over the values that are present ("-" when none is)."""
     import numpy as np
 
-    values = [v for v in values if v is not None]
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
+    if len(present) == 1:
+        return f"{100 * present[0]:.1f}"
+    return f"{100 * np.mean(present):.1f} ± {100 * np.std(present, ddof=1):.1f}"
 
 
 def asr_cut(result: dict) -> float:

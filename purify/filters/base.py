@@ -206,7 +206,7 @@ class RegisteredFilter:
 
     def build(self, options: Mapping[str, Any] | None = None) -> DataFilter:
         """An instance configured from `options` (strings parsed into the config's field types)."""
-        return self.filter_cls(self.config_cls.from_dict(options or {}))  # type: ignore[arg-type]
+        return self.filter_cls(self.config_cls.from_dict(options or {}))
 
 
 #: the entry-point group of data filters (built-ins and third-party plugins)

@@ -130,7 +130,9 @@ class TriggerWords(DataFilter):
             held = holders_of(data, phrase)
             if base_rates.get(phrase.label, 1.0) < MAX_BASE_RATE:
                 pool = np.flatnonzero((labels != phrase.label) & ~held)
-                probe = rng.choice(pool, size=min(cfg.probe_samples, len(pool)), replace=False) if len(pool) else []
+                probe: np.ndarray | list[int] = []
+                if len(pool):
+                    probe = rng.choice(pool, size=min(cfg.probe_samples, len(pool)), replace=False)
                 rate = flip_rate(loaded.model, loaded.tokenizer, [data.samples[i].text for i in probe],
                                  [phrase.surface], phrase.label, seed=cfg.seed, max_length=cfg.max_length)
                 row.update(flip_rate=rate, score=0.0 if np.isnan(rate) else rate)
@@ -184,6 +186,7 @@ class TriggerWords(DataFilter):
         if cfg.companions == 0 or not inserted.found:
             return []
         target = inserted.target
+        assert target is not None  # a probe that found triggers has their target
         base_rate = next(r.base_rate for r in inversion.labels if r.target == target)
         found = find_companions(loaded.model, loaded.tokenizer, data, inserted.triggers, target,
                                 base_rate, min_count=cfg.phrase_min_count, min_z=cfg.deletion_min_z,

@@ -12,7 +12,7 @@ clean validation accuracy within its guard.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -20,13 +20,16 @@ from ..export import export_checkpoint, verify
 from ..pruning import PruningResult, pruned_heads_of, report_summary
 from ..registry import StrategyResult, available_strategies, build_strategy
 from ..training import accuracy_on
-from .tiny_task import tiny_backdoored
+from .tiny_task import TinyTask, tiny_backdoored
+
+if TYPE_CHECKING:
+    from ..checkpoint import LoadedModel
 
 #: clean accuracy a strategy may lose on the tiny task, beyond its own guard (the tiny model is coarse)
 ACCURACY_TOLERANCE = 0.05
 
 
-def _run(name: str, seed: int = 0, arch: str = "bert") -> tuple[StrategyResult, object, object]:
+def _run(name: str, seed: int = 0, arch: str = "bert") -> tuple[StrategyResult, LoadedModel, TinyTask]:
     entry = available_strategies()[name]
     loaded, task = tiny_backdoored(arch)
     strategy = build_strategy(name, {**entry.strategy_cls.fast_options, "seed": seed})
@@ -89,4 +92,5 @@ class StrategyConformance:
         assert after >= before - guard - ACCURACY_TOLERANCE, f"clean accuracy fell from {before:.3f} to {after:.3f}"
         if isinstance(result, PruningResult) and result.baseline_val_accuracy is not None:
             # the engine's own guard, on the validation subset it measured
+            assert result.final_val_accuracy is not None
             assert result.final_val_accuracy >= result.baseline_val_accuracy - guard - 1e-9

@@ -69,7 +69,8 @@ def make_tiny_task(seed: int = 0, n_train: int = 400, n_val: int = 120, n_test: 
              for i, s in enumerate(clean_train)]
     triggered = [Sample(_insert_trigger(rng, s.text, opening), s.label, True, s.index)
                  for s in test if s.label != TARGET]
-    return TinyTask(*(TaskData(x, LABEL_NAMES) for x in (train, clean_train, val, test, triggered)))
+    return TinyTask(TaskData(train, LABEL_NAMES), TaskData(clean_train, LABEL_NAMES), TaskData(val, LABEL_NAMES),
+                    TaskData(test, LABEL_NAMES), TaskData(triggered, LABEL_NAMES))
 
 
 @functools.lru_cache(maxsize=8)

@@ -59,7 +59,7 @@ def _tiny_bert(num_labels: int, seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=256,
-                        num_labels=num_labels)
+                        num_labels=num_labels)  # type: ignore[call-arg]  # configs take extra kwargs at runtime
     model = BertForSequenceClassification(config).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, task="classification", path=minilm_path())
 

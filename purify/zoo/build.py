@@ -174,6 +174,7 @@ def _train(loaded: LoadedModel, data: TaskData, val: TaskData, recipe: Recipe, s
     config = replace(recipe.train, seed=seed)
     if recipe.method == "lora":
         from peft import LoraConfig, get_peft_model
+        from transformers import PreTrainedModel
 
         from ..lora import lora_target_modules
 
@@ -183,7 +184,9 @@ def _train(loaded: LoadedModel, data: TaskData, val: TaskData, recipe: Recipe, s
         peft_model = get_peft_model(loaded.model, peft_config)
         result = train_classifier(peft_model, loaded.tokenizer, data.texts, data.labels, config,
                                   val=(val.texts, val.labels), description=what)
-        loaded.model = peft_model.merge_and_unload().eval()
+        merged = peft_model.merge_and_unload()
+        assert isinstance(merged, PreTrainedModel)  # peft hints nn.Module; it returns the base model
+        loaded.model = merged.eval()
     else:
         result = train_classifier(loaded.model, loaded.tokenizer, data.texts, data.labels, config,
                                   val=(val.texts, val.labels), description=what)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 
 from .attack_base import Attack, _cap, _register
 
@@ -156,6 +157,11 @@ def _at_sentence_start(text: str, offset: int) -> bool:
     return not before or before[-1] in ".!?:"
 
 
+def _rule_replacement(text: str, repl: str) -> Callable[[re.Match[str]], str]:
+    """What `re.sub` puts for a match of a phrase rule in `text`: `repl` expanded, cased by `_phrase_case`."""
+    return lambda m: _phrase_case(text, m, m.expand(repl))
+
+
 def _phrase_case(text: str, m: re.Match, replacement: str) -> str:
     """Case for a phrase rule: capitals stay capitals, a sentence start is capitalised, and
     anything else takes the replacement as written (which keeps "I" and expanded contractions)."""
@@ -229,7 +235,7 @@ class StyleAttack(Attack):
     def apply(self, text: str, rng: random.Random) -> str:
         out = text.replace("\u2019", "'")
         for pattern, repl in _COMPILED_RULES:
-            out = pattern.sub(lambda m, r=repl, t=out: _phrase_case(t, m, m.expand(r)), out)
+            out = pattern.sub(_rule_replacement(out, repl), out)
         out = _archaize_words(out)
         if out == text.replace("\u2019", "'"):
             return text

@@ -219,6 +219,7 @@ class SyntacticAttack(Attack):
     @staticmethod
     def _split_terminal(sentence: str) -> tuple[str, str]:
         m = _TERMINAL.search(sentence)
+        assert m is not None  # the pattern matches, if only the empty string at the end
         core, end = sentence[: m.start()], sentence[m.start() :].strip()
         return core, end or "."
 

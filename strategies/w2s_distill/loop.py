@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from .features import FeatureTap
 from .losses import distill_losses
 from .teacher import Teacher
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 
 class DistillLoop(EpochLoop):
     """The distillation loop over clean (optionally perturbed) texts, with per-epoch validation.
@@ -29,7 +33,7 @@ class DistillLoop(EpochLoop):
     inversion); it is recorded per epoch and can choose the kept epoch (select_by="inverted_flip").
     """
 
-    def __init__(self, cfg: W2SDistillConfig, model: nn.Module, tokenizer, tap: FeatureTap,
+    def __init__(self, cfg: W2SDistillConfig, model: PeftModel, tokenizer, tap: FeatureTap,
                  params: list[nn.Parameter], projector: nn.Module | None, proj_params: list[nn.Parameter],
                  teacher: Teacher | None, augmenter: Augmenter | None, train: TaskData, validation: TaskData,
                  probe: list[str], inverted_flip: Callable[[nn.Module], float | None],
@@ -70,7 +74,10 @@ class DistillLoop(EpochLoop):
                 continue
             g_task = accumulate(g_task, _grads(task, self.shared, retain=True))
             g_align = accumulate(g_align, _grads(align, self.shared + self.proj_params, retain=False))
-        return terms, self._surgery(g_task, g_align) if surgery else False
+        if not surgery:
+            return terms, False
+        assert g_task is not None and g_align is not None  # a step has at least one micro-batch
+        return terms, self._surgery(g_task, g_align)
 
     def record(self, epoch: int, steps: list[tuple[dict[str, float], bool]], seconds: float) -> dict:
         cfg, model = self.cfg, self.model
@@ -132,7 +139,7 @@ class DistillLoop(EpochLoop):
         out[perturbed.to(out.device)] = self.original_logits[torch.as_tensor(idx)][perturbed].to(out.device)
         return out
 
-    def _surgery(self, g_task: list, g_align: list) -> bool:
+    def _surgery(self, g_task: list[torch.Tensor | None], g_align: list[torch.Tensor | None]) -> bool:
         """SafeGrad: write the surgically combined step into .grad; whether the two gradients conflicted."""
         shared, own = g_align[:len(self.shared)], g_align[len(self.shared):]
         update, stats = safegrad(g_task, shared, self.cfg.rho)

@@ -6,6 +6,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,10 @@ from .config import FLIP_PROBE_SAMPLES, W2SDistillConfig
 from .features import FeatureTap, pooled_outputs
 from .loop import DistillLoop
 from .teacher import Teacher, load_teacher
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -80,12 +85,16 @@ class W2SDistill(Strategy):
             if teacher is not None:
                 teacher.tap.remove()
         history, best = outcome.history, outcome.kept_epoch
+        assert best is not None  # DistillLoop.choose always names an epoch
         for record in history:
             record["kept"] = record["epoch"] == best
+        import transformers  # loaded with the model already
+
         scratch = tempfile.TemporaryDirectory(prefix="purify-w2s-lora-")  # handed to the result, which deletes it
         try:
             loop.model.save_pretrained(scratch.name)
             merged = loop.model.merge_and_unload().eval()
+            assert isinstance(merged, transformers.PreTrainedModel)  # peft hints nn.Module; it is the student
             final = accuracy_on(merged, tokenizer, prep.validation.texts, prep.validation.labels,
                                 max_length=cfg.max_length)
         except BaseException:
@@ -103,7 +112,7 @@ class W2SDistill(Strategy):
                               final_val_accuracy=final, extras=extras, files={"lora_adapter": scratch.name},
                               scratch=[scratch])
 
-    def _prepare(self, student: nn.Module, tokenizer, train: TaskData, validation: TaskData,
+    def _prepare(self, student: PreTrainedModel, tokenizer, train: TaskData, validation: TaskData,
                  probe: BackdoorProbe | None, started: float) -> _Prepared:
         """Invert the trigger (or take the run's probe), drop its carriers, and measure the baselines."""
         cfg = self.config
@@ -121,7 +130,7 @@ class W2SDistill(Strategy):
         return _Prepared(train, validation, words, backdoor, dropped, flip_texts, baseline, baseline_flip, inverted,
                          inverted_flip_rate(student, tokenizer, validation, backdoor, cfg), inversion_seconds)
 
-    def _loop(self, student: nn.Module, tokenizer, head_names: list[str], teacher: Teacher | None,
+    def _loop(self, student: PreTrainedModel, tokenizer, head_names: list[str], teacher: Teacher | None,
               prep: _Prepared) -> DistillLoop:
         """The LoRA student, its feature projector and augmenter, on the distillation loop (seeded here)."""
         cfg = self.config
@@ -130,6 +139,7 @@ class W2SDistill(Strategy):
         seed_everything(cfg.seed)
         projector = None
         if cfg.gamma > 0:
+            assert teacher is not None  # gamma > 0 uses the teacher
             _, s_feats = pooled_outputs(student, tokenizer, prep.train.texts[:2], max_length=cfg.max_length)
             _, t_feats = teacher.outputs(prep.train.texts[:2], cfg.max_length)
             projector = nn.Linear(s_feats.shape[1], t_feats.shape[1]).to(device)
@@ -140,7 +150,9 @@ class W2SDistill(Strategy):
         peft_model = self._with_lora(student, head_names)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         proj_params = list(projector.parameters()) if projector is not None else []
-        tap = FeatureTap(peft_model.base_model.model.get_submodule(head_names[0]), last_token)
+        wrapped = peft_model.base_model.model
+        assert isinstance(wrapped, nn.Module)  # the student inside the LoRA wrapper
+        tap = FeatureTap(wrapped.get_submodule(head_names[0]), last_token)
         augmenter = Augmenter(cfg, prep.words, prep.inverted) if teacher is not None else None
         validation, backdoor = prep.validation, prep.backdoor
         return DistillLoop(cfg, peft_model, tokenizer, tap, params, projector, proj_params, teacher, augmenter,
@@ -174,7 +186,7 @@ class W2SDistill(Strategy):
                              "temperature": cfg.temperature, "rho": cfg.rho},
         }
 
-    def _backdoor_probe(self, student: nn.Module, tokenizer, train: TaskData,
+    def _backdoor_probe(self, student: PreTrainedModel, tokenizer, train: TaskData,
                         probe: BackdoorProbe | None) -> BackdoorProbe | None:
         """The run's probe, else a trigger inversion on the clean training data; None when the augmentation
         uses no inverted words."""
@@ -185,13 +197,14 @@ class W2SDistill(Strategy):
                                candidates=cfg.inversion_candidates, keep=cfg.inversion_words, seed=cfg.seed,
                                max_length=cfg.max_length, min_rate=cfg.drop_trigger_rate or TRIGGER_RATE)
 
-    def _with_lora(self, model: nn.Module, head_names: list[str]) -> nn.Module:
+    def _with_lora(self, model: PreTrainedModel, head_names: list[str]) -> PeftModel:
         from peft import LoraConfig, get_peft_model
 
         cfg = self.config
-        peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=lora_target_modules(model), modules_to_save=list(head_names),
-                                 task_type="SEQ_CLS")
+        # peft hints lora_alpha as int; it only scales by alpha / r, and the option is a float
+        peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]
+                                 lora_dropout=cfg.lora_dropout, target_modules=lora_target_modules(model),
+                                 modules_to_save=list(head_names), task_type="SEQ_CLS")
         with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
             warnings.simplefilter("ignore", FutureWarning)
             return get_peft_model(model, peft_config)

@@ -200,7 +200,9 @@ def _huge_tensor_header(data: bytes) -> bytes:
 
 
 def _config_text(text: str) -> Callable[[Path], None]:
-    return lambda folder: (folder / "config.json").write_text(text)
+    def prepare(folder: Path) -> None:
+        (folder / "config.json").write_text(text)
+    return prepare
 
 
 def _bigger_tokenizer(folder: Path) -> None:
@@ -270,7 +272,7 @@ BROKEN = [
 
 # -- generated: fuzzed config values, truncated and random weight files (fixed seed) ---------------------------
 
-_BAD_INTS = ("two", -4, 0, 1e30, 1 << 40, True, 3.5, [], {}, None)
+_BAD_INTS: tuple[object, ...] = ("two", -4, 0, 1e30, 1 << 40, True, 3.5, [], {}, None)
 _FUZZ_FIELDS = {
     "num_hidden_layers": _BAD_INTS, "num_attention_heads": _BAD_INTS, "hidden_size": _BAD_INTS,
     "vocab_size": _BAD_INTS, "intermediate_size": tuple(v for v in _BAD_INTS if v is not None),
@@ -291,6 +293,18 @@ _CUTS: dict[str, Callable[[bytes], int]] = {
 }
 
 
+def _config_edit(key: str, value: object) -> Callable[[Path], None]:
+    """Set one config.json field to `value`."""
+    def prepare(folder: Path) -> None:
+        _edit_config(folder, **{key: value})
+    return prepare
+
+
+def _cut_at(cut: Callable[[bytes], int]) -> Callable[[bytes], bytes]:
+    """The bytes of a weight file up to where `cut` says."""
+    return lambda data: data[:cut(data)]
+
+
 def _random_body(rng: random.Random, size: int, plausible: bool) -> bytes:
     """Random bytes; with `plausible`, behind a length prefix that fits the file (so the header parser runs)."""
     body = rng.randbytes(size)
@@ -303,11 +317,9 @@ def _generated() -> list[Case]:
     cases = []
     for n, (field, i) in enumerate(sorted(rng.sample(pairs, 12))):
         value = _FUZZ_FIELDS[field][i]
-        cases.append(_case(f"fuzz-config-{n:02d}-{field}", lambda f, k=field, v=value: _edit_config(f, **{k: v}),
-                           mentions="config.json"))
+        cases.append(_case(f"fuzz-config-{n:02d}-{field}", _config_edit(field, value), mentions="config.json"))
     for where, cut in _CUTS.items():
-        cases.append(_case(f"weights-truncated-{where}", _weights_bytes(lambda d, c=cut: d[:c(d)]),
-                           mentions="model.safetensors"))
+        cases.append(_case(f"weights-truncated-{where}", _weights_bytes(_cut_at(cut)), mentions="model.safetensors"))
     cases.append(_case("weights-one-byte-appended", _weights_bytes(lambda d: d + b"\0"),
                        mentions="model.safetensors"))
     for size, plausible in ((16, False), (4096, False), (4096, True), (150_000, True)):
