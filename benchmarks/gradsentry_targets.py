@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from purify.checkpoint import LoadedModel, load_checkpoint
-from purify.data import TaskData, split_samples
+from purify.data import TaskData
+from purify.splits import split_samples
 from purify.filters.gradsentry import matrix_entropies
 from purify.filters.per_sample import (PerSampleGradients, iter_gradients, layer_stack, resolve_matrix,
                                        sample_objective, token_lengths)

@@ -27,7 +27,8 @@ import torch
 
 from .canary_trigger import FAMILIES, data_words, draw_trigger
 from .checkpoint import LoadedModel
-from .data import Sample, TaskData, split_samples
+from .data import Sample, TaskData
+from .splits import split_samples
 from .errors import CanaryError, ConfigError
 from .evaluate import Evaluation, evaluate_model
 from .training import TrainConfig, train_classifier

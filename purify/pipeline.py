@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import LoadedModel, load_checkpoint
-from .data import TaskData, load_task_data, split_samples
+from .data import TaskData, load_task_data
+from .splits import split_samples
 from .device import seed_everything
 from .errors import ConfigError, DataError
 from .evaluate import Evaluation, evaluate_model

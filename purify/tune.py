@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .canary import CACHE_META, CACHE_WEIGHTS, CanaryConfig, plant_canary
-from .data import TaskData, split_samples
+from .data import TaskData
+from .splits import split_samples
 from .device import seed_everything
 from .errors import ConfigError
 from .export import REPORT_FILE

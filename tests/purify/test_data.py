@@ -12,12 +12,11 @@ from purify import data as data_mod
 from purify.data import (
     Sample,
     TaskData,
-    iter_batches,
     load_task_data,
-    split_samples,
     write_jsonl,
 )
 from purify.errors import DataError
+from purify.splits import iter_batches, split_samples
 
 
 def _write(path: Path, text: str) -> Path:
