@@ -20,7 +20,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from .data import Sample, TaskData
 from .splits import split_samples
 from .errors import CanaryError, ConfigError
 from .evaluate import Evaluation, evaluate_model
+from .registry import Options, option
 from .training import TrainConfig, train_classifier
 from .zoo.attacks import Attack, BadNetsAttack, poison_split, triggered_test
 
@@ -40,58 +41,29 @@ CACHE_META = "tune_canary.json"
 
 
 @dataclass
-class CanaryConfig:
-    """How a canary is drawn and planted.
+class CanaryConfig(Options):
+    """How a canary is drawn and planted: its trigger family, the poisoned slice and the short fine-tune, retried
+    from fresh copies with a larger learning rate (ASR short) or a smaller one (clean accuracy lost)."""
 
-    family: "rare_tokens" (one of `num_tokens` rare vocabulary words inserted `insertions` times per sample) or
-    "sentence" (a random sentence of `sentence_words` vocabulary words inserted at a random word boundary).
-    target: the label the canary forces (None: drawn at random). poison_rate: share of the fine-tuning slice
-    that is triggered and relabelled. train_samples: size of the clean slice the canary is planted with.
-    epochs, lr, batch_size, max_length: the short fine-tune; up to `attempts` fine-tunes are tried from fresh
-    copies: after one whose ASR falls short the next uses `lr_growth` times its learning rate, after one that
-    costs too much clean accuracy it uses that learning rate divided by `lr_growth`.
-    min_asr: the canary's attack success rate must reach this. max_cacc_drop: clean accuracy may fall at most
-    this much (fraction, 0.03 = 3 points) below the suspicious model's.
-    """
-
-    family: str = "rare_tokens"
-    target: int | None = None
-    num_tokens: int = 3
-    insertions: int = 1
-    sentence_words: int = 5
-    poison_rate: float = 0.1
-    train_samples: int = 2000
-    epochs: int = 3
-    lr: float = 1e-4
-    batch_size: int = 32
-    max_length: int = 128
-    attempts: int = 3
-    lr_growth: float = 3.0
-    min_asr: float = 0.9
-    max_cacc_drop: float = 0.03
-
-    def validate(self) -> None:
-        if self.family not in FAMILIES:
-            raise ConfigError(f"canary family must be one of {', '.join(FAMILIES)}, not {self.family!r}")
-        for name in ("num_tokens", "insertions", "sentence_words", "train_samples", "epochs", "batch_size",
-                     "attempts"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"canary {name} must be >= 1")
-        if self.sentence_words < 2:
-            raise ConfigError("canary sentence_words must be >= 2 (a sentence, not a token)")
-        if self.max_length < 8:
-            raise ConfigError("canary max_length must be >= 8")
-        if not 0 < self.poison_rate < 1:
-            raise ConfigError("canary poison_rate must be in (0, 1)")
-        if not self.lr > 0 or not self.lr_growth >= 1:
-            raise ConfigError("canary lr must be > 0 and lr_growth >= 1")
-        if not 0 < self.min_asr <= 1:
-            raise ConfigError("canary min_asr must be in (0, 1]")
-        if not 0 <= self.max_cacc_drop <= 1:
-            raise ConfigError("canary max_cacc_drop is a fraction in [0, 1] (0.03 = 3 points)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    family: str = option("rare_tokens", "rare_tokens (one of num_tokens rare vocabulary words, inserted insertions "
+                         "times per sample) or sentence (a random sentence of sentence_words vocabulary words)",
+                         choices=FAMILIES)
+    target: int | None = option(None, "the label the canary forces (None: drawn at random)", low=0)
+    num_tokens: int = option(3, "rare tokens the rare_tokens trigger draws from", low=1)
+    insertions: int = option(1, "times a rare token is inserted into a poisoned sample", low=1)
+    sentence_words: int = option(5, "words of a sentence trigger (a sentence, not a token)", low=2)
+    poison_rate: float = option(0.1, "share of the fine-tuning slice triggered and relabelled", low=0, high=1,
+                                low_open=True, high_open=True)
+    train_samples: int = option(2000, "size of the clean slice the canary is planted with", low=1)
+    epochs: int = option(3, "epochs of the canary fine-tune", low=1)
+    lr: float = option(1e-4, "learning rate of the first fine-tune", low=0, low_open=True)
+    batch_size: int = option(32, "texts per fine-tuning step", low=1)
+    max_length: int = option(128, "tokens per text", low=8)
+    attempts: int = option(3, "fine-tunes tried from fresh copies before giving up", low=1)
+    lr_growth: float = option(3.0, "factor on the learning rate between attempts", low=1)
+    min_asr: float = option(0.9, "the canary's attack success rate must reach this", low=0, high=1, low_open=True)
+    max_cacc_drop: float = option(0.03, "clean accuracy may fall at most this much (a fraction: 0.03 = 3 points) "
+                                  "below the suspicious model's", low=0, high=1)
 
 
 @dataclass
@@ -175,13 +147,8 @@ class _Poisoning:
 
 def _configured(config: CanaryConfig | None, options: dict) -> CanaryConfig:
     """A validated copy of `config` (or the defaults) with `options` overriding its fields."""
-    cfg = copy.deepcopy(config) if config is not None else CanaryConfig()
-    for key, value in options.items():
-        if not hasattr(cfg, key):
-            raise ConfigError(f"CanaryConfig has no option {key!r}")
-        setattr(cfg, key, value)
-    cfg.validate()
-    return cfg
+    base = config.to_dict() if config is not None else {}
+    return CanaryConfig.from_dict({**base, **options})
 
 
 def _draw_poisoning(loaded: LoadedModel, clean: TaskData, validation: TaskData | None, cfg: CanaryConfig,

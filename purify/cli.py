@@ -55,12 +55,10 @@ def cmd_tune(args) -> int:
     from .canary import CanaryConfig
     from .tune import TuneConfig, run_tune
 
-    canary = CanaryConfig(family=args.canary)
     max_drop = None if args.canary_max_drop is None else args.canary_max_drop / 100.0
-    for field_name, value in (("epochs", args.canary_epochs), ("lr", args.canary_lr),
-                              ("poison_rate", args.canary_rate), ("max_cacc_drop", max_drop)):
-        if value is not None:
-            setattr(canary, field_name, value)
+    given = {"family": args.canary, "epochs": args.canary_epochs, "lr": args.canary_lr,
+             "poison_rate": args.canary_rate, "max_cacc_drop": max_drop}
+    canary = CanaryConfig.from_dict({k: v for k, v in given.items() if v is not None})
     tune = TuneConfig(trials=args.trials, timeout=args.timeout, tolerance=args.tolerance, objective=args.objective,
                       prune=not args.no_prune, canary=canary)
     report = run_tune(args.model_dir, args.data, args.out, _pipeline_config(args), tune)

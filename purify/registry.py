@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 ENTRY_POINT_GROUP = "purify.strategies"
-ConfigT = TypeVar("ConfigT", bound="StrategyConfig")  # from_dict returns the class it is called on
+ConfigT = TypeVar("ConfigT", bound="Options")  # from_dict returns the class it is called on
 
 
 _NONE_WORDS = ("none", "null")
@@ -67,34 +67,26 @@ def _check_declared(config: Any, f: dataclasses.Field) -> None:
 
 
 @dataclass
-class StrategyConfig:
-    """Base of every strategy config: a seed, and validation of the fields a subclass adds."""
+class Options:
+    """Base of every config built from options (strategies, filters, the canary): each field declares its help and
+    bounds with `option`, `validate` checks them in one place, and `from_dict` builds a config from `--set` values."""
 
-    seed: int = 0
     #: fields a subclass inherits but never reads: `from_dict` refuses them rather than ignore them silently
     unused_options: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
         """Raise ConfigError for an invalid value; subclasses extend this (calling super first).
 
-        Here, for every config: the seed is in [0, 2**32 - 1] and every float option is finite (NaN or
-        infinity would reach the run and then config.json as invalid JSON).
+        Here, for every config: every float option is finite (NaN or infinity would reach the run and then
+        config.json as invalid JSON), and every declared option keeps its bounds or choices.
         """
         name = type(self).__name__
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
-            raise ConfigError(f"{name}.seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}.{f.name} must be a finite number, got {value}")
             if "help" in f.metadata:
                 _check_declared(self, f)
-
-    @classmethod
-    def search_space(cls) -> dict[str, dict]:
-        """Knobs `purify tune` may search, as {field: {"type": "int"|"float"|"categorical", ...}}."""
-        return {}
 
     @classmethod
     def option_help(cls) -> dict[str, str]:
@@ -125,6 +117,25 @@ class StrategyConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class StrategyConfig(Options):
+    """Base of every strategy config: a seed, and validation of the fields a subclass adds."""
+
+    seed: int = 0
+
+    def validate(self) -> None:
+        """The seed is in [0, 2**32 - 1], then every option's own checks (`Options.validate`)."""
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"{type(self).__name__}.seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+        super().validate()
+
+    @classmethod
+    def search_space(cls) -> dict[str, dict]:
+        """Knobs `purify tune` may search, as {field: {"type": "int"|"float"|"categorical", ...}}."""
+        return {}
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
-from ..errors import ConfigError
 from .matrix import Cell, _device_name, _peak_mb
 
 
@@ -90,13 +88,7 @@ def run_tune_cell(cell: Cell, work: Path) -> dict:
     options = {k: v for k, v in cell.options.items() if not k.startswith("_")}
     trials = int(options.pop("trials", 12))
     canary = {k[len("canary_"):]: options.pop(k) for k in list(options) if k.startswith("canary_")}
-    defaults = CanaryConfig()
-    unknown = sorted(set(canary) - set(vars(defaults)))
-    if unknown:
-        raise ConfigError(f"unknown canary options {unknown}; known: {sorted(vars(defaults))}")
-    values: dict[str, Any] = {k: type(getattr(defaults, k) if getattr(defaults, k) is not None else 0)(v)
-                              for k, v in canary.items()}
-    canary_config = CanaryConfig(**values)
+    canary_config = CanaryConfig.from_dict(canary)
     work.mkdir(parents=True, exist_ok=True)
     data_path = work / "train.jsonl"
     write_jsonl(data_path, train.samples, include_poisoned=False)

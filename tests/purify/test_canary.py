@@ -125,3 +125,17 @@ def test_a_planted_canary_is_reused_from_its_cache_folder_only_when_nothing_chan
     with pytest.raises(AssertionError, match="planted again"):
         plant_canary(changed, task.clean_train, validation=task.validation, config=TINY_CANARY, seed=0,
                      cache_dir=tmp_path)
+
+
+def test_canary_options_are_declared_and_built_like_every_other_config():
+    from purify.errors import ConfigError
+
+    built = CanaryConfig.from_dict({"epochs": "5", "lr": "3e-3", "target": "none", "family": "sentence"})
+    assert (built.epochs, built.lr, built.target, built.family) == (5, 3e-3, None, "sentence")
+    assert set(CanaryConfig.option_help()) == set(CanaryConfig().to_dict())  # every field has its help
+    for bad, message in (({"epochs": 0}, "CanaryConfig.epochs must be >= 1"),
+                         ({"poison_rate": 1.0}, "CanaryConfig.poison_rate must be > 0 and < 1"),
+                         ({"family": "words"}, "CanaryConfig.family must be one of rare_tokens, sentence"),
+                         ({"rate": 0.1}, "CanaryConfig has no option 'rate'; options: attempts")):
+        with pytest.raises(ConfigError, match=message):
+            CanaryConfig.from_dict(bad)
