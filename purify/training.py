@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from dataclasses import asdict, dataclass, field
@@ -80,7 +81,7 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, total: int,
     )
 
 
-class EpochLoop:
+class EpochLoop(ABC):
     """The shared optimisation loop: AdamW over `params` on `config`'s schedule, epochs of steps, patience on the
     epoch's score, and the weights of the epoch chosen at the end restored.
 
@@ -94,17 +95,17 @@ class EpochLoop:
         self.modules, self.params, self.config = list(modules), params, config
         self.steps_per_epoch, self.description = steps_per_epoch, description
 
+    @abstractmethod
     def batches(self, rng: np.random.Generator) -> Sequence[np.ndarray]:
         """The row indices of each step of one epoch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, idx: np.ndarray) -> Any:
         """Leave the step's gradients in .grad (they start cleared); whatever is returned goes to `record`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def record(self, epoch: int, steps: list[Any], seconds: float) -> dict:
         """The epoch's figures (modules in eval mode), from what its steps returned and their wall time."""
-        raise NotImplementedError
 
     def score(self, record: dict) -> float | None:
         """What patience and keep-best watch (higher is better); None: nothing watched."""

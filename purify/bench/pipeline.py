@@ -27,15 +27,6 @@ REFERENCE_ROWS = ("retrain_base",)
 ROWS = PIPELINE_ROWS + REFERENCE_ROWS
 
 
-def pipeline_cells(cell_cls: type, entries: list[str] | None, methods: list[str] | None, seeds: int) -> list:
-    """One cell per entry, row and seed (`seeds` on the multi-seed entries, 1 elsewhere)."""
-    cells = []
-    for entry in entries or PIPELINE_ENTRIES:
-        n = seeds if entry in MULTI_SEED else 1
-        cells += [cell_cls("pipeline", entry, row, s) for row in (methods or ROWS) for s in range(n)]
-    return cells
-
-
 def _config(cell: Any, entry: Any, options: dict) -> Any:
     """The `purify run` configuration of a cell: options go to the strategy, "filter.KEY" ones to the filter."""
     from ..pipeline import DEFAULT_FILTER, DEFAULT_STRATEGY, PipelineConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..provenance import provenance
 from ..registry_base import Registry
 from .matrix import Cell, cell_path, run_matrix, save_json
-from .pipeline import pipeline_cells
+from .pipeline import MULTI_SEED, PIPELINE_ENTRIES, ROWS
 from .tables import finished, markdown_table, plot_suite
 
 
@@ -23,7 +23,6 @@ ZOO_ENTRIES = (
 #: the pruning suite's strategies in the order of its table rows (a test keeps it equal to the registry's
 #: PruningStrategy subclasses)
 PRUNING_STRATEGIES = ("gradient_prune", "variance_prune", "sparse_prune", "ensemble_prune", "rl_prune", "bayes_prune")
-MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
 #: trials per tuned strategy in the tune suite (a w2s_distill trial costs ten gradient_prune trials on the CPU)
 TUNE_TRIALS = {"gradient_prune": 12, "w2s_distill": 4}
 
@@ -106,14 +105,17 @@ def _tune_cells(entries: list[str] | None, methods: list[str] | None, seeds: int
             for e in entries or default for m in (methods or ("gradient_prune", "w2s_distill"))]
 
 
+def _pipeline_cells(entries: list[str] | None, methods: list[str] | None, seeds: int) -> list[Cell]:
+    return _per_seed("pipeline", entries or list(PIPELINE_ENTRIES), list(methods or ROWS), seeds)
+
+
 _CELLS = "purify.bench.cells"
 for _suite in (Suite("zoo", _zoo_cells, f"{_CELLS}:run_zoo_cell"),
                Suite("pruning", _pruning_cells, f"{_CELLS}:run_strategy_cell"),
                Suite("w2s", _w2s_cells, f"{_CELLS}:run_strategy_cell"),
                Suite("filters", _filter_cells, "purify.bench.filters:run_filter_cell"),
                Suite("tune", _tune_cells, f"{_CELLS}:run_tune_cell"),
-               Suite("pipeline", lambda e, m, s: pipeline_cells(Cell, e, m, s),
-                     "purify.bench.pipeline:run_pipeline_cell")):
+               Suite("pipeline", _pipeline_cells, "purify.bench.pipeline:run_pipeline_cell")):
     SUITES.register(_suite.name, _suite)
 
 
