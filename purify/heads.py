@@ -179,8 +179,11 @@ class HeadGates:
         self,
         batches: Iterable[Mapping[str, torch.Tensor]],
         loss_fn: Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+        *,
+        signed: bool = False,
     ) -> torch.Tensor:
-        """Accumulated |dL/d gate| over `batches` (Michel et al. 2019), shape (num_layers, num_heads), on the CPU.
+        """Accumulated |dL/d gate| over `batches` (Michel et al. 2019), shape (num_layers, num_heads), on the CPU
+        (with `signed`, the plain sum of dL/d gate: which way closing a head would move the loss).
 
         Gradients are taken with respect to the gates only (model parameters get no .grad), at the current
         gate values (so with some heads pruned it measures the others' importance in the pruned model).
@@ -198,7 +201,7 @@ class HeadGates:
                     (grad,) = torch.autograd.grad(loss, gates)
                 finally:
                     self._differentiable = None
-                total += grad.detach().abs().cpu()
+                total += (grad if signed else grad.abs()).detach().cpu()
         finally:
             self.model.train(was_training)
         return total

@@ -197,16 +197,22 @@ class BackdoorProbe:
                   max_length: int = MAX_LENGTH) -> float | None:
         """Share of `data`'s samples of other labels that one of `strongest()` inserted sends to the target (None
         when there is no candidate): the backdoor's strength, measured without triggered data."""
-        strongest = self.strongest()
         texts = [t for t, y in zip(data.texts, data.labels) if y != self.target][:limit]
-        if not strongest or not texts:
+        if not self.strongest() or not texts:
             return None
+        inserted = self.triggered_texts(texts, seed=seed)
+        return float(np.mean(predict(model, tokenizer, inserted, max_length=max_length) == self.target))
+
+    def triggered_texts(self, texts: Sequence[str], *, seed: int = 0) -> list[str]:
+        """`texts` with one of `strongest()` inserted into each (seeded): the proxy's triggered inputs."""
+        strongest = self.strongest()
+        if not strongest:
+            return list(texts)
         rng = random.Random(seed)
         if any(c.anchored for c in strongest):
-            inserted = [rng.choice(strongest).insert(t, rng) for t in texts]
-        else:  # the draws of a probe without anchored candidates, as before they existed
-            inserted = [insert_words(t, [c.text for c in strongest], 1, rng) for t in texts]
-        return float(np.mean(predict(model, tokenizer, inserted, max_length=max_length) == self.target))
+            return [rng.choice(strongest).insert(t, rng) for t in texts]
+        # the draws of a probe without anchored candidates, as before they existed
+        return [insert_words(t, [c.text for c in strongest], 1, rng) for t in texts]
 
     def measure(self, model: nn.Module, tokenizer, data: TaskData, *, seed: int = 0, limit: int = 256,
                 max_length: int = MAX_LENGTH) -> dict[str, float | None]:

@@ -1,19 +1,12 @@
-"""The one pruning engine every head-pruning strategy shares.
-
-Rank heads by a score (low = prune first), prune `step` heads at a time, measure clean validation accuracy
-after each step; when accuracy falls more than `max_acc_drop` below the unpruned model, restore that step's
-heads one at a time, highest score first, until it recovers, then stop (or carry on, if the strategy asks).
-At least `min_heads_per_layer` heads stay in every layer, and the whole trajectory is recorded.
+"""What every head-pruning strategy shares: its context, its ranking, its result, and the `fit` that hands the
+ranking to the one engine (`purify.prune_engine`) and the `apply` that zeroes the pruned heads in the weights.
 """
 from __future__ import annotations
 
-import copy
 import tempfile
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from .checkpoint import LoadedModel
@@ -21,174 +14,25 @@ from .data import TaskData
 from .device import seed_everything
 from .export import apply_pruning
 from .heads import HeadGates, mask_to_pruned
-from .inference import MAX_LENGTH, labelled_batch, length_order
-from .probe import BackdoorProbe
-from .registry import Strategy, StrategyConfig, StrategyResult, option
+from .inference import MAX_LENGTH, labelled_batch
+from .probe import BackdoorProbe, probe_or_invert
+from .prune_engine import (EngineResult, MaskEvaluator, ProxyGuard, PruneConfig, prune_by_scores,
+                           subsample)
+from .registry import Strategy, StrategyResult
+from .backdoor_signal import BackdoorSignal, backdoor_support, build_signal, clean_target_rate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-@dataclass
-class PruneConfig(StrategyConfig):
-    """Knobs every pruning strategy shares: the prune steps and the clean-accuracy guard that stops them."""
-
-    step: int = option(6, "heads pruned per step", low=1)
-    max_acc_drop: float = option(0.02, "largest allowed fall in clean validation accuracy below the unpruned model "
-                                 "(fraction, 0.02 = 2 points)", low=0, high=1)
-    max_prune_fraction: float = option(0.5, "at most this share of all heads is pruned", low=0, low_open=True,
-                                       high=1)
-    min_heads_per_layer: int = option(1, "heads always kept in each layer (a layer with no head is not allowed)",
-                                      low=1)
-    val_samples: int | None = option(512, "validation samples used by the guard (a fixed, seeded subset; none = all)",
-                                     low=1)
-    batch_size: int = option(32, "evaluation and scoring batch size", low=1)
-
-
-def subsample(data: TaskData, n: int | None, seed: int) -> TaskData:
-    """A fixed, seeded subset of at most `n` samples (all of them when n is None or larger)."""
-    if n is None or len(data) <= n:
-        return data
-    idx = np.sort(np.random.default_rng(seed).choice(len(data), size=n, replace=False))
-    return data.subset([int(i) for i in idx])
-
-
-class MaskEvaluator:
-    """Clean validation accuracy of the gated model under a mask, cached by mask (masks repeat a lot)."""
-
-    def __init__(self, gates: HeadGates, tokenizer, data: TaskData, *, batch_size: int = 32,
-                 max_length: int = MAX_LENGTH) -> None:
-        self.gates = gates
-        order = length_order(tokenizer, data.texts, max_length).tolist()  # similar lengths: less padding
-        texts = [data.texts[i] for i in order]
-        self.labels = torch.as_tensor([data.labels[i] for i in order])
-        self.batches = [
-            labelled_batch(gates.model, tokenizer, texts[i:i + batch_size], max_length=max_length)
-            for i in range(0, len(texts), batch_size)
-        ]
-        self._cache: dict[bytes, float] = {}
-        self.calls = 0
-
-    def fresh(self) -> MaskEvaluator:
-        """The same evaluation batches with an empty cache and count (for after the model's weights changed)."""
-        other = copy.copy(self)
-        other._cache, other.calls = {}, 0
-        return other
-
-    @staticmethod
-    def key(mask: torch.Tensor) -> bytes:
-        return (torch.as_tensor(mask) > 0.5).numpy().tobytes()
-
-    @torch.no_grad()
-    def __call__(self, mask: torch.Tensor) -> float:
-        key = self.key(mask)
-        if key not in self._cache:
-            self.calls += 1
-            model = self.gates.model
-            was_training = model.training
-            model.eval()
-            preds = []
-            with self.gates.masked(mask):
-                for batch in self.batches:
-                    preds.append(model(**batch).logits.argmax(-1).cpu())
-            model.train(was_training)
-            self._cache[key] = float((torch.cat(preds) == self.labels).float().mean())
-        return self._cache[key]
-
-
-@dataclass
-class EngineResult:
-    """Final mask, the accuracy it keeps, and every step taken."""
-
-    mask: torch.Tensor
-    baseline_accuracy: float
-    final_accuracy: float
-    trajectory: list[dict] = field(default_factory=list)
-
-
-def prune_by_scores(
-    evaluate: Callable[[torch.Tensor], float],
-    scores: torch.Tensor,
-    config: PruneConfig,
-    *,
-    start_mask: torch.Tensor | None = None,
-    order: Sequence[tuple[int, int]] | None = None,
-    per_layer_budget: torch.Tensor | None = None,
-    continue_after_guard: bool = False,
-) -> EngineResult:
-    """Prune heads in ascending `scores` order (or the given `order`) in steps, guarded by `evaluate`.
-
-    `start_mask` (1 keep / 0 pruned) is where pruning starts (all ones by default); `per_layer_budget[l]`
-    caps how many heads of layer l may be pruned; with `continue_after_guard` the engine goes on to the next
-    group after a guarded step instead of stopping.
-    """
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    num_layers, num_heads = scores.shape
-    full = torch.ones(num_layers, num_heads)
-    baseline = evaluate(full)
-    floor = baseline - config.max_acc_drop
-    mask = full.clone() if start_mask is None else torch.as_tensor(start_mask, dtype=torch.float32).clone()
-    budget = int(config.max_prune_fraction * num_layers * num_heads)
-    if order is None:
-        flat = sorted(((float(scores[layer, h]), layer, h) for layer in range(num_layers) for h in range(num_heads)))
-        order = [(layer, h) for _, layer, h in flat]
-    queue = [(layer, h) for layer, h in order if mask[layer, h] > 0]
-    current = evaluate(mask)
-    trajectory = [{"step": 0, "pruned": int((mask == 0).sum()), "val_accuracy": current, "action": "start"}]
-    step_no = 0
-
-    def can_prune(layer: int, h: int) -> bool:
-        if mask[layer, h] == 0:
-            return False
-        if int(mask[layer].sum()) - 1 < config.min_heads_per_layer:
-            return False
-        if per_layer_budget is not None and int((mask[layer] == 0).sum()) >= int(per_layer_budget[layer]):
-            return False
-        return True
-
-    while queue and int((mask == 0).sum()) < budget:
-        group: list[tuple[int, int]] = []
-        while queue and len(group) < config.step and int((mask == 0).sum()) + len(group) < budget:
-            layer, h = queue.pop(0)
-            if can_prune(layer, h):
-                mask[layer, h] = 0.0
-                group.append((layer, h))
-        if not group:
-            break
-        step_no += 1
-        acc = evaluate(mask)
-        record = {"step": step_no, "pruned": int((mask == 0).sum()), "val_accuracy": acc,
-                  "heads": [list(x) for x in group], "action": "prune"}
-        trajectory.append(record)
-        if acc >= floor:
-            current = acc
-            continue
-        # guard tripped: restore this step's heads, most important first, until accuracy recovers
-        for layer, h in sorted(group, key=lambda lh: -float(scores[lh[0], lh[1]])):
-            mask[layer, h] = 1.0
-            acc = evaluate(mask)
-            trajectory.append({"step": step_no, "pruned": int((mask == 0).sum()), "val_accuracy": acc,
-                               "heads": [[layer, h]], "action": "restore"})
-            if acc >= floor:
-                break
-        current = acc
-        if not continue_after_guard:
-            break
-    return EngineResult(mask=mask, baseline_accuracy=baseline, final_accuracy=current, trajectory=trajectory)
-
-
-def order_to_scores(order: Sequence[tuple[int, int]], shape: tuple[int, int],
-                    rest: torch.Tensor | None = None) -> torch.Tensor:
-    """Engine scores (low = prune first) that follow `order`: its k-th head scores k / N.
-
-    Heads missing from `order` score 1 + `rest` (a tensor of `shape` in [0, 1]; 0 when None), so they come after
-    every ordered head, ranked among themselves by `rest`.
-    """
-    n = shape[0] * shape[1]
-    scores = torch.ones(shape) if rest is None else 1.0 + rest.float()
-    for rank, (layer, head) in enumerate(order):
-        scores[layer, head] = rank / n
-    return scores
+def objective_facts(ctx: PruneContext, guard: ProxyGuard | None, outcome: EngineResult) -> dict[str, Any]:
+    """The report's record of the objective: which, the signal, and the proxy ASR before and after pruning."""
+    if guard is None:
+        return {"objective": "backdoor (no signal: informative walk)" if ctx.probe is not None else "informative"}
+    assert ctx.signal is not None and ctx.proxy is not None
+    return {"objective": "backdoor", "signal": ctx.signal.summary(), "proxy_stop_at": guard.stop_at,
+            "proxy_before": outcome.baseline_proxy, "proxy_after": outcome.final_proxy,
+            "stop_reason": outcome.stop_reason, "proxy_evaluations": ctx.proxy.calls}
 
 
 def batches_for(model, tokenizer, data: TaskData, batch_size: int, max_length: int = MAX_LENGTH) -> list[dict]:
@@ -226,7 +70,8 @@ def report_summary(result: StrategyResult) -> dict:
 
 @dataclass
 class PruneContext:
-    """What a pruning hook works on: the model and its gates, the clean data, and the guard's cached evaluator."""
+    """What a pruning hook works on: the model and its gates, the clean data, the guard's cached evaluator and,
+    under the backdoor objective, the backdoor signal and its cached proxy evaluator."""
 
     loaded: LoadedModel
     gates: HeadGates
@@ -234,14 +79,53 @@ class PruneContext:
     validation: TaskData  # all of it; `evaluate` measures a fixed, seeded subset (`val_samples`)
     evaluate: MaskEvaluator
     probe: BackdoorProbe | None = None
+    signal: BackdoorSignal | None = None  # set under the backdoor objective
+    proxy: MaskEvaluator | None = None  # the proxy ASR under a mask (the signal's target rate)
 
     @classmethod
     def build(cls, loaded: LoadedModel, gates: HeadGates, train: TaskData, validation: TaskData,
               config: PruneConfig, probe: BackdoorProbe | None = None) -> PruneContext:
-        """A context whose evaluator measures `config.val_samples` seeded validation samples."""
+        """A context whose evaluator measures `config.val_samples` seeded validation samples; under the backdoor
+        objective also the run's probe (searched for on `train` when the run has none) and its signal."""
         val = subsample(validation, config.val_samples, config.seed)
         evaluate = MaskEvaluator(gates, loaded.tokenizer, val, batch_size=config.batch_size)
-        return cls(loaded, gates, train, validation, evaluate, probe)
+        ctx = cls(loaded, gates, train, validation, evaluate, probe)
+        if config.objective == "backdoor":
+            ctx.probe = probe_or_invert(loaded.model, loaded.tokenizer, train, probe, source="pruning:inversion",
+                                        candidates=config.inversion_candidates, keep=config.inversion_words,
+                                        seed=config.seed)
+            ctx.signal = build_signal(loaded.model, loaded.tokenizer, ctx.probe, train, validation,
+                                      samples=config.proxy_samples, seed=config.seed)
+            if ctx.signal is not None:
+                ctx.proxy = MaskEvaluator(gates, loaded.tokenizer, ctx.signal.probe_data,
+                                          batch_size=config.batch_size, context=ctx.signal.applied)
+        return ctx
+
+    @property
+    def backdoor(self) -> bool:
+        """True when the backdoor objective has a signal to prune against."""
+        return self.signal is not None
+
+    def signal_batches(self, batch_size: int) -> list[dict]:
+        """Batches of the signal's training texts with the trigger (or under the shift), labelled with the target."""
+        assert self.signal is not None
+        return batches_for(self.loaded.model, self.loaded.tokenizer, self.signal.score_data, batch_size)
+
+    def support(self, batch_size: int) -> torch.Tensor:
+        """Each head's backdoor support (`purify.backdoor_signal.backdoor_support`) on the signal's training texts."""
+        assert self.signal is not None
+        return backdoor_support(self.gates, self.signal_batches(batch_size), self.signal.applied)
+
+    def guard(self, config: PruneConfig) -> ProxyGuard | None:
+        """The engine's proxy guard: stop at the target's clean base rate on the signal's texts plus the margin."""
+        if self.signal is None or self.proxy is None:
+            return None
+        base = clean_target_rate(self.loaded.model, self.loaded.tokenizer, self.signal)
+        return ProxyGuard(self.proxy, base + config.proxy_margin, config.patience)
+
+    def close(self) -> None:
+        if self.signal is not None:
+            self.signal.close()
 
 
 @dataclass
@@ -278,22 +162,26 @@ class PruningStrategy(Strategy):
         model = loaded.model
         with HeadGates(model) as gates:
             ctx = PruneContext.build(loaded, gates, train, validation, self.config, probe)
-            ranking = self.head_scores(ctx)
             try:
-                scores = ranking.scores.detach().float().cpu()
-                gates.reset()
-                outcome = prune_by_scores(ctx.evaluate, scores, self.config, order=ranking.order,
-                                          per_layer_budget=ranking.per_layer_budget,
-                                          continue_after_guard=ranking.continue_after_guard)
-            except BaseException:
-                for folder in ranking.scratch:
-                    folder.cleanup()
-                raise
+                ranking = self.head_scores(ctx)
+                guard = ctx.guard(self.config)
+                try:
+                    scores = ranking.scores.detach().float().cpu()
+                    gates.reset()
+                    outcome = prune_by_scores(ctx.evaluate, scores, self.config, order=ranking.order,
+                                              per_layer_budget=ranking.per_layer_budget,
+                                              continue_after_guard=ranking.continue_after_guard, guard=guard)
+                except BaseException:
+                    for folder in ranking.scratch:
+                        folder.cleanup()
+                    raise
+            finally:
+                ctx.close()
         return PruningResult(
             model=model, mask=outcome.mask, head_scores=scores, trajectory=outcome.trajectory,
             baseline_val_accuracy=outcome.baseline_accuracy, final_val_accuracy=outcome.final_accuracy,
-            extras={"guard_evaluations": ctx.evaluate.calls, **ranking.facts}, files=dict(ranking.files),
-            scratch=list(ranking.scratch),
+            extras={"guard_evaluations": ctx.evaluate.calls, **objective_facts(ctx, guard, outcome), **ranking.facts},
+            files=dict(ranking.files), scratch=list(ranking.scratch),
         )
 
     def apply(self, loaded: LoadedModel, result: StrategyResult) -> PreTrainedModel:

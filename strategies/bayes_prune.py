@@ -36,8 +36,8 @@ from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.progress import track
-from purify.pruning import (HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, order_to_scores,
-                            subsample)
+from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_for
+from purify.prune_engine import PruneConfig, order_to_scores, subsample
 from purify.registry import option, register_strategy
 
 #: names of the guide's parameters in pyro's parameter store

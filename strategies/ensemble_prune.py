@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
+from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_for
+from purify.prune_engine import PruneConfig, subsample
 from purify.registry import option, register_strategy
 
 

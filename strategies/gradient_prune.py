@@ -1,9 +1,16 @@
-"""gradient_prune: prune the heads whose gates matter least to the clean loss (Michel et al. 2019 importance)."""
+"""gradient_prune: prune heads by the gradient of their gates (Michel et al. 2019 importance).
+
+Informative objective: the heads whose gates matter least to the clean loss go first. Backdoor objective: the
+heads whose closing would most raise the target's loss on triggered inputs, relative to their clean importance
+(the ratio of the two gradients, `purify.backdoor_signal.backdoor_scores`), go first.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
+from purify.backdoor_signal import backdoor_scores
+from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_for
+from purify.prune_engine import PruneConfig, subsample
 from purify.registry import option, register_strategy
 
 
@@ -24,7 +31,8 @@ class GradientPruneConfig(PruneConfig):
 
 
 class GradientPrune(PruningStrategy):
-    """Prune heads with the smallest accumulated |dL/d gate| on clean data, normalised per layer (L2)."""
+    """Prune heads with the smallest accumulated |dL/d gate| on clean data, normalised per layer (L2), or (backdoor
+    objective) with the largest backdoor support for their clean importance."""
 
     config: GradientPruneConfig
 
@@ -33,7 +41,12 @@ class GradientPrune(PruningStrategy):
         batches = batches_for(ctx.loaded.model, ctx.loaded.tokenizer, data, self.config.batch_size)
         importance = ctx.gates.importance(batches)
         # per-head scores, comparable across layers: each layer's vector has unit L2 norm
-        return HeadRanking(importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        clean = importance / importance.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if not ctx.backdoor:
+            return HeadRanking(clean)
+        support = ctx.support(self.config.batch_size)
+        return HeadRanking(backdoor_scores(support, clean), facts={"backdoor_support": support.tolist(),
+                                                                   "clean_importance": clean.tolist()})
 
 
 register_strategy("gradient_prune", GradientPruneConfig, GradientPrune)

@@ -32,8 +32,8 @@ from purify.data import TaskData
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.progress import enabled as progress_enabled
-from purify.pruning import (HeadRanking, MaskEvaluator, PruneConfig, PruneContext, PruningStrategy, batches_for,
-                            order_to_scores, subsample)
+from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_for
+from purify.prune_engine import MaskEvaluator, PruneConfig, order_to_scores, subsample
 from purify.registry import option, register_strategy
 
 from .rl_env import GLOBAL_FEATURES, HEAD_FEATURES, SIGNALS, HeadPruningEnv

@@ -29,8 +29,8 @@ from purify.device import seed_everything
 from purify.errors import UnsupportedArchitectureError
 from purify.heads import AttentionBlock, HeadGates
 from purify.probe import BackdoorProbe
-from purify.pruning import (HeadRanking, PruneConfig, PruneContext, PruningResult, PruningStrategy, prune_by_scores,
-                            subsample)
+from purify.pruning import HeadRanking, PruneContext, PruningResult, PruningStrategy
+from purify.prune_engine import PruneConfig, prune_by_scores, subsample
 from purify.registry import option, register_strategy
 from purify.training import TrainConfig, train_classifier
 

@@ -23,7 +23,8 @@ import torch
 from purify.architecture import pooling_positions
 from purify.errors import ConfigError
 from purify.heads import HeadGates
-from purify.pruning import HeadRanking, PruneConfig, PruneContext, PruningStrategy, batches_for, subsample
+from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_for
+from purify.prune_engine import PruneConfig, subsample
 from purify.registry import option, register_strategy
 
 @dataclass

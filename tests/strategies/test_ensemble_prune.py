@@ -9,7 +9,7 @@ import torch
 
 from purify.errors import ConfigError
 from purify.heads import HeadGates
-from purify.pruning import MaskEvaluator, subsample
+from purify.prune_engine import MaskEvaluator, subsample
 from purify.testing.tiny_task import tiny_backdoored
 from strategies.ensemble_prune import (
     EnsemblePrune,

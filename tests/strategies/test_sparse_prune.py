@@ -9,7 +9,7 @@ import torch
 
 from purify.errors import ConfigError, UnsupportedArchitectureError
 from purify.heads import HeadGates, find_attention_blocks
-from purify.pruning import MaskEvaluator, subsample
+from purify.prune_engine import MaskEvaluator, subsample
 from purify.testing.tiny import tiny_model
 from purify.testing.tiny_task import tiny_backdoored
 from strategies.sparse_prune import SparsePrune, SparsePruneConfig, group_lasso_penalty, group_norms

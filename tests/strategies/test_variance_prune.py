@@ -105,9 +105,9 @@ def test_layerwise_order_spends_budgets_in_step_and_leaves_the_rest() -> None:
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_per_layer_budget_is_respected(arch: str) -> None:
     loaded, task = tiny_backdoored(arch)
-    # a guard that never trips, so the schedule alone limits pruning
+    # a guard that never trips, so the schedule alone limits pruning (the paper's objective: no proxy to stop it)
     config = VariancePruneConfig(**{**VariancePrune.fast_options, "rate_first": 0.3, "rate_last": 0.6,
-                                    "max_acc_drop": 1.0})
+                                    "max_acc_drop": 1.0, "objective": "informative"})
     result = VariancePrune(config).fit(loaded, task.clean_train, task.validation)
     num_layers, num_heads = result.mask.shape
     rates = layer_rates(num_layers, 0.3, 0.6)
