@@ -249,13 +249,14 @@ def _walk_backdoor(walk: _Walk, queue: list[tuple[int, int]], baseline: float, c
             break
         step_no += 1
         acc = walk.evaluate(mask)
-        trajectory.append({"step": step_no, "pruned": walk.pruned, "val_accuracy": acc,
-                           "heads": [list(x) for x in group], "action": "prune"})
+        record = {"step": step_no, "pruned": walk.pruned, "val_accuracy": acc, "heads": [list(x) for x in group],
+                  "action": "prune"}
+        trajectory.append(record)
         if acc < floor:
             acc = walk.restore_until(step_no, group, floor)
         kept = [lh for lh in group if mask[lh] == 0]
         candidate = guard.proxy(mask) if kept and acc >= floor else proxy
-        trajectory[-1]["proxy_asr"] = candidate
+        record["proxy_asr"] = candidate  # of what is left of the step after any restore
         if kept and acc >= floor and candidate < proxy:
             proxy, current, fruitless = candidate, acc, 0
             continue
