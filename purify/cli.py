@@ -36,6 +36,7 @@ def _pipeline_config(args):
         seed=args.seed, allow_pickle=args.allow_pickle, text_field=args.text_field, label_field=args.label_field,
         eval_clean=args.eval_clean, eval_triggered=args.eval_triggered,
         target=_resolve_target(args.target, label_names), overwrite=args.overwrite, threads=args.threads,
+        filter_cache=not args.no_filter_cache,
     )
 
 

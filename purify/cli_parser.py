@@ -18,6 +18,9 @@ def _add_run_args(p: argparse.ArgumentParser, *, need_model: bool = True) -> Non
     p.add_argument("--filter", default=None, help=f"data filter: {_filter_names()} "
                    "(see `purify ls`) or none; default: the benchmarked choice (README)")
     p.add_argument("--filter-set", action="append", metavar="KEY=VALUE", help="filter option, repeatable")
+    p.add_argument("--no-filter-cache", action="store_true",
+                   help="recompute the filter even when $PURIFY_CACHE/filters holds its result for the same model, "
+                        "data, options and code (by default that result is reused)")
     p.add_argument("--trusted", help="small trusted clean set: used as validation data and as GradShield's probe")
     p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     p.add_argument("--allow-pickle", action="store_true",

@@ -64,6 +64,7 @@ class PipelineConfig:
     target: int | None = None
     overwrite: bool = False
     threads: int | None = None  # torch CPU threads; None = one per available core
+    filter_cache: bool = True  # reuse the filter's cached result for the same model, data and options
 
     def validate(self) -> None:
         if "seed" in self.strategy_options or "seed" in self.filter_options:
@@ -118,15 +119,21 @@ def load_inputs(model_dir: str | Path, data_path: str | Path, cfg: PipelineConfi
 
 
 def run_filter(name: str, options: dict, loaded: LoadedModel, data: TaskData, trusted: TaskData | None, *,
-               seed: int | None = None) -> FilterResult | None:
-    """Run filter `name` (None for "none"), seeded with `seed` when given; imported lazily so the pipeline works
-    while filters load."""
+               seed: int | None = None, cache: bool = True, log: Callable[[str], None] = print
+               ) -> FilterResult | None:
+    """Run filter `name` (None for "none"), seeded with `seed` when given, its result reused from the filter cache
+    unless `cache` is off; imported lazily so the pipeline works while filters load."""
     if name == "none":
         return None
     from .filters import build_filter
 
     options = options if seed is None else {**options, "seed": seed}
-    return build_filter(name, options).run(loaded, data, trusted=trusted)
+    filt = build_filter(name, options)
+    if not cache:
+        return filt.run(loaded, data, trusted=trusted)
+    from .filter_cache import cached_run
+
+    return cached_run(filt, loaded, data, trusted, log=log)
 
 
 def kept_data(filtered: FilterResult | None, data: TaskData, cfg: PipelineConfig, data_path: str | Path) -> TaskData:
@@ -224,7 +231,7 @@ def record_filter(run: Run, filtered: FilterResult | None, seconds: float) -> Ta
     if filtered is None:
         run.report["filter"] = {"method": "none", "n": len(data), "n_kept": len(data), "n_removed": 0}
         return kept
-    block = run.report["filter"] = filtered.summary()
+    block = run.report["filter"] = {**filtered.summary(), "cached": filtered.cached_from is not None}
     flags = [s.poisoned for s in data.samples]
     if all(f is not None for f in flags):  # ground truth shipped with zoo data: for the report only
         block["ground_truth"] = {
@@ -308,7 +315,8 @@ def run_pipeline(model_dir: str | Path, data_path: str | Path, out_dir: str | Pa
     before = evaluate_run(run, run.inputs.loaded.model, "before")
     t0 = time.time()
     inputs = run.inputs
-    filtered = run_filter(cfg.filter, cfg.filter_options, inputs.loaded, inputs.data, inputs.trusted, seed=cfg.seed)
+    filtered = run_filter(cfg.filter, cfg.filter_options, inputs.loaded, inputs.data, inputs.trusted, seed=cfg.seed,
+                          cache=cfg.filter_cache, log=log)
     kept = record_filter(run, filtered, time.time() - t0)
     train, validation = split_data(kept, inputs.trusted, cfg, data_path)
     result = apply_strategy(run, train, validation, filtered)

@@ -126,7 +126,8 @@ def run_tune(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, 
     seed_everything(cfg.seed)
     inputs = load_inputs(model_dir, data_path, cfg, tests=False)
     t0 = time.time()
-    filtered = run_filter(cfg.filter, cfg.filter_options, inputs.loaded, inputs.data, inputs.trusted, seed=cfg.seed)
+    filtered = run_filter(cfg.filter, cfg.filter_options, inputs.loaded, inputs.data, inputs.trusted, seed=cfg.seed,
+                          cache=cfg.filter_cache, log=log)
     filter_seconds = time.time() - t0
     kept = kept_data(filtered, inputs.data, cfg, data_path)
     if filtered is not None:

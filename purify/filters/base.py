@@ -69,6 +69,8 @@ class FilterResult:
     details: dict[str, Any] = field(default_factory=dict)
     #: what the filter found out about the trigger (a filter that inverts or mines triggers sets it)
     probe: BackdoorProbe | None = None
+    #: the filter cache entry this result was read from (None: computed by this run; `purify.filter_cache`)
+    cached_from: str | None = None
 
     def summary(self, *, include_scores: bool = False) -> dict[str, Any]:
         """JSON-able record for the report: counts, threshold, method, options, details and the removed samples'
