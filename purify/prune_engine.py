@@ -53,6 +53,10 @@ class PruneConfig(StrategyConfig):
     inversion_candidates: int = option(48, "backdoor objective: words measured per label when no probe came with "
                                        "the run (the trigger_words search on the training data)", low=1)
     inversion_words: int = option(8, "backdoor objective: words kept per label by that search", low=1)
+    max_flip: float = option(0.01, "backdoor objective: largest share of clean texts (trusted and training, "
+                             "`flip_samples` of them) whose answer a kept step may change from the unpruned model's",
+                             low=0, high=1)
+    flip_samples: int = option(512, "backdoor objective: clean texts the answer-change check reads (seeded)", low=1)
     patience: int = option(3, "backdoor objective: stop after this many steps in a row that did not lower the "
                            "proxy ASR", low=1)
 
@@ -117,6 +121,10 @@ class ProxyGuard:
     proxy: Callable[[torch.Tensor], float]
     stop_at: float  # the target's clean base rate plus the margin
     patience: int = 3
+    clean_rate: float = 0.0  # the target's clean base rate on the same texts (the floor the proxy can reach)
+    #: share of clean texts answering as the unpruned model did, under a mask (None: not checked), and its bound
+    agreement: Callable[[torch.Tensor], float] | None = None
+    max_flip: float = 0.01
 
 
 @dataclass
@@ -229,14 +237,19 @@ def prune_by_scores(
 
 def _walk_backdoor(walk: _Walk, queue: list[tuple[int, int]], baseline: float, current: float,
                    guard: ProxyGuard) -> EngineResult:
-    """The backdoor objective's walk: keep a step only when the proxy falls with accuracy inside the guard (a
-    guard trip restores heads until accuracy recovers, then the rest of the step must still lower the proxy); stop
-    at the proxy's floor, after `patience` fruitless steps in a row, or when the queue or budget runs out."""
+    """The backdoor objective's walk: keep a step only when the proxy falls while accuracy stays inside the guard
+    and at most `max_flip` of the clean texts change their answer (a step that breaks either is restored head by
+    head until it fits; what is left of it must still lower the proxy); stop at the proxy's floor, after `patience`
+    fruitless steps in a row, or when the queue or budget runs out."""
     floor = baseline - walk.config.max_acc_drop
     mask, trajectory = walk.mask, walk.trajectory
     proxy = start_proxy = guard.proxy(mask)
     trajectory[0]["proxy_asr"] = proxy
     step_no, fruitless, reason = 0, 0, "queue"
+
+    def fits(acc: float) -> bool:
+        return acc >= floor and (guard.agreement is None or guard.agreement(mask) >= 1 - guard.max_flip)
+
     while True:
         if proxy <= guard.stop_at:
             reason = "proxy at the clean base rate"
@@ -252,12 +265,19 @@ def _walk_backdoor(walk: _Walk, queue: list[tuple[int, int]], baseline: float, c
         record = {"step": step_no, "pruned": walk.pruned, "val_accuracy": acc, "heads": [list(x) for x in group],
                   "action": "prune"}
         trajectory.append(record)
-        if acc < floor:
-            acc = walk.restore_until(step_no, group, floor)
+        for layer, h in sorted(group, key=lambda lh: -float(walk.scores[lh[0], lh[1]])):
+            if fits(acc):
+                break
+            mask[layer, h] = 1.0  # restore the step's heads, highest score first, until it fits
+            acc = walk.evaluate(mask)
+            trajectory.append({"step": step_no, "pruned": walk.pruned, "val_accuracy": acc, "heads": [[layer, h]],
+                               "action": "restore"})
         kept = [lh for lh in group if mask[lh] == 0]
-        candidate = guard.proxy(mask) if kept and acc >= floor else proxy
+        candidate = guard.proxy(mask) if kept and fits(acc) else proxy
         record["proxy_asr"] = candidate  # of what is left of the step after any restore
-        if kept and acc >= floor and candidate < proxy:
+        if guard.agreement is not None:
+            record["agreement"] = guard.agreement(mask)
+        if kept and candidate < proxy and fits(acc):
             proxy, current, fruitless = candidate, acc, 0
             continue
         for lh in kept:  # the step did not lower the proxy: roll it back

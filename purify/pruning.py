@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .checkpoint import LoadedModel
-from .data import TaskData
+from .data import Sample, TaskData
 from .device import seed_everything
 from .export import apply_pruning
 from .heads import HeadGates, mask_to_pruned
-from .inference import MAX_LENGTH, labelled_batch
+from .inference import MAX_LENGTH, labelled_batch, predict
 from .probe import BackdoorProbe, probe_or_invert
 from .prune_engine import (EngineResult, MaskEvaluator, ProxyGuard, PruneConfig, prune_by_scores,
                            subsample)
@@ -30,7 +30,8 @@ def objective_facts(ctx: PruneContext, guard: ProxyGuard | None, outcome: Engine
     if guard is None:
         return {"objective": "backdoor (no signal: informative walk)" if ctx.probe is not None else "informative"}
     assert ctx.signal is not None and ctx.proxy is not None
-    return {"objective": "backdoor", "signal": ctx.signal.summary(), "proxy_stop_at": guard.stop_at,
+    return {"objective": "backdoor", "signal": ctx.signal.summary(), "proxy_clean_rate": guard.clean_rate,
+            "proxy_stop_at": guard.stop_at,
             "proxy_before": outcome.baseline_proxy, "proxy_after": outcome.final_proxy,
             "stop_reason": outcome.stop_reason, "proxy_evaluations": ctx.proxy.calls}
 
@@ -81,6 +82,7 @@ class PruneContext:
     probe: BackdoorProbe | None = None
     signal: BackdoorSignal | None = None  # set under the backdoor objective
     proxy: MaskEvaluator | None = None  # the proxy ASR under a mask (the signal's target rate)
+    agreement: MaskEvaluator | None = None  # share of clean texts answering as the unpruned model does
 
     @classmethod
     def build(cls, loaded: LoadedModel, gates: HeadGates, train: TaskData, validation: TaskData,
@@ -99,6 +101,7 @@ class PruneContext:
             if ctx.signal is not None:
                 ctx.proxy = MaskEvaluator(gates, loaded.tokenizer, ctx.signal.probe_data,
                                           batch_size=config.batch_size, context=ctx.signal.applied)
+                ctx.agreement = _agreement(loaded, gates, validation, train, config)
         return ctx
 
     @property
@@ -121,11 +124,23 @@ class PruneContext:
         if self.signal is None or self.proxy is None:
             return None
         base = clean_target_rate(self.loaded.model, self.loaded.tokenizer, self.signal)
-        return ProxyGuard(self.proxy, base + config.proxy_margin, config.patience)
+        return ProxyGuard(self.proxy, base + config.proxy_margin, config.patience, base, self.agreement,
+                          config.max_flip)
 
     def close(self) -> None:
         if self.signal is not None:
             self.signal.close()
+
+
+def _agreement(loaded: LoadedModel, gates: HeadGates, validation: TaskData, train: TaskData,
+               config: PruneConfig) -> MaskEvaluator:
+    """An evaluator of how many of `flip_samples` clean texts (the validation ones first, then seeded training ones)
+    keep the unpruned model's answer: labels are that model's own predictions, so its "accuracy" is the agreement."""
+    val = subsample(validation, config.flip_samples, config.seed)
+    texts = val.texts + subsample(train, max(0, config.flip_samples - len(val)), config.seed + 2).texts
+    answers = predict(loaded.model, loaded.tokenizer, texts)
+    data = TaskData([Sample(t, int(y)) for t, y in zip(texts, answers)], validation.label_names)
+    return MaskEvaluator(gates, loaded.tokenizer, data, batch_size=config.batch_size)
 
 
 @dataclass

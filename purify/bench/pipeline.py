@@ -25,6 +25,9 @@ MULTI_SEED = ("minilm-movie-badnets-p10-s0", "minilm-movie-style-p10-s0")
 PIPELINE_ROWS = ("default", "upper_bound")
 REFERENCE_ROWS = ("retrain_base",)
 ROWS = PIPELINE_ROWS + REFERENCE_ROWS
+#: a pruning strategy's record of its objective kept in a cell (purify.pruning.objective_facts)
+OBJECTIVE_FACTS = ("objective", "signal", "proxy_clean_rate", "proxy_stop_at", "proxy_before", "proxy_after",
+                   "stop_reason")
 
 
 def _config(cell: Any, entry: Any, options: dict) -> Any:
@@ -84,6 +87,8 @@ def _record(cell: Any, entry: Any, report: dict, seconds: float) -> dict:
         "probe_target": probe.get("suspected_target"), "probe_before": probe.get("before"),
         "probe_after": probe.get("after"), "verdict": report.get("verdict", {}).get("status"),
         "seconds": round(seconds, 1), "timings": report.get("timings"), "compute": report.get("compute"),
+        "heads_pruned": (report.get("result") or {}).get("num_pruned", 0),
+        "objective": {k: v for k, v in (report.get("result") or {}).items() if k in OBJECTIVE_FACTS},
         "train_data": ("zoo train split minus flagged-poisoned lines (upper bound)" if cell.method == "upper_bound"
                        else "zoo train split through the filter, trusted split as validation (realistic)"),
     }

@@ -60,9 +60,12 @@ def _zoo_cells(entries: list[str] | None, methods: list[str] | None, seeds: int)
 
 
 def _pruning_cells(entries: list[str] | None, methods: list[str] | None, seeds: int) -> list[Cell]:
-    default = [f"minilm-movie-{a}-p10-s0" for a in MINILM_ATTACKS] + ["smollm2-movie-badnets-p10-s0"]
-    return _per_seed("pruning", entries or default, list(methods or ("baseline_finetune", *PRUNING_STRATEGIES)),
-                     seeds)
+    """Every pruning strategy in both objectives on each entry (`seeds` on the multi-seed entries)."""
+    from .pruning import PRUNING_ENTRIES, objective_options
+
+    return [Cell("pruning", e, m, s, options) for e in entries or PRUNING_ENTRIES
+            for m in methods or PRUNING_STRATEGIES for options in objective_options()
+            for s in range(seeds if e in MULTI_SEED else 1)]
 
 
 def _w2s_variants(entry: str) -> dict[str, tuple[str, dict]]:
@@ -111,7 +114,7 @@ def _pipeline_cells(entries: list[str] | None, methods: list[str] | None, seeds:
 
 _CELLS = "purify.bench.cells"
 for _suite in (Suite("zoo", _zoo_cells, f"{_CELLS}:run_zoo_cell"),
-               Suite("pruning", _pruning_cells, f"{_CELLS}:run_strategy_cell"),
+               Suite("pruning", _pruning_cells, "purify.bench.pruning:run_pruning_cell"),
                Suite("w2s", _w2s_cells, f"{_CELLS}:run_strategy_cell"),
                Suite("filters", _filter_cells, "purify.bench.filters:run_filter_cell"),
                Suite("tune", _tune_cells, f"{_CELLS}:run_tune_cell"),

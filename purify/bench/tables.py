@@ -13,7 +13,9 @@ def finished(results: list[dict]) -> list[dict]:
 
 
 def _label(cell: dict) -> str:
-    return cell["cell"]["options"].get("_label") or cell["cell"]["method"]
+    options = cell["cell"]["options"]
+    objective = f" ({options['objective']})" if "objective" in options else ""
+    return options.get("_label") or cell["cell"]["method"] + objective
 
 
 def mean_sd(values: Sequence[float | None]) -> str:
@@ -51,6 +53,10 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
     lines = []
     if suite == "pipeline":
         lines += pipeline_table(ok)
+    elif suite == "pruning":
+        from .pruning import pruning_table
+
+        lines += pruning_table(ok)
     elif suite == "zoo":
         lines += ["| entry | clean ref CACC | backdoored CACC | ASR | ASR floor (clean ref) | CACC drop | "
                   "build s | clean ref train s | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -62,7 +68,7 @@ def markdown_table(suite: str, results: list[dict], defaults: dict[tuple[str, st
                          f"{100 * r['asr']:.1f} | {100 * r['clean_asr']:.1f} | "
                          f"{100 * (r['clean_cacc'] - r['cacc']):.1f} | {r['build_seconds']:.0f} | {clean_s} | "
                          f"{r['peak_rss_mb']:.0f} |")
-    elif suite in ("pruning", "w2s", "tune"):
+    elif suite in ("w2s", "tune"):
         lines += ["| entry | method | seeds | CACC before | CACC after | ASR before | ASR after | ASR floor | "
                   "ASR cut | heads pruned | seconds | device | peak MB |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
