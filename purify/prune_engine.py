@@ -53,10 +53,15 @@ class PruneConfig(StrategyConfig):
     inversion_candidates: int = option(48, "backdoor objective: words measured per label when no probe came with "
                                        "the run (the trigger_words search on the training data)", low=1)
     inversion_words: int = option(8, "backdoor objective: words kept per label by that search", low=1)
-    max_flip: float = option(0.01, "backdoor objective: largest share of clean texts (trusted and training, "
+    max_flip: float = option(0.03, "backdoor objective: largest share of clean texts (trusted and training, "
                              "`flip_samples` of them) whose answer a kept step may change from the unpruned model's",
                              low=0, high=1)
     flip_samples: int = option(512, "backdoor objective: clean texts the answer-change check reads (seeded)", low=1)
+    recover_epochs: int = option(0, "fine-pruning: epochs of a short clean fine-tune after pruning, the pruned "
+                                 "heads held closed (0: none; Liu et al. 2018)", low=0)
+    recover_samples: int | None = option(1000, "fine-pruning: clean training samples of that fine-tune (seeded; none "
+                                         "= all)", low=1)
+    recover_lr: float = option(2e-5, "fine-pruning: learning rate of that fine-tune", low=0, low_open=True)
     patience: int = option(3, "backdoor objective: stop after this many steps in a row that did not lower the "
                            "proxy ASR", low=1)
 

@@ -19,6 +19,7 @@ from .probe import BackdoorProbe, probe_or_invert
 from .prune_engine import (EngineResult, MaskEvaluator, ProxyGuard, PruneConfig, prune_by_scores,
                            subsample)
 from .registry import Strategy, StrategyResult
+from .training import TrainConfig, train_classifier
 from .backdoor_signal import BackdoorSignal, backdoor_support, build_signal, clean_target_rate
 
 if TYPE_CHECKING:
@@ -132,6 +133,25 @@ class PruneContext:
             self.signal.close()
 
 
+def recover(ctx: PruneContext, mask: torch.Tensor, config: PruneConfig) -> dict[str, Any]:
+    """Fine-pruning: a short clean fine-tune with the pruned heads held closed, so the remaining weights win back
+    clean accuracy (the backdoor's heads stay out); {} when `recover_epochs` is 0."""
+    if config.recover_epochs == 0 or not bool((mask == 0).any()):
+        return {}
+    data = subsample(ctx.train, config.recover_samples, config.seed)
+    ctx.gates.set(mask)
+    outcome = train_classifier(ctx.loaded.model, ctx.loaded.tokenizer, data.texts, data.labels,
+                               TrainConfig(epochs=config.recover_epochs, lr=config.recover_lr,
+                                           batch_size=config.batch_size, seed=config.seed, keep_best=False),
+                               description="fine-pruning recovery")
+    after = ctx.evaluate.fresh()(mask)
+    facts: dict[str, Any] = {"epochs": config.recover_epochs, "samples": len(data), "val_accuracy": after,
+                             "history": outcome.history}
+    if ctx.proxy is not None:
+        facts["proxy_asr"] = ctx.proxy.fresh()(mask)
+    return facts
+
+
 def _agreement(loaded: LoadedModel, gates: HeadGates, validation: TaskData, train: TaskData,
                config: PruneConfig) -> MaskEvaluator:
     """An evaluator of how many of `flip_samples` clean texts (the validation ones first, then seeded training ones)
@@ -186,16 +206,22 @@ class PruningStrategy(Strategy):
                     outcome = prune_by_scores(ctx.evaluate, scores, self.config, order=ranking.order,
                                               per_layer_budget=ranking.per_layer_budget,
                                               continue_after_guard=ranking.continue_after_guard, guard=guard)
+                    recovery = recover(ctx, outcome.mask, self.config)
                 except BaseException:
                     for folder in ranking.scratch:
                         folder.cleanup()
                     raise
             finally:
                 ctx.close()
+        facts = objective_facts(ctx, guard, outcome)
+        if recovery:
+            facts |= {"recovery": recovery, "proxy_after_pruning": facts.get("proxy_after"),
+                      "proxy_after": recovery.get("proxy_asr")}
         return PruningResult(
             model=model, mask=outcome.mask, head_scores=scores, trajectory=outcome.trajectory,
-            baseline_val_accuracy=outcome.baseline_accuracy, final_val_accuracy=outcome.final_accuracy,
-            extras={"guard_evaluations": ctx.evaluate.calls, **objective_facts(ctx, guard, outcome), **ranking.facts},
+            baseline_val_accuracy=outcome.baseline_accuracy,
+            final_val_accuracy=recovery.get("val_accuracy", outcome.final_accuracy),
+            extras={"guard_evaluations": ctx.evaluate.calls, **facts, **ranking.facts},
             files=dict(ranking.files), scratch=list(ranking.scratch),
         )
 

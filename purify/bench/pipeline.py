@@ -27,7 +27,7 @@ REFERENCE_ROWS = ("retrain_base",)
 ROWS = PIPELINE_ROWS + REFERENCE_ROWS
 #: a pruning strategy's record of its objective kept in a cell (purify.pruning.objective_facts)
 OBJECTIVE_FACTS = ("objective", "signal", "proxy_clean_rate", "proxy_stop_at", "proxy_before", "proxy_after",
-                   "stop_reason")
+                   "stop_reason", "proxy_after_pruning", "recovery")
 
 
 def _config(cell: Any, entry: Any, options: dict) -> Any:

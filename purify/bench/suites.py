@@ -131,9 +131,12 @@ def suite_cells(suite: str, *, entries: list[str] | None = None, methods: list[s
 def default_knob_cell(entry: str, method: str) -> Cell | None:
     """The seed-0 cell that runs `method` with its default knobs on `entry` (pruning or w2s suite), if either has it.
 
-    A tune row is compared with it: same entry, same data, only the knobs differ.
+    A tune row is compared with it: same entry, same data, only the knobs differ. For a pruning strategy that is
+    the cell without an objective option: the strategy's defaults on the flag-cleaned split, as the tune reads it.
     """
-    suite = "pruning" if method in PRUNING_STRATEGIES else "w2s" if method == "w2s_distill" else None
+    if method in PRUNING_STRATEGIES:
+        return Cell("pruning", entry, method)
+    suite = "w2s" if method == "w2s_distill" else None
     if suite is None:
         return None
     cells = [c for c in suite_cells(suite, entries=[entry], methods=[method], seeds=1) if c.method == method]

@@ -31,19 +31,39 @@ def test_suites_name_their_cells():
         suite_cells("nope")
 
 
-def test_pruning_matrix_has_the_baseline_and_three_seeds_on_the_multi_seed_entries():
+def test_pruning_matrix_has_both_objectives_and_three_seeds_on_the_multi_seed_entries():
     cells = suite_cells("pruning")
-    per_entry = {e: {(c.method, c.seed) for c in cells if c.entry == e} for e in {c.entry for c in cells}}
-    assert len(per_entry["minilm-movie-badnets-p10-s0"]) == 7 * 3 and len(per_entry["minilm-movie-style-p10-s0"]) == 21
-    assert per_entry["smollm2-movie-badnets-p10-s0"] == {(m, 0) for m in ("baseline_finetune", *PRUNING_STRATEGIES)}
+    per_entry = {e: {(c.method, c.options["objective"], c.seed) for c in cells if c.entry == e}
+                 for e in {c.entry for c in cells}}
+    assert len(per_entry["minilm-movie-badnets-p10-s0"]) == 6 * 2 * 3 and len(per_entry["minilm-movie-style-p10-s0"]) == 36
+    assert per_entry["smollm2-movie-insertsent-p10-s0"] == {(m, o, 0) for m in PRUNING_STRATEGIES
+                                                             for o in ("backdoor", "informative")}
     chosen = suite_cells("pruning", entries=["minilm-movie-badnets-p10-s0"], methods=["gradient_prune"], seeds=1)
-    assert chosen == [Cell("pruning", "minilm-movie-badnets-p10-s0", "gradient_prune")]  # only what was chosen
+    assert chosen == [Cell("pruning", "minilm-movie-badnets-p10-s0", "gradient_prune", 0, {"objective": o})
+                      for o in ("backdoor", "informative")]  # only what was chosen
+
+
+def test_pruning_table_reports_the_removable_cut_and_the_proxy_removed():
+    from purify.bench.pruning import proxy_removed, pruning_table, removable_cut
+
+    record = {"cell": {"entry": "e", "method": "gradient_prune", "seed": 0, "options": {"objective": "backdoor"}},
+              "asr_before": 1.0, "asr_after": 0.2, "asr_floor": 0.1, "trigger_lift": 0.05, "cacc_before": 0.84,
+              "cacc_after": 0.83, "heads_pruned": 9, "seconds": 60.0, "peak_rss_mb": 900.0,
+              "objective": {"proxy_before": 0.9, "proxy_after": 0.3, "proxy_clean_rate": 0.1}}
+    assert removable_cut(record) == pytest.approx(0.8 / 0.9)
+    assert proxy_removed(record) == pytest.approx(0.75)
+    row = pruning_table([record])[-1]
+    assert "| e | gradient_prune | backdoor | 1 | 100.0 | 20.0 | 10.0 | 88.9 | 5.0 | 84.0 -> 83.0 |" in row
+    assert "| 90.0 -> 30.0 (10.0) | 75.0 | 9.0 |" in row
+    assert proxy_removed({**record, "objective": {}}) is None and removable_cut({**record, "asr_before": 0.1}) is None
 
 
 def test_w2s_suite_shares_the_clean_fine_tune_cells_of_the_pruning_suite():
     entry = "minilm-movie-style-p10-s0"
     w2s = suite_cells("w2s", entries=[entry], methods=["baseline_finetune"])
-    assert w2s == suite_cells("pruning", entries=[entry], methods=["baseline_finetune"])
+    # cached with the pruning suite's cells, without an objective: its runner gives them the flag-cleaned split
+    assert {(c.suite, c.method) for c in w2s} == {("pruning", "baseline_finetune")}
+    assert all("objective" not in c.options for c in w2s)
     assert {c.suite for c in suite_cells("w2s", entries=[entry], methods=["plain_lora", "w2s_distill"])} == {"w2s"}
 
 

@@ -117,3 +117,24 @@ def test_objective_is_validated() -> None:
 
     with pytest.raises(ConfigError, match="objective"):
         PruneConfig(objective="everything").validate()
+
+
+def test_fine_pruning_recovery_keeps_the_pruned_heads_closed() -> None:
+    from purify.export import apply_pruning
+    from purify.registry import build_strategy
+
+    loaded, task = tiny_backdoored("bert")
+    options = {"objective": "informative", "max_acc_drop": 0.5, "step": 2, "recover_epochs": 1,
+               "recover_samples": 64, "val_samples": 64, "score_samples": 48, "batch_size": 16}
+    result = build_strategy("gradient_prune", options).run(loaded, task.clean_train, task.validation)
+    recovery = result.extras["recovery"]
+    assert recovery["epochs"] == 1 and recovery["samples"] == 64 and len(recovery["history"]) == 1
+    assert result.final_val_accuracy == recovery["val_accuracy"]
+    pruned = result.pruned_heads
+    assert pruned  # the loose guard let it prune
+    with HeadGates(result.model) as gates:  # the applied model gives the gated model's outputs
+        batch = loaded.tokenizer(task.validation.texts[:8], return_tensors="pt", padding=True)
+        gates.set(result.mask)
+        gated = result.model(**batch).logits
+    apply_pruning(result.model, pruned)
+    assert torch.allclose(result.model(**batch).logits, gated, atol=1e-5)
