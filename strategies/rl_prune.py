@@ -1,4 +1,4 @@
-"""rl_prune: a MaskablePPO policy learns, from clean validation accuracy alone, which heads to prune and when to stop.
+"""rl_prune: a MaskablePPO policy learns which heads to prune and when to stop.
 
 Chapagain, Hamdi and Filali Boubrahimi (CIKM 2025) cast head pruning as a sequential decision problem. Here the
 environment (`strategies.rl_env.HeadPruningEnv`, a `gymnasium.Env`) starts from the unpruned model; each action
@@ -7,26 +7,29 @@ costs. Each head is observed through three cheap clean-data signals: gradient im
 attention entropy and the norm of the head's output-projection columns. Masks are evaluated by the shared,
 cached `MaskEvaluator` on a fixed validation subset.
 
-The policy (`HeadSharedPolicy`) scores every head with one network shared across heads, so what it learns
-about one head's signals transfers to all of them. After training, a deterministic rollout gives the order in
-which the policy prunes; heads pruned earlier get lower scores, and the shared engine prunes in that order with
-its own guard and trajectory. The policy is saved as ``rl_policy.zip`` and travels with the export.
+Under the backdoor objective the reward is the fall in the proxy ASR (the run's backdoor signal, measured on a
+seeded subset of its triggered texts) minus the clean-accuracy penalty; pruning a head pays nothing by itself (a
+small cost), and the episode ends once the proxy reaches the engine's stop level. Each head is also observed
+through its backdoor support, and the proxy's progress is a global feature. The engine then keeps a step only
+when the full proxy falls.
+
+The policy (`strategies.rl_policy.HeadSharedPolicy`) scores every head with one network shared across heads, so
+what it learns about one head's signals transfers to all of them. After training, a deterministic rollout gives
+the order in which the policy prunes; heads pruned earlier get lower scores, and the shared engine prunes in that
+order with its own guard and trajectory. The policy is saved as ``rl_policy.zip`` and travels with the export.
 """
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from sb3_contrib import MaskablePPO
-from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-from torch import nn
 
+from purify.backdoor_signal import backdoor_scores
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.errors import ConfigError
@@ -36,13 +39,14 @@ from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_f
 from purify.prune_engine import MaskEvaluator, PruneConfig, order_to_scores, subsample
 from purify.registry import option, register_strategy
 
-from .rl_env import GLOBAL_FEATURES, HEAD_FEATURES, SIGNALS, HeadPruningEnv
+from .rl_env import BACKDOOR_SIGNAL, SIGNALS, HeadPruningEnv, ProxyTerms
+from .rl_policy import HeadSharedPolicy, deterministic_torch, rollout
 
 
 @dataclass
 class RLPruneConfig(PruneConfig):
     """Knobs of rl_prune (plus the engine's, see PruneConfig): a head-shared PPO policy that learns which heads to
-    prune from clean-data signals, under the engine's accuracy guard."""
+    prune from per-head signals, under the engine's accuracy guard (and, backdoor objective, its proxy guard)."""
 
     total_timesteps: int = option(384, "environment steps PPO trains for; each costs at most one (cached) mask "
                                   "evaluation on rl_val_samples validation samples, so this sets the run time", low=1)
@@ -53,13 +57,21 @@ class RLPruneConfig(PruneConfig):
     gamma: float = option(0.99, "discount factor of the return", low=0, low_open=True, high=1)
     ent_coef: float = option(0.01, "weight of the entropy bonus (keeps exploring early on)", low=0)
     policy_hidden: int = option(32, "width of the head-shared policy and value networks", low=1)
-    prune_reward: float = option(1.0, "reward for each head pruned", low=0)
+    prune_reward: float = option(1.0, "informative objective: reward for each head pruned", low=0)
+    proxy_reward: float = option(4.0, "backdoor objective: reward for bringing the proxy ASR from its start down to "
+                                 "the stop level, paid in proportion to each step's fall (a rise costs)", low=0)
+    prune_cost: float = option(0.05, "backdoor objective: cost of each head pruned (in place of prune_reward, so "
+                               "pruning pays only through the proxy)", low=0)
+    stop_bonus: float = option(1.0, "backdoor objective: bonus for the step that brings the proxy down to the stop "
+                               "level (the episode ends there)", low=0)
     drop_penalty: float = option(2.0, "penalty per max_acc_drop of clean validation accuracy a step loses (a gain "
                                  "refunds it)", low=0)
     breach_penalty: float = option(1.0, "penalty when a step takes accuracy below baseline - max_acc_drop; the "
                                    "episode ends there", low=0)
     rl_val_samples: int | None = option(64, "validation samples the environment evaluates masks on (fixed, seeded "
                                         "subset; none = the guard's own subset)", low=1)
+    rl_proxy_samples: int | None = option(64, "backdoor objective: triggered samples the environment measures the "
+                                          "proxy ASR on (fixed, seeded subset; none = all of the engine's)", low=1)
     score_samples: int = option(256, "clean training samples the gradient importance and attention entropy are "
                                 "measured on", low=1)
     follow_policy_stop: bool = option(True, "prune only the heads the policy pruned in its rollout (true), or let the "
@@ -81,6 +93,8 @@ class RLPruneConfig(PruneConfig):
             "total_timesteps": {"type": "int", "low": 256, "high": 4096, "log": True},
             "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
             "drop_penalty": {"type": "float", "low": 0.5, "high": 8.0},
+            "proxy_reward": {"type": "float", "low": 1.0, "high": 16.0, "log": True},
+            "prune_cost": {"type": "float", "low": 0.0, "high": 0.5},
             "breach_penalty": {"type": "float", "low": 0.0, "high": 10.0},
             "follow_policy_stop": {"type": "categorical", "choices": [True, False]},
         }
@@ -139,118 +153,6 @@ def head_signals(loaded: LoadedModel, gates: HeadGates, train: TaskData, samples
     return torch.stack([_unit(importance), _unit(entropy), _unit(output_norms(gates))], dim=-1)
 
 
-# -- the policy ------------------------------------------------------------------------------------------------
-class HeadwiseExtractor(nn.Module):
-    """Encode each head with one shared MLP (its features plus the global ones); pool them for stop and value."""
-
-    def __init__(self, num_heads: int, head_features: int, global_features: int, hidden: int) -> None:
-        super().__init__()
-        self.num_heads, self.head_features, self.hidden = num_heads, head_features, hidden
-        self.encoder = nn.Sequential(nn.Linear(head_features + global_features, hidden), nn.Tanh(),
-                                     nn.Linear(hidden, hidden), nn.Tanh())
-        self.stop = nn.Sequential(nn.Linear(hidden + global_features, hidden), nn.Tanh())
-        self.critic = nn.Sequential(nn.Linear(hidden + global_features, hidden), nn.Tanh())
-        self.latent_dim_pi = (num_heads + 1) * hidden
-        self.latent_dim_vf = hidden
-
-    def _encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        split = self.num_heads * self.head_features
-        per_head = features[:, :split].reshape(-1, self.num_heads, self.head_features)
-        glob = features[:, split:]
-        x = torch.cat([per_head, glob[:, None, :].expand(-1, self.num_heads, -1)], dim=-1)
-        encoded = self.encoder(x)  # (B, N, hidden)
-        return encoded, torch.cat([encoded.mean(dim=1), glob], dim=-1)
-
-    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
-        encoded, context = self._encode(features)
-        return torch.cat([encoded, self.stop(context)[:, None, :]], dim=1).flatten(1)
-
-    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
-        return self.critic(self._encode(features)[1])
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded, context = self._encode(features)
-        actor = torch.cat([encoded, self.stop(context)[:, None, :]], dim=1).flatten(1)
-        return actor, self.critic(context)
-
-
-class HeadwiseLogits(nn.Module):
-    """One linear read-out shared by every head's latent and the stop latent, plus a learned offset per action.
-
-    Maps (B, (N+1)*h) to (B, N+1) logits. The shared read-out generalises across heads through their features;
-    the per-action offsets (zero at first) let the policy learn what a particular head of this model costs. The
-    stop offset starts at `stop_offset` (negative: an untrained policy prunes rather than stops, so early
-    episodes explore pruning; training moves it).
-    """
-
-    def __init__(self, num_heads: int, hidden: int, stop_offset: float = -2.0) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.linear = nn.Linear(hidden, 1)
-        offsets = torch.zeros(num_heads + 1)
-        offsets[-1] = stop_offset
-        self.offsets = nn.Parameter(offsets)
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.linear(latent.reshape(latent.shape[0], -1, self.hidden)).squeeze(-1) + self.offsets
-
-
-class HeadSharedPolicy(MaskableActorCriticPolicy):
-    """Maskable actor-critic whose action logits come from one network shared across heads (plus a stop logit)."""
-
-    def __init__(self, *args, num_heads: int, head_features: int = HEAD_FEATURES,
-                 global_features: int = GLOBAL_FEATURES, hidden: int = 32, **kwargs) -> None:
-        self.policy_num_heads = num_heads
-        self.head_features = head_features
-        self.global_features = global_features
-        self.hidden = hidden
-        super().__init__(*args, **kwargs)
-
-    def _build(self, lr_schedule) -> None:
-        # sb3 types mlp_extractor as its MlpExtractor; a module with its interface is the documented extension
-        self.mlp_extractor = HeadwiseExtractor(  # type: ignore[assignment]
-            self.policy_num_heads, self.head_features, self.global_features, self.hidden)
-        self.action_net = HeadwiseLogits(self.policy_num_heads, self.hidden)
-        self.value_net = nn.Linear(self.hidden, 1)
-        with torch.no_grad():  # start close to a uniform choice among legal actions
-            self.action_net.linear.weight.mul_(0.01)
-            self.action_net.linear.bias.zero_()
-        # as sb3's own _build: optimizer_class is typed as the bare Optimizer base, which takes no lr
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1),  # type: ignore[call-arg]
-                                              **self.optimizer_kwargs)
-
-    def _get_constructor_parameters(self) -> dict:
-        data = super()._get_constructor_parameters()
-        data.update(num_heads=self.policy_num_heads, head_features=self.head_features,
-                    global_features=self.global_features, hidden=self.hidden)
-        return data
-
-
-@contextlib.contextmanager
-def deterministic_torch() -> Iterator[None]:
-    """Ask torch for deterministic kernels inside the block (warn-only), then restore the previous setting."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
-
-
-def rollout(model: MaskablePPO, env: HeadPruningEnv, seed: int) -> tuple[list[tuple[int, int]], str]:
-    """Run the policy greedily (deterministic) from the unpruned model: heads in the order pruned, and why it ended."""
-    obs, _ = env.reset(seed=seed)
-    reason = "budget"
-    for _ in range(env.n + 1):
-        action, _ = model.predict(obs, deterministic=True, action_masks=env.action_masks())
-        obs, _, terminated, truncated, info = env.step(int(action))
-        if terminated or truncated:
-            reason = info.get("reason", reason)
-            break
-    return list(env.pruned_order), reason
-
-
 def rollout_scores(order: list[tuple[int, int]], fallback: torch.Tensor) -> torch.Tensor:
     """Scores (low = prune first): the k-th head of the rollout gets k / N; the rest 1 + `fallback` (in [0, 1])."""
     layers, heads = fallback.shape
@@ -258,7 +160,8 @@ def rollout_scores(order: list[tuple[int, int]], fallback: torch.Tensor) -> torc
 
 
 class RLPrune(PruningStrategy):
-    """Prune heads in the order a MaskablePPO policy, trained on clean validation accuracy, prunes them."""
+    """Prune heads in the order a MaskablePPO policy, trained on clean validation accuracy (and, backdoor objective,
+    the fall in the proxy ASR), prunes them."""
 
     config: RLPruneConfig
     fast_options = {
@@ -266,14 +169,24 @@ class RLPrune(PruningStrategy):
         "rl_val_samples": 64, "score_samples": 64, "val_samples": 120, "step": 2,
     }
 
-    def _rl_evaluator(self, ctx: PruneContext) -> MaskEvaluator:
-        """The engine's evaluator when its subset is no larger, else one on `rl_val_samples` validation samples."""
+    def _subset(self, ctx: PruneContext, full: MaskEvaluator, data: TaskData, n: int | None,
+                **kwargs: Any) -> MaskEvaluator:
+        """`full` (an evaluator on `data` or a subset) when it measures at most `n` samples, else one on `n` seeded
+        samples of `data`."""
+        if n is None or len(full.labels) <= n:
+            return full
+        return MaskEvaluator(ctx.gates, ctx.loaded.tokenizer, subsample(data, n, self.config.seed),
+                             batch_size=self.config.batch_size, **kwargs)
+
+    def _terms(self, ctx: PruneContext) -> ProxyTerms | None:
+        """Backdoor objective: the proxy on `rl_proxy_samples` triggered texts and the engine's stop level."""
+        guard = ctx.guard(self.config)
+        if guard is None:
+            return None
+        assert ctx.signal is not None and ctx.proxy is not None
         cfg = self.config
-        n = cfg.rl_val_samples
-        if n is None or len(ctx.validation) <= n or (cfg.val_samples is not None and n >= cfg.val_samples):
-            return ctx.evaluate
-        return MaskEvaluator(ctx.gates, ctx.loaded.tokenizer, subsample(ctx.validation, n, cfg.seed),
-                             batch_size=cfg.batch_size)
+        proxy = self._subset(ctx, ctx.proxy, ctx.signal.probe_data, cfg.rl_proxy_samples, context=ctx.signal.applied)
+        return ProxyTerms(proxy, guard.stop_at, cfg.proxy_reward, cfg.prune_cost, cfg.stop_bonus)
 
     def _train(self, env: HeadPruningEnv) -> MaskablePPO:
         """PPO on `env` for `total_timesteps` (call inside `deterministic_torch`)."""
@@ -281,7 +194,9 @@ class RLPrune(PruningStrategy):
         model = MaskablePPO(
             HeadSharedPolicy, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
             batch_size=cfg.ppo_batch_size, n_epochs=cfg.ppo_epochs, gamma=cfg.gamma, ent_coef=cfg.ent_coef,
-            policy_kwargs={"num_heads": env.n, "hidden": cfg.policy_hidden}, seed=cfg.seed, device="cpu", verbose=0,
+            policy_kwargs={"num_heads": env.n, "head_features": env.head_features,
+                           "global_features": env.global_features, "hidden": cfg.policy_hidden},
+            seed=cfg.seed, device="cpu", verbose=0,
         )
         model.learn(total_timesteps=cfg.total_timesteps, progress_bar=progress_enabled())
         return model
@@ -295,13 +210,25 @@ class RLPrune(PruningStrategy):
                        if (layer, h) not in set(order)))
         return list(order) + [(layer, h) for _, layer, h in rest]
 
-    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+    def _signals(self, ctx: PruneContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The observed per-head signals (backdoor objective: the support in [0, 1] last), the scores of the heads
+        the rollout leaves out (in [0, 1], low first) and the raw backdoor support (None when informative)."""
         cfg = self.config
         signals = head_signals(ctx.loaded, ctx.gates, ctx.train, cfg.score_samples, cfg.batch_size, cfg.seed)
-        rl_evaluate = self._rl_evaluator(ctx)
+        if not ctx.backdoor:
+            return signals, signals[..., 0], None
+        support = ctx.support(cfg.batch_size)
+        rest = backdoor_scores(support, signals[..., 0])
+        return torch.cat([signals, _unit(support)[..., None]], dim=-1), rest - rest.min(), support
+
+    def head_scores(self, ctx: PruneContext) -> HeadRanking:
+        cfg = self.config
+        signals, fallback, support = self._signals(ctx)
+        rl_evaluate = self._subset(ctx, ctx.evaluate, ctx.validation, cfg.rl_val_samples)
+        terms = self._terms(ctx)
         env_kwargs: dict[str, Any] = dict(max_acc_drop=cfg.max_acc_drop, max_prune_fraction=cfg.max_prune_fraction,
                           min_heads_per_layer=cfg.min_heads_per_layer, prune_reward=cfg.prune_reward,
-                          drop_penalty=cfg.drop_penalty, breach_penalty=cfg.breach_penalty)
+                          drop_penalty=cfg.drop_penalty, breach_penalty=cfg.breach_penalty, terms=terms)
         env = HeadPruningEnv(rl_evaluate, signals, **env_kwargs)
         started = time.perf_counter()
         with deterministic_torch():
@@ -316,6 +243,7 @@ class RLPrune(PruningStrategy):
         except BaseException:
             scratch.cleanup()
             raise
+        names = SIGNALS + ((BACKDOOR_SIGNAL,) if support is not None else ())
         facts = {
             "rl_training": {
                 "episode_rewards": [round(r, 4) for r in env.episode_returns],
@@ -329,11 +257,32 @@ class RLPrune(PruningStrategy):
             "rl_baseline_val_accuracy": env.baseline,
             "rl_evaluations": rl_evaluate.calls,
             "rl_val_samples": len(rl_evaluate.labels),
-            "head_signals": {name: signals[..., i].tolist() for i, name in enumerate(SIGNALS)},
+            "head_signals": {name: signals[..., i].tolist() for i, name in enumerate(names)},
         }
-        scores = rollout_scores(order, signals[..., 0])
+        if terms is not None and support is not None:
+            facts.update(_proxy_facts(env, greedy_env, terms, support))
+        scores = rollout_scores(order, fallback)
         return HeadRanking(scores, order=self._engine_order(order, scores), facts=facts,
                            files={"rl_policy.zip": str(policy_path)}, scratch=[scratch])
+
+
+def _proxy_facts(env: HeadPruningEnv, greedy_env: HeadPruningEnv, terms: ProxyTerms,
+                 support: torch.Tensor) -> dict[str, Any]:
+    """What the backdoor objective's RL run did: the proxy at its start, at the end of the greedy rollout and of
+    each training episode, the stop level, and the proxy evaluator's size and work."""
+    proxy = terms.proxy
+    assert isinstance(proxy, MaskEvaluator)
+    return {
+        "rl_proxy": {
+            "start": env.start_proxy,
+            "rollout_end": greedy_env.proxy,
+            "stop_at": terms.stop_at,
+            "episode_ends": [round(p, 4) for p in env.episode_proxies],
+            "samples": len(proxy.labels),
+            "evaluations": proxy.calls,
+        },
+        "backdoor_support": support.tolist(),
+    }
 
 
 register_strategy("rl_prune", RLPruneConfig, RLPrune)

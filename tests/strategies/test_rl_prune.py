@@ -1,4 +1,5 @@
-"""rl_prune: the pruning environment obeys gymnasium and its action masks, PPO learns, the policy is exported."""
+"""rl_prune: the pruning environment obeys gymnasium and its action masks, PPO learns, the policy is exported;
+under the backdoor objective the reward pays for the fall in the proxy ASR."""
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sb3_contrib import MaskablePPO
 from purify.errors import ConfigError
 from purify.heads import HeadGates
 from purify.testing.tiny_task import tiny_backdoored
-from strategies.rl_env import HEAD_FEATURES, HeadPruningEnv
+from strategies.rl_env import GLOBAL_FEATURES, HEAD_FEATURES, HeadPruningEnv, ProxyTerms
 from strategies.rl_prune import (
     HeadSharedPolicy,
     RLPrune,
@@ -165,7 +166,7 @@ def test_config_validation_and_search_space():
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_run_exports_a_loadable_policy_and_training_curve(arch):
     loaded, task = tiny_backdoored(arch)
-    strategy = RLPrune(RLPruneConfig(**RLPrune.fast_options))
+    strategy = RLPrune(RLPruneConfig(**RLPrune.fast_options, objective="informative"))
     result = strategy.run(loaded, task.clean_train, task.validation)
     path = Path(result.files["rl_policy.zip"])
     assert path.is_file()
@@ -178,6 +179,8 @@ def test_run_exports_a_loadable_policy_and_training_curve(arch):
     assert result.final_val_accuracy >= result.baseline_val_accuracy - strategy.config.max_acc_drop - 1e-9
     policy = MaskablePPO.load(path, device="cpu")
     assert isinstance(policy.policy, HeadSharedPolicy)
+    assert (policy.policy.head_features, policy.policy.global_features) == (HEAD_FEATURES, GLOBAL_FEATURES)
+    assert "rl_proxy" not in result.extras and "backdoor_support" not in result.extras["head_signals"]
     env = _env(num_layers=2, num_heads=4)
     obs, _ = env.reset(seed=0)
     env.step(0)
@@ -192,7 +195,116 @@ def test_same_seed_same_heads_on_llama():
     runs = []
     for _ in range(2):
         loaded, task = tiny_backdoored("llama")
-        result = RLPrune(RLPruneConfig(**{**RLPrune.fast_options, "seed": 5})).run(
+        result = RLPrune(RLPruneConfig(**{**RLPrune.fast_options, "seed": 5, "objective": "informative"})).run(
             loaded, task.clean_train, task.validation)
         runs.append((result.pruned_heads, result.extras["rl_rollout"], result.extras["rl_training"]["episode_rewards"]))
     assert runs[0] == runs[1]
+
+
+# -- the backdoor objective -------------------------------------------------------------------------------------
+def _proxy_falls_at_1_2(mask):
+    """A synthetic proxy ASR that only pruning head (1, 2) brings down (to the stop level)."""
+    return 0.1 if mask[1, 2] == 0 else 0.9
+
+
+def _backdoor_env(proxy=_proxy_falls_at_1_2, evaluate=None, *, stop_at=0.1, **terms):
+    signals = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    signals[..., 3] = torch.tensor([[0.9, 0.5, 0.7], [0.8, 0.6, 0.0]])  # the support points away from (1, 2)
+    return HeadPruningEnv(evaluate or (lambda mask: 0.9 - 0.002 * float((mask == 0).sum())), signals,
+                          max_acc_drop=0.02, max_prune_fraction=1.0, min_heads_per_layer=1,
+                          terms=ProxyTerms(proxy, stop_at, **terms))
+
+
+def test_backdoor_observation_adds_the_support_and_the_proxy():
+    env = _backdoor_env()
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert (env.head_features, env.global_features) == (HEAD_FEATURES + 1, GLOBAL_FEATURES + 1)
+    assert obs.shape == env.observation_space.shape == (6 * (HEAD_FEATURES + 1) + GLOBAL_FEATURES + 1,)
+    per_head = obs[:6 * env.head_features].reshape(6, env.head_features)
+    np.testing.assert_allclose(per_head[:, 1:5], env.signals.reshape(6, 4).numpy(), rtol=1e-6)
+    assert obs[-1] == pytest.approx(1.0)  # the proxy has all its way down to go
+    obs, *_ = env.step(5)
+    assert obs[-1] == pytest.approx(0.0)  # at the stop level
+
+
+def test_backdoor_reward_pays_for_the_proxy_fall_not_for_pruning():
+    env = _backdoor_env(reward=4.0, prune_cost=0.05, stop_bonus=1.0)
+    steps = {}
+    for action in range(6):
+        env.reset(seed=0)
+        steps[action] = env.step(action)
+    rewards = {action: step[1] for action, step in steps.items()}
+    assert max(rewards, key=rewards.get) == 5  # head (1, 2)
+    drop = 2.0 * 0.002 / 0.02
+    assert rewards[5] == pytest.approx(4.0 - 0.05 - drop + 1.0)
+    assert all(rewards[a] == pytest.approx(-0.05 - drop) for a in range(5))  # pruning alone costs
+    _, _, terminated, _, info = steps[5]
+    assert terminated and info["reason"] == "proxy" and info["proxy"] == pytest.approx(0.1)
+    assert env.episode_proxies[-1] == pytest.approx(0.1)
+
+
+def test_backdoor_reward_is_proportional_and_breaches_skip_the_proxy():
+    calls = []
+
+    def proxy(mask):
+        calls.append(mask.clone())
+        return 0.9 - 0.4 * float(mask[1, 2] == 0) + 0.1 * float(mask[0, 0] == 0)
+
+    env = _backdoor_env(proxy, lambda mask: 0.5 if mask[0, 1] == 0 else 0.9, reward=4.0, prune_cost=0.0)
+    env.reset(seed=0)
+    _, reward, terminated, _, _ = env.step(5)  # half the way down: half the reward, no bonus
+    assert reward == pytest.approx(2.0) and not terminated
+    _, reward, terminated, _, _ = env.step(0)  # the proxy rises: that costs
+    assert reward == pytest.approx(-0.5) and not terminated
+    measured = len(calls)
+    _, reward, terminated, _, info = env.step(1)  # below the accuracy guard
+    assert terminated and info["reason"] == "guard" and len(calls) == measured
+    assert reward == pytest.approx(-2.0 * 0.4 / 0.02 - 1.0)
+
+
+def test_ppo_learns_the_head_that_lowers_the_proxy():
+    env = _backdoor_env()
+    model = MaskablePPO(HeadSharedPolicy, env, learning_rate=3e-3, n_steps=64, batch_size=32, n_epochs=10,
+                        policy_kwargs={"num_heads": env.n, "head_features": env.head_features,
+                                       "global_features": env.global_features, "hidden": 16}, seed=0, device="cpu")
+    model.learn(256)
+    order, reason = rollout(model, _backdoor_env(), seed=0)
+    assert (order, reason) == ([(1, 2)], "proxy")
+
+
+def _backdoor_run(seed=0, **options):
+    loaded, task = tiny_backdoored("bert")
+    strategy = RLPrune(RLPruneConfig(**{**RLPrune.fast_options, "seed": seed, **options}))
+    return strategy.run(loaded, task.clean_train, task.validation)
+
+
+def test_backdoor_run_records_the_proxy_and_observes_the_support():
+    result = _backdoor_run()
+    extras = result.extras
+    assert extras["objective"] == "backdoor"
+    facts = extras["rl_proxy"]
+    assert facts["start"] == extras["proxy_before"]  # the probe has fewer texts than rl_proxy_samples: same proxy
+    assert facts["stop_at"] == extras["proxy_stop_at"]
+    assert 0.0 <= facts["rollout_end"] <= 1.0 and facts["evaluations"] >= 1
+    assert len(facts["episode_ends"]) == len(extras["rl_training"]["episode_rewards"])
+    support = np.array(extras["head_signals"]["backdoor_support"])
+    assert support.shape == (2, 4) and support.min() >= 0.0 and support.max() <= 1.0
+    assert np.array(extras["backdoor_support"]).shape == (2, 4)
+    json.dumps(extras)
+    pruned = {(layer, h) for layer, hs in result.pruned_heads.items() for h in hs}
+    assert pruned <= {tuple(x) for x in extras["rl_rollout"]}
+    policy = MaskablePPO.load(Path(result.files["rl_policy.zip"]), device="cpu").policy
+    assert (policy.head_features, policy.global_features) == (HEAD_FEATURES + 1, GLOBAL_FEATURES + 1)
+    result.cleanup()
+
+
+def test_backdoor_run_is_deterministic_with_a_proxy_subset():
+    runs = []
+    for _ in range(2):
+        result = _backdoor_run(seed=3, rl_proxy_samples=16)
+        runs.append((result.pruned_heads, result.head_scores.tolist(), result.extras["rl_rollout"],
+                     result.extras["rl_training"]["episode_rewards"], result.extras["rl_proxy"]))
+        result.cleanup()
+    assert runs[0] == runs[1]
+    assert runs[0][4]["samples"] == 16
