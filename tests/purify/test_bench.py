@@ -35,7 +35,8 @@ def test_pruning_matrix_has_both_objectives_and_three_seeds_on_the_multi_seed_en
     cells = suite_cells("pruning")
     per_entry = {e: {(c.method, c.options["objective"], c.seed) for c in cells if c.entry == e}
                  for e in {c.entry for c in cells}}
-    assert len(per_entry["minilm-movie-badnets-p10-s0"]) == 6 * 2 * 3 and len(per_entry["minilm-movie-style-p10-s0"]) == 36
+    assert len(per_entry["minilm-movie-badnets-p10-s0"]) == 6 * 2 * 3
+    assert len(per_entry["minilm-movie-style-p10-s0"]) == 36
     assert per_entry["smollm2-movie-insertsent-p10-s0"] == {(m, o, 0) for m in PRUNING_STRATEGIES
                                                              for o in ("backdoor", "informative")}
     chosen = suite_cells("pruning", entries=["minilm-movie-badnets-p10-s0"], methods=["gradient_prune"], seeds=1)
