@@ -1,4 +1,5 @@
-"""Behaviour of variance_prune: attention-variance scores, the per-layer schedule, encoder and decoder pooling."""
+"""Behaviour of variance_prune: attention-variance scores, the per-layer schedule, encoder and decoder pooling, and
+the backdoor objective's trigger attention."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +8,14 @@ import types
 import pytest
 import torch
 
+from purify.backdoor_signal import backdoor_scores
 from purify.errors import ConfigError
 from purify.heads import HeadGates
+from purify.inference import encode
+from purify.probe import BackdoorProbe, TriggerCandidate
 from purify.pruning import PruneContext, batches_for
-from purify.testing.tiny_task import tiny_backdoored
+from purify.testing.tiny import tiny_tokenizer
+from purify.testing.tiny_task import TARGET, TRIGGER, tiny_backdoored
 from strategies.variance_prune import (
     VariancePrune,
     VariancePruneConfig,
@@ -18,8 +23,12 @@ from strategies.variance_prune import (
     layer_budget,
     layer_rates,
     layerwise_order,
+    locate_triggers,
     pooling_positions,
+    trigger_attention,
 )
+
+INFORMATIVE = {"objective": "informative"}
 
 
 def _model_of(model_type: str) -> types.SimpleNamespace:
@@ -89,8 +98,9 @@ def test_scores_have_head_shape_and_are_finite(arch: str) -> None:
     with HeadGates(loaded.model) as gates:
         batches = batches_for(loaded.model, loaded.tokenizer, task.clean_train.subset(range(40)), 16)
         variance = attention_variance(gates, batches)
-        ctx = PruneContext.build(loaded, gates, task.clean_train, task.validation, VariancePruneConfig())
-        scores = VariancePrune(VariancePruneConfig()).head_scores(ctx).scores
+        config = VariancePruneConfig(**INFORMATIVE)
+        ctx = PruneContext.build(loaded, gates, task.clean_train, task.validation, config)
+        scores = VariancePrune(config).head_scores(ctx).scores
     assert variance.shape == gates.shape and scores.shape == gates.shape
     assert torch.isfinite(scores).all() and (variance >= 0).all() and variance.sum() > 0
     assert torch.allclose(scores.mean(dim=1), torch.ones(gates.num_layers), atol=1e-5)
@@ -120,13 +130,81 @@ def test_per_layer_budget_is_respected(arch: str) -> None:
 def test_guarded_run_keeps_accuracy_and_is_deterministic() -> None:
     def run() -> object:
         loaded, task = tiny_backdoored()
-        config = VariancePruneConfig(**{**VariancePrune.fast_options, "seed": 5})
+        config = VariancePruneConfig(**{**VariancePrune.fast_options, "seed": 5, **INFORMATIVE})
         return VariancePrune(config).fit(loaded, task.clean_train, task.validation)
 
     first, second = run(), run()
     assert first.pruned_heads == second.pruned_heads
     assert torch.equal(first.head_scores, second.head_scores)
     assert first.final_val_accuracy >= first.baseline_val_accuracy - VariancePruneConfig().max_acc_drop - 1e-9
+
+
+def test_locate_triggers_marks_the_trigger_tokens_of_the_tokenized_texts() -> None:
+    tokenizer = tiny_tokenizer()
+    texts = ["good cf movie", "CF the film", "the plot was best good", "cfx good fun"]
+    enc, where = locate_triggers(tokenizer, texts, ["cf", "best  good"])
+    assert torch.equal(enc["input_ids"], encode(tokenizer, texts)["input_ids"])  # the batch the model sees
+    assert where.shape == enc["input_ids"].shape
+    # [CLS] first: "cf" is token 2, "CF" (any case) token 1, the phrase tokens 4-5; "cfx" is another word
+    assert [row.nonzero().flatten().tolist() for row in where] == [[2], [1], [4, 5], []]
+
+
+def test_trigger_attention_ranks_the_head_whose_pooled_row_is_on_the_trigger_first() -> None:
+    # one layer, three heads: head 0 puts the pooled row on the trigger, head 1 attends uniformly, head 2 to [CLS]
+    probs = torch.zeros(3, 3, 4, 4)
+    probs[0, 0, 0, 2] = probs[1, 0, 0, 1] = probs[2, 0, 0, 3] = 1.0
+    probs[:, 1, 0] = 0.25
+    probs[:, 2, 0, 0] = 1.0
+    where = torch.zeros(3, 4, dtype=torch.bool)
+    where[0, 2] = where[1, 1] = True  # the third sample holds no trigger token and is left out
+    gates = _FakeGates("bert", [[probs]])
+    attention, located = trigger_attention(gates, [{"attention_mask": torch.ones(3, 4)}], [where])
+    assert located == 2
+    assert attention.tolist() == [[1.0, 0.25, 0.0]]
+    scores = backdoor_scores(attention, torch.ones(1, 3))  # the same clean variance everywhere
+    assert int(scores.argmin()) == 0 and float(scores[0, 2]) == 0.0
+
+
+def _trigger_probe() -> BackdoorProbe:
+    return BackdoorProbe([TriggerCandidate(TRIGGER, TARGET, 1.0, "phrases")], {0: 0.0, 1: 0.0}, "test")
+
+
+def _backdoor_fit(probe: BackdoorProbe, **options) -> object:
+    loaded, task = tiny_backdoored()
+    config = VariancePruneConfig(**{**VariancePrune.fast_options, "seed": 3, **options})
+    return VariancePrune(config).fit(loaded, task.clean_train, task.validation, probe=probe)
+
+
+def test_backdoor_mode_ranks_by_trigger_attention_is_deterministic_and_records_the_proxy() -> None:
+    first, second = _backdoor_fit(_trigger_probe()), _backdoor_fit(_trigger_probe())
+    extras = first.extras
+    assert extras["objective"] == "backdoor" and extras["backdoor_measure"] == "trigger attention"
+    assert extras["trigger_samples"] == extras["signal"]["score_samples"] > 0
+    assert extras["proxy_after"] <= extras["proxy_before"] and extras["stop_reason"]
+    variance = torch.tensor(extras["attention_variance"], dtype=torch.float64)
+    clean = (variance / variance.mean(dim=1, keepdim=True)).float()
+    expected = backdoor_scores(torch.tensor(extras["backdoor_support"], dtype=torch.float64), clean)
+    assert torch.allclose(first.head_scores, expected)
+    # no schedule: the first step takes the lowest-scored heads, in any layer
+    lowest = sorted(range(first.head_scores.numel()), key=lambda i: float(first.head_scores.flatten()[i]))[:2]
+    assert sorted(tuple(lh) for lh in first.trajectory[1]["heads"]) == sorted(divmod(i, 4) for i in lowest)
+    assert extras["per_layer_budget"] is None
+    assert torch.equal(first.head_scores, second.head_scores) and first.trajectory == second.trajectory
+    assert first.pruned_heads == second.pruned_heads
+
+
+def test_backdoor_mode_can_keep_the_layer_schedule() -> None:
+    result = _backdoor_fit(_trigger_probe(), backdoor_layer_schedule=True, rate_first=0.0, rate_last=0.5)
+    assert result.extras["per_layer_budget"] == [0, 2]
+    pruned_layers = {int(lh[0]) for step in result.trajectory for lh in step.get("heads", [])}
+    assert pruned_layers <= {1}  # layer 0 has no budget, so not even a step tries it
+
+
+def test_latent_signal_falls_back_to_the_gradient_support() -> None:
+    result = _backdoor_fit(BackdoorProbe([], {}, "test"))  # nothing found: the latent stand-in
+    assert result.extras["signal"]["kind"] == "latent"
+    assert result.extras["backdoor_measure"] == "gradient support (latent signal: no trigger positions)"
+    assert result.extras["trigger_samples"] == 0 and "proxy_before" in result.extras
 
 
 @pytest.mark.parametrize("field,value", [("rate_first", -0.1), ("rate_last", 1.5), ("score_samples", 0)])
