@@ -217,7 +217,8 @@ class BayesPrune(PruningStrategy):
         if len(data) == 0:
             raise ConfigError("bayes_prune needs at least one clean training sample")
         batches = shuffled_forever(batches_for(loaded.model, loaded.tokenizer, data, cfg.svi_batch_size), cfg.seed)
-        probes, applied = None, contextlib.nullcontext
+        probes: Iterator[dict] | None = None
+        applied: Callable[[], Any] = contextlib.nullcontext
         if signal is not None and cfg.probe_weight > 0 and len(signal.score_data):
             relabelled = batches_for(loaded.model, loaded.tokenizer, signal.score_data_relabelled(), cfg.svi_batch_size)
             probes, applied = shuffled_forever(relabelled, cfg.seed + 1), signal.applied

@@ -17,7 +17,8 @@ itself already fall below that floor, the original weights are restored and prun
 Backdoor objective (group lasso while resisting the probe): each head's group penalty is weighted by its backdoor
 support on the user's model (an adaptive group lasso: heads that make the signal's trigger work shrink harder and
 so come first), and each fine-tune step may also descend the cross-entropy of the signal's triggered training texts
-towards their own labels; the engine then prunes under the proxy guard (`purify.pruning.PruneContext.guard`).
+towards their own labels, with as many triggered texts of the target kept on the target (the trigger should change
+no answer, not flip to another label); the engine then prunes under the proxy guard (`PruneContext.guard`).
 """
 from __future__ import annotations
 
@@ -165,8 +166,9 @@ def resist_data(ctx: PruneContext, seed: int) -> TaskData:
     signal, names = ctx.signal, ctx.train.label_names
     relabelled = signal.score_data_relabelled()
     own = subsample(TaskData([s for s in ctx.train.samples if s.label == signal.target], names), len(relabelled), seed)
-    words = signal.kind == "triggers" and ctx.probe is not None
-    texts = ctx.probe.triggered_texts(own.texts, seed=seed) if words and ctx.probe else own.texts
+    texts = own.texts  # the latent stand-in: shifted, not inserted
+    if signal.kind == "triggers" and ctx.probe is not None:
+        texts = ctx.probe.triggered_texts(own.texts, seed=seed)
     samples = relabelled.samples + [Sample(t, signal.target) for t in texts]
     random.Random(seed).shuffle(samples)
     return TaskData(samples, names)
