@@ -57,12 +57,18 @@ class BackdoorSignal:
     clean_texts: list[str]  # probe_data's texts before insertion
     words: list[str] = field(default_factory=list)
     shift: LatentShift | None = None
+    score_labels: list[int] = field(default_factory=list)  # score_data's texts' own labels (before insertion)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Forwards inside see the latent shift (a no-op for word and phrase triggers)."""
         with self.shift.applied() if self.shift is not None else contextlib.nullcontext():
             yield
+
+    def score_data_relabelled(self) -> TaskData:
+        """`score_data`'s triggered texts with their own labels: what the model should answer but for the trigger."""
+        return TaskData([Sample(t, y) for t, y in zip(self.score_data.texts, self.score_labels, strict=True)],
+                        self.score_data.label_names)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "words": self.words[:8],
@@ -77,9 +83,14 @@ class BackdoorSignal:
 
 def _others(data: TaskData, target: int, limit: int, seed: int) -> list[str]:
     """Up to `limit` seeded texts of `data` whose label is not `target`."""
-    texts = [s.text for s in data.samples if s.label != target]
-    random.Random(seed).shuffle(texts)
-    return texts[:limit]
+    return [s.text for s in _other_samples(data, target, limit, seed)]
+
+
+def _other_samples(data: TaskData, target: int, limit: int, seed: int) -> list[Sample]:
+    """Up to `limit` seeded samples of `data` whose label is not `target` (the order `_others` gives their texts)."""
+    samples = [s for s in data.samples if s.label != target]
+    random.Random(seed).shuffle(samples)
+    return samples[:limit]
 
 
 def _as_target(texts: list[str], target: int, names: list[str]) -> TaskData:
@@ -95,10 +106,10 @@ def build_signal(model: torch.nn.Module, tokenizer, probe: BackdoorProbe | None,
     if probe is not None and probe.strongest() and probe.target is not None:
         target = probe.target
         clean = _others(validation, target, samples, seed)
-        scored = _others(train, target, samples, seed + 1)
+        scored = _other_samples(train, target, samples, seed + 1)
         return BackdoorSignal(target, "triggers", _as_target(probe.triggered_texts(clean, seed=seed), target, names),
-                              _as_target(probe.triggered_texts(scored, seed=seed + 1), target, names), clean,
-                              [c.text for c in probe.strongest()])
+                              _as_target(probe.triggered_texts([s.text for s in scored], seed=seed + 1), target, names),
+                              clean, [c.text for c in probe.strongest()], score_labels=[s.label for s in scored])
     if len(names) < 2:
         return None
     return _latent_signal(model, tokenizer, train, validation, samples, seed, latent or LatentConfig(),
@@ -127,8 +138,10 @@ def _latent_signal(model: torch.nn.Module, tokenizer, train: TaskData, validatio
     assert best is not None  # at least two labels
     _, label, shift = best
     clean = _others(validation, label, samples, seed)
+    scored = _other_samples(train, label, samples, seed + 1)
     return BackdoorSignal(label, "latent", _as_target(clean, label, names),
-                          _as_target(_others(train, label, samples, seed + 1), label, names), clean, shift=shift)
+                          _as_target([s.text for s in scored], label, names), clean, shift=shift,
+                          score_labels=[s.label for s in scored])
 
 
 def _train_shift(model: torch.nn.Module, tokenizer, shift: LatentShift, texts: list[str], label: int, steps: int,

@@ -15,13 +15,19 @@ the prior. From `num_posterior_samples` draws of the posterior, a head's inclusi
 of draws with g_i > 1/2 and its uncertainty the standard deviation of g_i. Heads are pruned in ascending
 inclusion, ties (equal estimated inclusion) broken by the more uncertain head first, through the shared
 engine with its guard.
+
+Backdoor objective: the likelihood also observes the backdoor signal's triggered training texts (under its latent
+shift where no trigger word was found) with their own labels, the answers the model should give but for the
+trigger, weighted by `probe_weight`. Gates whose heads make the trigger work are then pulled towards 0, so those
+heads lose inclusion and are pruned first, under the engine's proxy guard.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pyro
@@ -31,6 +37,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from torch.distributions import constraints
 
+from purify.backdoor_signal import BackdoorSignal
 from purify.checkpoint import LoadedModel
 from purify.data import TaskData
 from purify.errors import ConfigError
@@ -67,6 +74,9 @@ class BayesPruneConfig(PruneConfig):
                                         "uncertainty needs two)", low=2)
     svi_samples: int = option(1024, "clean training samples the likelihood is taken over (seeded subset)", low=1)
     svi_batch_size: int = option(32, "minibatch size of an SVI step", low=1)
+    probe_weight: float = option(1.0, "backdoor objective: weight of the probe likelihood (the signal's triggered "
+                                 "training texts observed with their own labels) against the clean-data likelihood; "
+                                 "1 = both weigh as much in total, 0 = no probe term", low=0)
 
     @classmethod
     def search_space(cls) -> dict[str, dict]:
@@ -78,36 +88,47 @@ class BayesPruneConfig(PruneConfig):
             "prior_inclusion": {"type": "float", "low": 0.05, "high": 0.5},
             "sparsity_weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
             "temperature": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+            "probe_weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
         }
 
 
 class GatePosterior:
-    """The pyro model (prior over head-gate logits, labels through the gated classifier) and its mean-field guide."""
+    """The pyro model (prior over head-gate logits, labels through the gated classifier) and its mean-field guide;
+    with a probe batch, its labels are observed too (inside `applied`, the signal's latent shift)."""
 
-    def __init__(self, gates: HeadGates, num_data: int, config: BayesPruneConfig) -> None:
+    def __init__(self, gates: HeadGates, num_data: int, config: BayesPruneConfig,
+                 applied: Callable[[], Any] = contextlib.nullcontext) -> None:
         self.gates = gates
         self.num_data = num_data
         self.config = config
+        self.applied = applied
         self.n = gates.num_layers * gates.num_heads
         self.device = next(gates.model.parameters()).device
         z = NormalDist().inv_cdf(config.prior_inclusion)
         self.prior_loc = torch.full((self.n,), config.prior_scale * z, device=self.device)
         self.prior_scale = torch.full((self.n,), config.prior_scale, device=self.device)
 
-    def model(self, batch: dict) -> None:
-        """Gate logits from the prior; observed labels from the gated model's logits."""
+    def model(self, batch: dict, probe: dict | None = None) -> None:
+        """Gate logits from the prior; observed labels from the gated model's logits (clean, then probe, batch);
+        each term is scaled up to the whole clean subset, the probe's also by `probe_weight`."""
         cfg = self.config
         with poutine.scale(scale=cfg.sparsity_weight), pyro.plate("heads", self.n):
             z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale))
         gate = torch.sigmoid(z / cfg.temperature).reshape(self.gates.shape)
+        self._observe("data", "y", batch, gate, 1.0)
+        if probe is not None:
+            with self.applied():
+                self._observe("probe", "y_probe", probe, gate, cfg.probe_weight)
+
+    def _observe(self, plate: str, site: str, batch: dict, gate: torch.Tensor, weight: float) -> None:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         with self.gates.differentiable(gate):
             logits = self.gates.model(**inputs).logits
         labels = batch["labels"]
-        with pyro.plate("data", labels.shape[0]), poutine.scale(scale=self.num_data / labels.shape[0]):
-            pyro.sample("y", dist.Categorical(logits=logits.float()), obs=labels)
+        with pyro.plate(plate, labels.shape[0]), poutine.scale(scale=weight * self.num_data / labels.shape[0]):
+            pyro.sample(site, dist.Categorical(logits=logits.float()), obs=labels)
 
-    def guide(self, batch: dict) -> None:
+    def guide(self, batch: dict, probe: dict | None = None) -> None:
         """Mean-field Normal posterior over each head's gate logit."""
         cfg = self.config
         loc = pyro.param(LOC, torch.full((self.n,), cfg.init_logit, device=self.device))
@@ -161,6 +182,15 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def shuffled_forever(items: list[dict], seed: int) -> Iterator[dict]:
+    """`items` in seeded random order, pass after pass (each pass a fresh permutation)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        queue = [int(i) for i in rng.permutation(len(items))]
+        while queue:
+            yield items[queue.pop()]
+
+
 def posterior_order(inclusion: torch.Tensor, uncertainty: torch.Tensor) -> list[tuple[int, int]]:
     """Heads by ascending inclusion; equal inclusion: higher uncertainty first; then by position."""
     num_layers, num_heads = inclusion.shape
@@ -178,32 +208,36 @@ class BayesPrune(PruningStrategy):
         "val_samples": 120, "step": 2,
     }
 
-    def fit_posterior(self, loaded: LoadedModel, gates: HeadGates, train: TaskData) -> dict[str, torch.Tensor]:
-        """Fit the gate posterior by SVI on clean training data; per-head statistics as (L, H) tensors."""
+    def fit_posterior(self, loaded: LoadedModel, gates: HeadGates, train: TaskData,
+                      signal: BackdoorSignal | None = None) -> dict[str, torch.Tensor]:
+        """Fit the gate posterior by SVI on clean training data (and, with `signal` and a positive `probe_weight`,
+        its relabelled triggered texts); per-head statistics as (L, H) tensors."""
         cfg = self.config
         data = subsample(train, cfg.svi_samples, cfg.seed)
         if len(data) == 0:
             raise ConfigError("bayes_prune needs at least one clean training sample")
-        batches = batches_for(loaded.model, loaded.tokenizer, data, cfg.svi_batch_size)
-        posterior = GatePosterior(gates, len(data), cfg)
-        rng = np.random.default_rng(cfg.seed)
+        batches = shuffled_forever(batches_for(loaded.model, loaded.tokenizer, data, cfg.svi_batch_size), cfg.seed)
+        probes: Iterator[dict] | None = None
+        applied: Callable[[], Any] = contextlib.nullcontext
+        if signal is not None and cfg.probe_weight > 0 and len(signal.score_data):
+            relabelled = batches_for(loaded.model, loaded.tokenizer, signal.score_data_relabelled(), cfg.svi_batch_size)
+            probes, applied = shuffled_forever(relabelled, cfg.seed + 1), signal.applied
+        posterior = GatePosterior(gates, len(data), cfg, applied)
         losses: list[float] = []
         with private_param_store(), frozen(loaded.model):
             pyro.set_rng_seed(cfg.seed)
             # pyro.optim.Adam is generated at import time, so its stubs lack it
             svi = SVI(posterior.model, posterior.guide, pyro.optim.Adam({"lr": cfg.lr}),  # type: ignore[attr-defined]
                       loss=Trace_ELBO())
-            queue: list[int] = []
             for _ in track(range(cfg.svi_steps), description="bayes_prune: SVI", total=cfg.svi_steps):
-                if not queue:
-                    queue = [int(i) for i in rng.permutation(len(batches))]
-                losses.append(float(svi.step(batches[queue.pop()])))
+                batch = next(batches)
+                losses.append(float(svi.step(batch) if probes is None else svi.step(batch, next(probes))))
             stats = posterior.posterior(cfg.num_posterior_samples)
         stats["elbo_loss"] = torch.tensor(losses)
         return stats
 
     def head_scores(self, ctx: PruneContext) -> HeadRanking:
-        stats = self.fit_posterior(ctx.loaded, ctx.gates, ctx.train)
+        stats = self.fit_posterior(ctx.loaded, ctx.gates, ctx.train, ctx.signal)
         order = posterior_order(stats["inclusion"], stats["uncertainty"])
         losses = stats["elbo_loss"]
         every = max(1, len(losses) // 50)
@@ -216,6 +250,8 @@ class BayesPrune(PruningStrategy):
             "svi_loss_curve": [round(float(x), 4) for x in losses[::every]],
             "svi_final_loss": float(losses[-max(1, len(losses) // 10):].mean()),
         }
+        if ctx.signal is not None:
+            facts["probe_term"] = {"weight": self.config.probe_weight, "samples": len(ctx.signal.score_data)}
         return HeadRanking(order_to_scores(order, ctx.gates.shape), order=order, facts=facts)
 
 

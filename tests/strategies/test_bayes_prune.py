@@ -5,8 +5,10 @@ import pyro
 import pytest
 import torch
 
+from purify.backdoor_signal import build_signal
 from purify.errors import ConfigError
 from purify.heads import HeadGates
+from purify.pruning import PruneContext
 from purify.testing.tiny_task import tiny_backdoored
 from purify.prune_engine import order_to_scores
 from strategies.bayes_prune import BayesPrune, BayesPruneConfig, posterior_order
@@ -105,8 +107,70 @@ def test_run_prunes_in_posterior_order_and_reports(arch):
 
 def test_config_validation_and_search_space():
     for bad in ({"svi_steps": 0}, {"lr": 0.0}, {"prior_inclusion": 1.0}, {"temperature": 0.0},
-                {"sparsity_weight": -1.0}, {"num_posterior_samples": 1}, {"svi_batch_size": 0}):
+                {"sparsity_weight": -1.0}, {"num_posterior_samples": 1}, {"svi_batch_size": 0}, {"probe_weight": -1.0}):
         with pytest.raises(ConfigError):
             BayesPruneConfig(**bad).validate()
     BayesPruneConfig().validate()
     assert set(BayesPruneConfig.search_space()) <= set(BayesPruneConfig.__dataclass_fields__)
+
+
+def test_probe_term_closes_the_gates_that_carry_the_trigger():
+    """The probe likelihood pushes down the gate of the head with the most backdoor support and up the one with the
+    least, relative to the clean-only posterior (same seed, same clean minibatches)."""
+    loaded, task = tiny_backdoored()
+    config = BayesPruneConfig(**FAST)
+    with HeadGates(loaded.model) as gates:
+        ctx = PruneContext.build(loaded, gates, task.clean_train, task.validation, config)
+        try:
+            assert ctx.signal is not None and ctx.signal.kind == "triggers"
+            support = ctx.support(config.batch_size).flatten()
+            without = BayesPrune(config).fit_posterior(loaded, gates, task.clean_train)
+            with_probe = BayesPrune(config).fit_posterior(loaded, gates, task.clean_train, ctx.signal)
+            off = BayesPrune(BayesPruneConfig(**FAST, probe_weight=0.0)).fit_posterior(
+                loaded, gates, task.clean_train, ctx.signal)
+        finally:
+            ctx.close()
+    most, least = int(support.argmax()), int(support.argmin())
+    loc, loc0 = with_probe["loc"].flatten(), without["loc"].flatten()
+    assert float(loc[most]) < float(loc0[most]) and float(loc[least]) > float(loc0[least])
+    assert float(with_probe["inclusion"].flatten()[most]) < float(without["inclusion"].flatten()[most])
+    assert torch.equal(off["loc"], without["loc"])  # probe_weight 0: no probe term at all
+
+
+def test_signal_carries_the_score_texts_own_labels():
+    """Without a probe the signal is a latent shift over clean training texts: their labels are their own, and the
+    probe term observes them under the shift (whose hook the signal takes off again)."""
+    loaded, task = tiny_backdoored()
+    hooks = sum(len(m._forward_pre_hooks) for m in loaded.model.modules())
+    with HeadGates(loaded.model) as gates:
+        signal = build_signal(loaded.model, loaded.tokenizer, None, task.clean_train, task.validation, samples=64)
+        assert signal is not None and signal.kind == "latent"
+        try:
+            own = dict(zip(task.clean_train.texts, task.clean_train.labels))
+            relabelled = signal.score_data_relabelled()
+            assert len(relabelled) == len(signal.score_data) > 0 and relabelled.texts == signal.score_data.texts
+            assert relabelled.labels == [own[t] for t in relabelled.texts]
+            assert signal.target not in relabelled.labels
+            shifted = BayesPrune(BayesPruneConfig(**FAST)).fit_posterior(loaded, gates, task.clean_train, signal)
+            clean = BayesPrune(BayesPruneConfig(**FAST)).fit_posterior(loaded, gates, task.clean_train)
+        finally:
+            signal.close()
+    assert ((shifted["inclusion"] >= 0) & (shifted["inclusion"] <= 1)).all()
+    assert not torch.equal(shifted["loc"], clean["loc"])
+    assert sum(len(m._forward_pre_hooks) for m in loaded.model.modules()) == hooks
+
+
+def test_backdoor_run_is_deterministic_and_records_the_proxy():
+    def run(seed):
+        loaded, task = tiny_backdoored()
+        return BayesPrune(BayesPruneConfig(**FAST, seed=seed)).run(loaded, task.clean_train, task.validation)
+
+    a, b = run(2), run(2)
+    assert torch.equal(a.mask, b.mask) and a.extras["posterior_inclusion"] == b.extras["posterior_inclusion"]
+    extras = a.extras
+    json.dumps(extras)
+    assert extras["objective"] == "backdoor" and extras["probe_term"]["weight"] == 1.0
+    assert extras["probe_term"]["samples"] == extras["signal"]["score_samples"] > 0
+    assert extras["proxy_after"] <= extras["proxy_before"] and extras["stop_reason"]
+    assert a.trajectory[0]["proxy_asr"] == extras["proxy_before"]
+    assert a.final_val_accuracy >= a.baseline_val_accuracy - BayesPruneConfig().max_acc_drop - 1e-9
