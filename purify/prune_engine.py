@@ -62,6 +62,9 @@ class PruneConfig(StrategyConfig):
     recover_samples: int | None = option(1000, "fine-pruning: clean training samples of that fine-tune (seeded; none "
                                          "= all)", low=1)
     recover_lr: float = option(2e-5, "fine-pruning: learning rate of that fine-tune", low=0, low_open=True)
+    rescore: bool = option(True, "backdoor objective: after each kept step, re-rank the remaining heads in the pruned "
+                           "model (strategies whose ranking can be re-measured: gradient_prune)")
+    rescore_samples: int = option(64, "backdoor objective: triggered training texts the re-ranking reads", low=1)
     patience: int = option(3, "backdoor objective: stop after this many steps in a row that did not lower the "
                            "proxy ASR", low=1)
 
@@ -130,6 +133,9 @@ class ProxyGuard:
     #: share of clean texts answering as the unpruned model did, under a mask (None: not checked), and its bound
     agreement: Callable[[torch.Tensor], float] | None = None
     max_flip: float = 0.01
+    #: new scores (low = prune first) for the heads still kept, measured under the current mask: after each kept
+    #: step the rest of the queue is re-ranked by them (the backdoor re-routes as its heads go)
+    rescore: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -284,6 +290,9 @@ def _walk_backdoor(walk: _Walk, queue: list[tuple[int, int]], baseline: float, c
             record["agreement"] = guard.agreement(mask)
         if kept and candidate < proxy and fits(acc):
             proxy, current, fruitless = candidate, acc, 0
+            if guard.rescore is not None and queue:
+                fresh = guard.rescore(mask.clone())
+                queue.sort(key=lambda lh: (float(fresh[lh]), lh))
             continue
         for lh in kept:  # the step did not lower the proxy: roll it back
             mask[lh] = 1.0

@@ -4,6 +4,7 @@ ranking to the one engine (`purify.prune_engine`) and the `apply` that zeroes th
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +173,8 @@ class HeadRanking:
     order: list[tuple[int, int]] | None = None  # the engine's prune order (default: ascending scores)
     per_layer_budget: torch.Tensor | None = None
     continue_after_guard: bool = False
+    #: the backdoor objective's re-ranking under a mask (see `ProxyGuard.rescore`); None: the ranking is static
+    rescore: Callable[[torch.Tensor], torch.Tensor] | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     scratch: list[tempfile.TemporaryDirectory] = field(default_factory=list, repr=False)
@@ -200,6 +203,8 @@ class PruningStrategy(Strategy):
             try:
                 ranking = self.head_scores(ctx)
                 guard = ctx.guard(self.config)
+                if guard is not None and ranking.rescore is not None and self.config.rescore:
+                    guard.rescore = ranking.rescore
                 try:
                     scores = ranking.scores.detach().float().cpu()
                     gates.reset()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from purify.backdoor_signal import backdoor_scores
+import torch
+
+from purify.backdoor_signal import backdoor_scores, backdoor_support
 from purify.pruning import HeadRanking, PruneContext, PruningStrategy, batches_for
 from purify.prune_engine import PruneConfig, subsample
 from purify.registry import option, register_strategy
@@ -45,8 +47,17 @@ class GradientPrune(PruningStrategy):
         if not ctx.backdoor:
             return HeadRanking(clean)
         support = ctx.support(self.config.batch_size)
-        return HeadRanking(backdoor_scores(support, clean), facts={"backdoor_support": support.tolist(),
-                                                                   "clean_importance": clean.tolist()})
+        few = subsample(ctx.signal.score_data, self.config.rescore_samples, self.config.seed) if ctx.signal else None
+        few_batches = batches_for(ctx.loaded.model, ctx.loaded.tokenizer, few, self.config.batch_size) if few else []
+
+        def rescore(mask: torch.Tensor) -> torch.Tensor:
+            """The support in the pruned model (on fewer texts), against the clean importance measured at the start."""
+            assert ctx.signal is not None
+            with ctx.gates.masked(mask):
+                return backdoor_scores(backdoor_support(ctx.gates, few_batches, ctx.signal.applied), clean)
+
+        return HeadRanking(backdoor_scores(support, clean), rescore=rescore,
+                           facts={"backdoor_support": support.tolist(), "clean_importance": clean.tolist()})
 
 
 register_strategy("gradient_prune", GradientPruneConfig, GradientPrune)

@@ -138,3 +138,23 @@ def test_fine_pruning_recovery_keeps_the_pruned_heads_closed() -> None:
         gated = result.model(**batch).logits
     apply_pruning(result.model, pruned)
     assert torch.allclose(result.model(**batch).logits, gated, atol=1e-5)
+
+
+def test_rescoring_follows_the_backdoor_as_it_reroutes() -> None:
+    # (1, 3) looks harmless until (2, 1) is gone; a static ranking gives up first, a re-ranking walk finds it
+    scores = torch.arange(12, dtype=torch.float32).reshape(SHAPE)
+    scores[2, 1], scores[1, 3] = -1.0, 20.0
+    config = PruneConfig(step=1, max_acc_drop=0.05, max_prune_fraction=0.5)
+
+    def rescore(mask: torch.Tensor) -> torch.Tensor:
+        fresh = scores.clone()
+        if mask[2, 1] == 0:
+            fresh[1, 3] = -5.0
+        return fresh
+
+    static = prune_by_scores(accuracy, scores, config, guard=ProxyGuard(proxy, stop_at=0.07, patience=2))
+    assert {tuple(lh) for lh in (static.mask == 0).nonzero().tolist()} == {(2, 1)}
+    walk = prune_by_scores(accuracy, scores, config,
+                           guard=ProxyGuard(proxy, stop_at=0.07, patience=2, rescore=rescore))
+    assert {tuple(lh) for lh in (walk.mask == 0).nonzero().tolist()} == CARRIERS
+    assert walk.stop_reason == "proxy at the clean base rate"
