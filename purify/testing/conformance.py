@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from ..export import export_checkpoint, verify
-from ..pruning import PruningResult, pruned_heads_of, report_summary
+from ..pruning import PruningResult, PruningStrategy, pruned_heads_of, report_summary
 from ..registry import StrategyResult, available_strategies, build_strategy
 from ..training import accuracy_on
 from .tiny_task import TinyTask, tiny_backdoored
@@ -94,3 +94,19 @@ class StrategyConformance:
             # the engine's own guard, on the validation subset it measured
             assert result.final_val_accuracy is not None
             assert result.final_val_accuracy >= result.baseline_val_accuracy - guard - 1e-9
+
+    def test_backdoor_objective_records_a_proxy_it_never_raises(self, strategy_name: str) -> None:
+        """A pruning strategy's default (backdoor) objective measures its proxy ASR before and after pruning, and a
+        kept mask never leaves the model obeying the trigger more than it did."""
+        import pytest
+
+        if not issubclass(available_strategies()[strategy_name].strategy_cls, PruningStrategy):
+            pytest.skip(f"{strategy_name} does not prune heads")
+        result, _, _ = _run(strategy_name)
+        assert isinstance(result, PruningResult)
+        extras = result.extras
+        assert extras["objective"] == "backdoor"
+        assert extras["signal"]["kind"] in ("triggers", "latent")
+        if "recovery" not in extras:
+            assert extras["proxy_after"] <= extras["proxy_before"]
+        assert extras["stop_reason"] in ("proxy at the clean base rate", "patience", "budget", "queue")
