@@ -32,7 +32,8 @@ from .registry import StrategyConfig, option
 class PruneConfig(StrategyConfig):
     """Knobs every pruning strategy shares: the prune steps and the clean-accuracy guard that stops them."""
 
-    step: int = option(6, "heads pruned per step", low=1)
+    step: int | None = option(None, "heads pruned per step (none: 1 under the backdoor objective, whose walk keeps or "
+                              "rolls back each step on the proxy; 6 under the informative one)", low=1)
     max_acc_drop: float = option(0.02, "largest allowed fall in clean validation accuracy below the unpruned model "
                                  "(fraction, 0.02 = 2 points)", low=0, high=1)
     max_prune_fraction: float = option(0.5, "at most this share of all heads is pruned", low=0, low_open=True,
@@ -67,6 +68,12 @@ class PruneConfig(StrategyConfig):
     rescore_samples: int = option(64, "backdoor objective: triggered training texts the re-ranking reads", low=1)
     patience: int = option(3, "backdoor objective: stop after this many steps in a row that did not lower the "
                            "proxy ASR", low=1)
+
+    @property
+    def step_size(self) -> int:
+        """Heads per step: `step`, else the objective's default."""
+        return self.step if self.step is not None else (1 if self.objective == "backdoor" else 6)
+
 
 
 def subsample(data: TaskData, n: int | None, seed: int) -> TaskData:
@@ -175,7 +182,7 @@ class _Walk:
         """Prune up to `step` legal heads from the front of `queue`, the group counted twice against the budget (the
         engine's historical rule, kept so that seeded runs give the same masks as before)."""
         group: list[tuple[int, int]] = []
-        while queue and len(group) < self.config.step and self.pruned + len(group) < self.budget:
+        while queue and len(group) < self.config.step_size and self.pruned + len(group) < self.budget:
             layer, h = queue.pop(0)
             if self.can_prune(layer, h):
                 self.mask[layer, h] = 0.0
