@@ -54,7 +54,7 @@ class PruneConfig(StrategyConfig):
     inversion_candidates: int = option(48, "backdoor objective: words measured per label when no probe came with "
                                        "the run (the trigger_words search on the training data)", low=1)
     inversion_words: int = option(8, "backdoor objective: words kept per label by that search", low=1)
-    max_flip: float = option(0.03, "backdoor objective: largest share of clean texts (trusted and training, "
+    max_flip: float = option(0.05, "backdoor objective: largest share of clean texts (trusted and training, "
                              "`flip_samples` of them) whose answer a kept step may change from the unpruned model's",
                              low=0, high=1)
     flip_samples: int = option(512, "backdoor objective: clean texts the answer-change check reads (seeded)", low=1)
