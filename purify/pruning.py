@@ -129,6 +129,14 @@ class PruneContext:
         return ProxyGuard(self.proxy, base + config.proxy_margin, config.patience, base, self.agreement,
                           config.max_flip)
 
+    def renew(self, config: PruneConfig) -> None:
+        """After the model's weights changed (a strategy's own fine-tune): fresh proxy cache, and answers to keep
+        taken from the model as it now is."""
+        if self.proxy is not None:
+            self.proxy = self.proxy.fresh()
+        if self.agreement is not None:
+            self.agreement = _agreement(self.loaded, self.gates, self.validation, self.train, config)
+
     def close(self) -> None:
         if self.signal is not None:
             self.signal.close()

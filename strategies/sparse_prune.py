@@ -277,8 +277,7 @@ class SparsePrune(PruningStrategy):
         # that its floor is the original model's accuracy minus max_acc_drop
         start_acc = evaluate(full)
         engine_cfg = dataclasses.replace(cfg, max_acc_drop=max(0.0, start_acc - floor))
-        if ctx.proxy is not None:  # the proxy of the weights the engine prunes (and their clean base rate)
-            ctx.proxy = ctx.proxy.fresh()
+        ctx.renew(cfg)  # the proxy and the answers to keep are the pruned weights' own (so are their base rates)
         guard = ctx.guard(cfg)
         outcome = prune_by_scores(evaluate, scores, engine_cfg, guard=guard)
         trajectory = [{"step": 0, "pruned": 0, "val_accuracy": original_acc, "action": "original"}]

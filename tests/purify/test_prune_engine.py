@@ -158,3 +158,22 @@ def test_rescoring_follows_the_backdoor_as_it_reroutes() -> None:
                            guard=ProxyGuard(proxy, stop_at=0.07, patience=2, rescore=rescore))
     assert {tuple(lh) for lh in (walk.mask == 0).nonzero().tolist()} == CARRIERS
     assert walk.stop_reason == "proxy at the clean base rate"
+
+
+def test_renew_takes_the_answers_to_keep_from_the_changed_weights() -> None:
+    loaded, task = tiny_backdoored("bert")
+    config = PruneConfig(seed=0, proxy_samples=32, flip_samples=64)
+    with HeadGates(loaded.model) as gates:
+        ctx = PruneContext.build(loaded, gates, task.clean_train, task.validation, config)
+        try:
+            assert ctx.agreement is not None
+            full = torch.ones(gates.shape)
+            assert ctx.agreement(full) == 1.0
+            with torch.no_grad():  # a strategy's own fine-tune, in miniature: flip the classifier's answers
+                loaded.model.classifier.weight.neg_()
+                loaded.model.classifier.bias.neg_()
+            assert ctx.agreement.fresh()(full) < 0.5
+            ctx.renew(config)
+            assert ctx.agreement(full) == 1.0
+        finally:
+            ctx.close()
