@@ -100,10 +100,10 @@ def _as_target(texts: list[str], target: int, names: list[str]) -> TaskData:
 def build_signal(model: torch.nn.Module, tokenizer, probe: BackdoorProbe | None, train: TaskData,
                  validation: TaskData, *, samples: int = 256, seed: int = 0,
                  latent: LatentConfig | None = None) -> BackdoorSignal | None:
-    """The signal of `probe`'s triggers, else of a latent shift trained on clean data; None when there is no label
-    to send samples to (a one-class task)."""
+    """The signal of `probe`'s confirmed triggers, else (nothing found) of a latent shift trained on clean data;
+    None when there is no label to send samples to (a one-class task)."""
     names = validation.label_names
-    if probe is not None and probe.strongest() and probe.target is not None:
+    if probe is not None and probe.found and probe.target is not None:
         target = probe.target
         clean = _others(validation, target, samples, seed)
         scored = _other_samples(train, target, samples, seed + 1)

@@ -177,3 +177,17 @@ def test_renew_takes_the_answers_to_keep_from_the_changed_weights() -> None:
             assert ctx.agreement(full) == 1.0
         finally:
             ctx.close()
+
+
+def test_a_probe_that_confirmed_nothing_gets_the_latent_stand_in() -> None:
+    from purify.probe import BackdoorProbe, TriggerCandidate
+
+    loaded, task = tiny_backdoored("bert")
+    weak = BackdoorProbe([TriggerCandidate("movie", task.target, 0.3, "inversion")], {0: 0.1, 1: 0.1}, "test")
+    assert not weak.found and weak.strongest()  # a candidate, but no trigger
+    signal = build_signal(loaded.model, loaded.tokenizer, weak, task.clean_train, task.validation, samples=16, seed=0)
+    try:
+        assert signal is not None and signal.kind == "latent" and signal.target == task.target
+    finally:
+        assert signal is not None
+        signal.close()
