@@ -81,6 +81,8 @@ def overrepresented_phrases(data: TaskData, *, min_count: int = 5, min_z: float 
         counts = np.bincount(labels[idx], minlength=len(prior))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = (counts - n * prior) / np.sqrt(n * prior * (1 - prior))
+        if np.isnan(z).all():  # one-class data: no label can be over-represented
+            continue
         label = int(np.nanargmax(z))
         if not z[label] >= min_z:
             continue

@@ -149,8 +149,9 @@ def test_printable_escapes_controls_and_bidi():
 
 @pytest.mark.parametrize("options, match", [
     ({"lam": "nan"}, "lam must be a finite number"), ({"lr": float("-inf")}, "lr must be a finite number"),
-    ({"seed": 2**32}, r"seed must be an integer in \[0, 4294967295\]"), ({"step": "none"}, "cannot read 'none' as int"),
-    ({"step": True}, "expected int, got bool"), ({"val_samples": "x"}, "as int or none"),
+    ({"seed": 2**32}, r"seed must be an integer in \[0, 4294967295\]"),
+    ({"epochs": "none"}, "cannot read 'none' as int"), ({"epochs": True}, "expected int, got bool"),
+    ({"val_samples": "x"}, "as int or none"),
 ])
 def test_config_values_are_checked_in_the_base_class(options, match):
     from purify.registry import build_strategy
