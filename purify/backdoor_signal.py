@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import Sample, TaskData
 from .heads import HeadGates
-from .inference import MAX_LENGTH, labelled_batch
+from .inference import labelled_batch, predict
 from .latent import LatentShift
 
 if TYPE_CHECKING:
@@ -164,16 +165,9 @@ def _train_shift(model: torch.nn.Module, tokenizer, shift: LatentShift, texts: l
         model.train(was_training)
 
 
-@torch.no_grad()
-def _target_rate(model: torch.nn.Module, tokenizer, texts: list[str], target: int, batch_size: int = 32,
-                 max_length: int = MAX_LENGTH) -> float:
-    if not texts:
-        return 0.0
-    hits = 0
-    for i in range(0, len(texts), batch_size):
-        logits = model(**labelled_batch(model, tokenizer, texts[i:i + batch_size], max_length=max_length)).logits
-        hits += int((logits.argmax(-1) == target).sum())
-    return hits / len(texts)
+def _target_rate(model: torch.nn.Module, tokenizer, texts: list[str], target: int) -> float:
+    """Share of `texts` the model answers with `target` (0 for none)."""
+    return float(np.mean(predict(model, tokenizer, texts) == target)) if texts else 0.0
 
 
 def clean_target_rate(model: torch.nn.Module, tokenizer, signal: BackdoorSignal) -> float:

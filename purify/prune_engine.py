@@ -189,15 +189,15 @@ class _Walk:
                 group.append((layer, h))
         return group
 
-    def restore_until(self, step_no: int, group: list[tuple[int, int]], floor: float) -> float:
-        """Restore `group`'s heads, highest score first, until accuracy is back at `floor`; the accuracy then."""
+    def restore_until(self, step_no: int, group: list[tuple[int, int]], fits: Callable[[float], bool]) -> float:
+        """Restore `group`'s heads, highest score first, until `fits(accuracy)` holds again; the accuracy then."""
         acc = float("-inf")
         for layer, h in sorted(group, key=lambda lh: -float(self.scores[lh[0], lh[1]])):
             self.mask[layer, h] = 1.0
             acc = self.evaluate(self.mask)
             self.trajectory.append({"step": step_no, "pruned": self.pruned, "val_accuracy": acc,
                                     "heads": [[layer, h]], "action": "restore"})
-            if acc >= floor:
+            if fits(acc):
                 break
         return acc
 
@@ -247,7 +247,7 @@ def prune_by_scores(
             current = acc
             continue
         # guard tripped: restore this step's heads, most important first, until accuracy recovers
-        current = walk.restore_until(step_no, group, floor)
+        current = walk.restore_until(step_no, group, lambda a: a >= floor)
         if not continue_after_guard:
             break
     return EngineResult(mask=mask, baseline_accuracy=baseline, final_accuracy=current, trajectory=walk.trajectory)
@@ -283,13 +283,8 @@ def _walk_backdoor(walk: _Walk, queue: list[tuple[int, int]], baseline: float, c
         record = {"step": step_no, "pruned": walk.pruned, "val_accuracy": acc, "heads": [list(x) for x in group],
                   "action": "prune"}
         trajectory.append(record)
-        for layer, h in sorted(group, key=lambda lh: -float(walk.scores[lh[0], lh[1]])):
-            if fits(acc):
-                break
-            mask[layer, h] = 1.0  # restore the step's heads, highest score first, until it fits
-            acc = walk.evaluate(mask)
-            trajectory.append({"step": step_no, "pruned": walk.pruned, "val_accuracy": acc, "heads": [[layer, h]],
-                               "action": "restore"})
+        if not fits(acc):
+            acc = walk.restore_until(step_no, group, fits)
         kept = [lh for lh in group if mask[lh] == 0]
         candidate = guard.proxy(mask) if kept and fits(acc) else proxy
         record["proxy_asr"] = candidate  # of what is left of the step after any restore

@@ -85,6 +85,7 @@ class PruneContext:
     signal: BackdoorSignal | None = None  # set under the backdoor objective
     proxy: MaskEvaluator | None = None  # the proxy ASR under a mask (the signal's target rate)
     agreement: MaskEvaluator | None = None  # share of clean texts answering as the unpruned model does
+    clean_rate: float | None = None  # the target's clean base rate on the signal's texts, measured once
 
     @classmethod
     def build(cls, loaded: LoadedModel, gates: HeadGates, train: TaskData, validation: TaskData,
@@ -125,13 +126,16 @@ class PruneContext:
         """The engine's proxy guard: stop at the target's clean base rate on the signal's texts plus the margin."""
         if self.signal is None or self.proxy is None:
             return None
-        base = clean_target_rate(self.loaded.model, self.loaded.tokenizer, self.signal)
+        if self.clean_rate is None:
+            self.clean_rate = clean_target_rate(self.loaded.model, self.loaded.tokenizer, self.signal)
+        base = self.clean_rate
         return ProxyGuard(self.proxy, base + config.proxy_margin, config.patience, base, self.agreement,
                           config.max_flip)
 
     def renew(self, config: PruneConfig) -> None:
         """After the model's weights changed (a strategy's own fine-tune): fresh proxy cache, and answers to keep
         taken from the model as it now is."""
+        self.clean_rate = None
         if self.proxy is not None:
             self.proxy = self.proxy.fresh()
         if self.agreement is not None:
