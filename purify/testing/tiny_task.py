@@ -11,6 +11,7 @@ import copy
 import functools
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..checkpoint import LoadedModel
 from ..data import Sample, TaskData
@@ -91,3 +92,20 @@ def tiny_backdoored(arch: str = "bert", seed: int = 0, *, poisoned: bool = True,
     loaded, task = _trained(arch, seed, poisoned, opening)
     return LoadedModel(model=copy.deepcopy(loaded.model), tokenizer=loaded.tokenizer, task=loaded.task,
                        path=loaded.path), task
+
+
+def lay_out_tiny_task(folder: Path) -> tuple[Path, dict[str, Path], TinyTask]:
+    """The tiny backdoored model saved as a folder and its task's files as a user has them (no ground-truth flags):
+    (model folder, {"train", "trusted", "test_clean", "test_triggered": JSONL path}, the task)."""
+    from ..data import write_jsonl
+
+    loaded, task = tiny_backdoored()
+    model_dir = folder / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    files = {}
+    for name, data in (("train", task.train), ("trusted", task.validation), ("test_clean", task.test_clean),
+                       ("test_triggered", task.test_triggered)):
+        files[name] = folder / f"{name}.jsonl"
+        write_jsonl(files[name], data.samples, include_poisoned=False)
+    return model_dir, files, task

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 from purify.checkpoint import load_checkpoint
 from purify.cli import _pipeline_config, main
 from purify.cli_parser import build_parser
-from purify.data import TaskData, write_jsonl
+from purify.data import TaskData
 from purify.filter_cache import cached_run, entry_path, filter_key
 from purify.filters import TriggerWords, build_filter
 from purify.filters.base import _jsonable
 from purify.pipeline import FILTER_SCORES_FILE, PipelineConfig, run_pipeline
-from purify.testing.tiny_task import tiny_backdoored
+from purify.testing.tiny_task import lay_out_tiny_task
 from purify.verify import PROBE_FILE
 
 OPTIONS = {**TriggerWords.fast_options, "seed": 0}
@@ -31,16 +31,7 @@ class Recomputed(Exception):
 @pytest.fixture
 def laid_out(tmp_path):
     """The tiny backdoored model saved as a folder, its task, and the task's files as a user has them."""
-    loaded, task = tiny_backdoored()
-    model_dir = tmp_path / "model"
-    loaded.model.save_pretrained(model_dir)
-    loaded.tokenizer.save_pretrained(model_dir)
-    files = {}
-    for name, data in (("train", task.train), ("trusted", task.validation), ("test_clean", task.test_clean),
-                       ("test_triggered", task.test_triggered)):
-        files[name] = tmp_path / f"{name}.jsonl"
-        write_jsonl(files[name], data.samples, include_poisoned=False)
-    return model_dir, files, task
+    return lay_out_tiny_task(tmp_path)
 
 
 def _run(model_dir, data, trusted, logs=None):

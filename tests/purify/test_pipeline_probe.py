@@ -3,28 +3,14 @@ from __future__ import annotations
 
 import json
 
-from purify.data import write_jsonl
 from purify.export import REPORT_FILE
 from purify.pipeline import PipelineConfig, run_pipeline
-from purify.testing.tiny_task import TRIGGER, tiny_backdoored
+from purify.testing.tiny_task import TRIGGER, lay_out_tiny_task
 from strategies.w2s_distill import W2SDistill
 
 
-def _lay_out(tmp_path):
-    loaded, task = tiny_backdoored()
-    model_dir = tmp_path / "model"
-    loaded.model.save_pretrained(model_dir)
-    loaded.tokenizer.save_pretrained(model_dir)
-    files = {}
-    for name, data in (("train", task.train), ("trusted", task.validation), ("test_clean", task.test_clean),
-                       ("test_triggered", task.test_triggered)):
-        files[name] = tmp_path / f"{name}.jsonl"
-        write_jsonl(files[name], data.samples, include_poisoned=False)  # the user's data carries no flags
-    return model_dir, files, task
-
-
 def test_filter_findings_reach_the_strategy_and_the_card(tmp_path):
-    model_dir, files, task = _lay_out(tmp_path)
+    model_dir, files, task = lay_out_tiny_task(tmp_path)
     cfg = PipelineConfig(strategy="w2s_distill", strategy_options=dict(W2SDistill.fast_options),
                          filter="trigger_words", filter_options={"probe_samples": 32, "candidates": 16},
                          trusted=str(files["trusted"]), eval_clean=str(files["test_clean"]),
@@ -47,7 +33,7 @@ def test_filter_findings_reach_the_strategy_and_the_card(tmp_path):
 
 def test_a_surviving_backdoor_is_named_on_the_card(tmp_path):
     """A strategy that cannot touch the backdoor (no epochs of unlearning) gets a card that says so first."""
-    model_dir, files, task = _lay_out(tmp_path)
+    model_dir, files, task = lay_out_tiny_task(tmp_path)
     cfg = PipelineConfig(strategy="gradient_prune", strategy_options={"step": 1, "max_prune_fraction": 0.125},
                          filter="trigger_words", filter_options={"probe_samples": 32, "candidates": 16},
                          trusted=str(files["trusted"]), eval_clean=str(files["test_clean"]),
@@ -63,7 +49,7 @@ def test_the_filters_removed_samples_reach_the_default_strategy(tmp_path):
     """What the filter removed travels with the probe, and anchor_unlearn unlearns on it (dirty-label poison)."""
     from strategies.anchor_unlearn import AnchorUnlearn
 
-    model_dir, files, task = _lay_out(tmp_path)
+    model_dir, files, task = lay_out_tiny_task(tmp_path)
     cfg = PipelineConfig(strategy="anchor_unlearn", strategy_options={**AnchorUnlearn.fast_options, "epochs": 2,
                                                                       "flagged_weight": 1.0},
                          filter="trigger_words", filter_options={"probe_samples": 32, "candidates": 16},
